@@ -1,0 +1,171 @@
+"""Checkpoints: the full state_dict (weights and every BN layer's running statistics) plus metadata.
+
+Stored as safetensors, which holds raw tensors and a JSON header and never unpickles
+anything. Metadata (JSON in the header) carries a SHA-256 checksum over the tensors and the
+rest of the metadata, so truncation and tampering are both detected. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_save
+from torch import nn
+
+from models.lenet import VARIANTS, build_lenet
+
+__all__ = [
+    "FORMAT",
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "read_metadata",
+    "save_checkpoint",
+]
+
+FORMAT = "bnlenet-checkpoint/1"
+_META_KEY = "bnlenet"  # the header entry that holds our JSON metadata
+PREPROCESSING = {
+    "size": [28, 28],
+    "color": "grayscale (PIL mode L)",
+    "scale": "pixel / 255, as torchvision ToTensor",
+    "layout": "(N, 1, 28, 28) float32",
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted or used: missing, truncated, tampered or incomplete."""
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Sequential  # in eval mode, on the CPU
+    metadata: dict[str, Any]
+
+
+def _checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    body = {k: v for k, v in metadata.items() if k != "checksum"}
+    h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import safetensors
+
+    return {"torch": torch.__version__, "safetensors": safetensors.__version__, "python": platform.python_version()}
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, metadata: dict[str, Any]) -> Path:
+    """Write ``model``'s state_dict and ``metadata`` to ``path`` atomically; returns the path.
+
+    ``metadata`` must name the ``variant``; format, versions, preprocessing, creation time
+    and the checksum are added here.
+    """
+    path = Path(path)
+    if metadata.get("variant") not in VARIANTS:
+        raise ValueError(f"metadata must name the variant ({', '.join(VARIANTS)})")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "created_at": datetime.now(UTC).isoformat(),
+        "preprocessing": PREPROCESSING,
+        "versions": _versions(),
+        **metadata,
+    }
+    meta["checksum"] = _checksum(tensors, meta)
+    payload = safetensors_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Temporary file in the same directory, then rename: readers see the old file or the
+    # whole new one, never a partial write. The leading dot keeps it out of listings.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _open(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a bnlenet checkpoint (not a safetensors file, or truncated): {exc}"
+        ) from exc
+
+
+def _metadata_of(path: Path, handle: Any) -> dict[str, Any]:
+    raw = (handle.metadata() or {}).get(_META_KEY)
+    if raw is None:
+        raise CheckpointError(f"{path} is a safetensors file without bnlenet metadata")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} has corrupt metadata: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has an unknown checkpoint format {meta.get('format') if isinstance(meta, dict) else None!r}")
+    if meta.get("variant") not in VARIANTS:
+        raise CheckpointError(f"{path} names an unknown variant {meta.get('variant')!r}")
+    return meta
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata alone, read from the header without loading tensors (not verified)."""
+    path = Path(path)
+    with _open(path) as handle:
+        return _metadata_of(path, handle)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Load and verify a checkpoint; the model comes back in eval mode on the CPU."""
+    path = Path(path)
+    try:
+        with _open(path) as handle:
+            meta = _metadata_of(path, handle)
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from exc
+    if _checksum(tensors, meta) != meta.get("checksum"):
+        raise CheckpointError(f"{path} fails its checksum: the file was changed after it was written")
+    model = build_lenet(meta["variant"])
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match the {meta['variant']} LeNet: "
+            f"missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}"
+        )
+    wrong = [
+        f"{k} {tuple(tensors[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if tensors[k].shape != v.shape
+    ]
+    if wrong:
+        raise CheckpointError(f"{path} has tensors of the wrong shape: {', '.join(wrong)}")
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return Checkpoint(model=model, metadata=meta)

@@ -1,0 +1,46 @@
+"""The chapter's LeNet with batch normalization, in its from-scratch and builtin variants."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from torch import nn
+
+from models.batchnorm import BatchNorm
+
+Variant = Literal["scratch", "builtin"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+NUM_CLASSES = 10
+IMAGE_SIZE = 28  # Fashion-MNIST images are 28x28 grayscale
+
+
+def _bn(variant: str, num_features: int, num_dims: int) -> nn.Module:
+    if variant == "scratch":
+        return BatchNorm(num_features, num_dims=num_dims)
+    if num_dims == 4:
+        return nn.BatchNorm2d(num_features)
+    return nn.BatchNorm1d(num_features)
+
+
+def build_lenet(variant: str) -> nn.Sequential:
+    """The chapter's ``nn.Sequential``; index 1 is the first BN layer (``net[1].gamma``)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, kernel_size=5), _bn(variant, 6, 4), nn.Sigmoid(),   # (N, 6, 24, 24)
+        nn.MaxPool2d(kernel_size=2, stride=2),                              # (N, 6, 12, 12)
+        nn.Conv2d(6, 16, kernel_size=5), _bn(variant, 16, 4), nn.Sigmoid(),  # (N, 16, 8, 8)
+        nn.MaxPool2d(kernel_size=2, stride=2), nn.Flatten(),                # (N, 256)
+        nn.Linear(16 * 4 * 4, 120), _bn(variant, 120, 2), nn.Sigmoid(),     # (N, 120)
+        nn.Linear(120, 84), _bn(variant, 84, 2), nn.Sigmoid(),              # (N, 84)
+        nn.Linear(84, NUM_CLASSES),                                         # (N, 10)
+    )
+    net.apply(_xavier_init)
+    return net
+
+
+def _xavier_init(module: nn.Module) -> None:
+    # The chapter's d2l.train_ch6 init: Xavier-uniform weights for conv and linear layers,
+    # biases left at PyTorch's default.
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.xavier_uniform_(module.weight)

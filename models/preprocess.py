@@ -1,0 +1,91 @@
+"""Turn user images and pixel arrays into the network's input, the way the training data looks.
+
+Fashion-MNIST images are 28x28 grayscale, scaled to [0, 1]. Any image PIL can decode is
+converted to grayscale (alpha composited onto black, the data set's background) and resized
+to 28x28; pixel arrays must already be 28x28 values in [0, 1].
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from models.lenet import IMAGE_SIZE
+
+__all__ = ["MAX_IMAGE_PIXELS", "ImageError", "image_to_tensor", "load_image", "pixels_to_tensor"]
+
+MAX_IMAGE_PIXELS = 4096 * 4096  # larger declared sizes are refused before decoding (bombs)
+
+
+class ImageError(ValueError):
+    """Input that is not a usable image or pixel array."""
+
+
+def load_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode image bytes to a 28x28 grayscale PIL image, refusing oversize and broken files."""
+    if not data:
+        raise ImageError("the image is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"the image declares {width}x{height} pixels; at most {max_pixels} pixels are accepted"
+                )
+            img.load()
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"not a readable image: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"the image is truncated or corrupt: {exc}") from exc
+    return _to_grayscale_28(img)
+
+
+def _to_grayscale_28(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16- and 32-bit grayscale: scale the full range down to 8 bits instead of clipping.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if img.mode != "L":
+        img = img.convert("L")
+    if img.size != (IMAGE_SIZE, IMAGE_SIZE):
+        img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+    return img
+
+
+def image_to_tensor(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
+    """Image bytes to the network input ``(1, 1, 28, 28)`` float32 in [0, 1]."""
+    img = load_image(data, max_pixels=max_pixels)
+    arr = np.asarray(img, dtype=np.uint8)  # (28, 28)
+    return torch.from_numpy(arr.copy()).to(torch.float32).div_(255.0).reshape(1, 1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def pixels_to_tensor(pixels: Sequence[Sequence[float]] | np.ndarray) -> Tensor:
+    """A 28x28 array of numbers in [0, 1] to the network input ``(1, 1, 28, 28)``."""
+    try:
+        arr = np.asarray(pixels, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise ImageError(f"pixels must be a 28x28 array of numbers: {exc}") from exc
+    if arr.shape != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ImageError(f"pixels must be a 28x28 array, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ImageError("pixels must be finite numbers (no NaN or infinity)")
+    if arr.min() < 0.0 or arr.max() > 1.0:
+        raise ImageError(
+            f"pixels must be in [0, 1] (pixel / 255, as the training data); got [{arr.min():g}, {arr.max():g}]"
+        )
+    return torch.from_numpy(arr).reshape(1, 1, IMAGE_SIZE, IMAGE_SIZE)
