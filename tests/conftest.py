@@ -1,0 +1,56 @@
+"""Fixtures shared by the whole suite: small synthetic Fashion-MNIST and a real Redis server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnlenet.redis_server import RedisServer
+from models.data import FILES, write_idx
+
+SYNTHETIC_TRAIN = 512
+SYNTHETIC_TEST = 128
+
+
+def make_synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 28x28 uint8 images: class k is a bright bar at a class-specific place, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.int32)
+    for i, k in enumerate(labels):
+        row = 2 + 2 * int(k)
+        images[i, row:row + 3, 4:24] += 180
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def write_synthetic_fashion_mnist(directory: Path, *, n_train: int = SYNTHETIC_TRAIN,
+                                  n_test: int = SYNTHETIC_TEST, gzip: bool = True) -> Path:
+    """Write the four IDX files of a small synthetic data set into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gzip else ""
+    train_x, train_y = make_synthetic_images(n_train, seed=1)
+    test_x, test_y = make_synthetic_images(n_test, seed=2)
+    write_idx(directory / (FILES["train_images"] + suffix), train_x)
+    write_idx(directory / (FILES["train_labels"] + suffix), train_y)
+    write_idx(directory / (FILES["test_images"] + suffix), test_x)
+    write_idx(directory / (FILES["test_labels"] + suffix), test_y)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with a small synthetic Fashion-MNIST (gzip IDX), shared by the session."""
+    return write_synthetic_fashion_mnist(tmp_path_factory.mktemp("fashion-mnist"))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 for the session, stopped at the end."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
