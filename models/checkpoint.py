@@ -55,8 +55,8 @@ class Checkpoint:
 def _checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        t = tensors[name].detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(tensors[name].shape)}\n".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     body = {k: v for k, v in metadata.items() if k != "checksum"}
     h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
@@ -148,8 +148,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     except SafetensorError as exc:
         raise CheckpointError(f"{path} is corrupt: {exc}") from exc
-    if _checksum(tensors, meta) != meta.get("checksum"):
-        raise CheckpointError(f"{path} fails its checksum: the file was changed after it was written")
     model = build_lenet(meta["variant"])
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -166,6 +164,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     ]
     if wrong:
         raise CheckpointError(f"{path} has tensors of the wrong shape: {', '.join(wrong)}")
+    if _checksum(tensors, meta) != meta.get("checksum"):
+        raise CheckpointError(f"{path} fails its checksum: the file was changed after it was written")
     model.load_state_dict(tensors, strict=True)
     model.eval()
     return Checkpoint(model=model, metadata=meta)
