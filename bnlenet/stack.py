@@ -1,0 +1,269 @@
+"""Run the whole local stack on one machine: Redis, Celery worker(s) and the API (``bnlenet up``).
+
+Every child runs in its own session, so a Ctrl-C in the terminal reaches only this launcher,
+which then stops the children in dependency order: the API first (no new jobs), then the
+workers (a warm shutdown lets a running batch finish; a job cut short is requeued by late
+acknowledgement), then Redis last, with SIGTERM, so it flushes its append-only file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from bnlenet.redis_server import RedisNotFound, RedisServer
+
+__all__ = ["Child", "gpu_ids", "run_stack"]
+
+HEALTH_TIMEOUT_S = float(os.environ.get("BNLENET_START_TIMEOUT", "180"))
+# A warm shutdown waits for the running task; past this the worker is killed and its job,
+# acknowledged late, goes back to the queue for the next worker.
+WORKER_STOP_TIMEOUT_S = float(os.environ.get("BNLENET_WORKER_STOP_TIMEOUT", "30"))
+API_STOP_TIMEOUT_S = 15.0
+
+
+class StackError(RuntimeError):
+    """The stack could not start, or a part of it died."""
+
+
+@dataclass
+class Child:
+    """One child process of the stack, leader of its own session and process group."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    stop_timeout: float
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> Child:
+        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def exited(self) -> int | None:
+        """The exit status if the process has ended, else None."""
+        return None if self.process is None else self.process.poll()
+
+    def stop(self) -> None:
+        """SIGTERM the leader, wait, then SIGKILL whatever is left of its process group."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            _signal(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                print(f"bnlenet: {self.name} did not stop within {self.stop_timeout:.0f}s; killing it", file=sys.stderr)
+        # Pool children (uvicorn workers, Celery's forked pool) must not outlive their parent.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def gpu_ids(environ: dict[str, str] | None = None) -> list[str]:
+    """The CUDA devices to run one worker each on, found without initializing CUDA here.
+
+    ``CUDA_VISIBLE_DEVICES`` wins when set (empty or ``-1`` means none); otherwise ``nvidia-smi -L``.
+    Initializing CUDA in this parent would be inherited, broken, by every forked child.
+    """
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [d.strip() for d in visible.split(",") if d.strip()]
+        # CUDA stops at the first invalid entry, and -1 is the usual way to hide all devices.
+        out: list[str] = []
+        for d in ids:
+            if d.startswith("-"):
+                break
+            out.append(d)
+        return out
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(ln for ln in listing.splitlines() if ln.startswith("GPU "))]
+
+
+def _var_dir() -> Path:
+    return Path(os.environ.get("BNLENET_VAR_DIR", "var")).resolve()
+
+
+def _lock(var_dir: Path) -> IO[str]:
+    """Hold a lock so two launchers never share one Redis data directory."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(var_dir / "stack.lock", "w")  # held open for the launcher's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StackError(f"another `bnlenet up` is already running with {var_dir}; stop it or set BNLENET_VAR_DIR") from None
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _probe_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _check_alive(children: list[Child]) -> None:
+    for child in children:
+        code = child.exited()
+        if code is not None:
+            raise StackError(f"{child.name} (pid {child.pid}) exited unexpectedly with status {code}")
+
+
+def _wait_healthy(url: str, children: list[Child], stop: threading.Event, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not stop.is_set():
+        _check_alive(children)
+        if _answers(url):
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"the API did not answer {url} within {timeout:.0f}s")
+        stop.wait(0.25)
+
+
+def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -> int:
+    """Start Redis (unless ``REDIS_URL`` is set), the Celery worker(s) and the API; block until stopped.
+
+    ``workers`` is the number of API (uvicorn) processes, default the number of CPU cores
+    (env ``BNLENET_API_WORKERS``). Celery runs one worker per visible GPU, or one on the CPU.
+    Returns 0 after a clean stop on SIGINT/SIGTERM/SIGHUP, 1 when something failed or died.
+    """
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            print("bnlenet: already stopping", file=sys.stderr)
+        stop.set()
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+
+    redis: RedisServer | None = None
+    children: list[Child] = []  # in start order; stopped in reverse
+    lock: IO[str] | None = None
+    status = 0
+    try:
+        var_dir = _var_dir()
+        env = dict(os.environ)
+        env.setdefault("CHECKPOINT_DIR", str(var_dir / "checkpoints"))
+        Path(env["CHECKPOINT_DIR"]).mkdir(parents=True, exist_ok=True)
+
+        redis_url = env.get("REDIS_URL")
+        if redis_url:
+            redis_note = f"{redis_url} (external, from REDIS_URL)"
+        else:
+            lock = _lock(var_dir)
+            redis_port = int(env["BNLENET_REDIS_PORT"]) if env.get("BNLENET_REDIS_PORT") else None
+            try:
+                redis = RedisServer(var_dir / "redis", port=redis_port, persistence=True).start()
+            except RedisNotFound as exc:
+                raise StackError(str(exc)) from None
+            except RuntimeError as exc:
+                raise StackError(f"Redis did not start: {exc}") from None
+            redis_url = env["REDIS_URL"] = redis.url
+            redis_note = f"{redis.url} (pid {redis.process.pid if redis.process else '?'}), data in {redis.data_dir}"
+
+        devices = gpu_ids(env)
+        for i, device in enumerate(devices or [None]):
+            worker_env = dict(env)
+            if device is None:
+                name = "bnlenet-cpu@%h"
+            else:
+                name = f"bnlenet-gpu{i}@%h"
+                worker_env["CUDA_VISIBLE_DEVICES"] = device
+            children.append(Child(
+                name=f"worker {name.split('@')[0]}" + (f" (GPU {device})" if device is not None else " (CPU)"),
+                argv=[sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+                      "--concurrency", "1", "--loglevel", "INFO", "-n", name],
+                env=worker_env,
+                stop_timeout=WORKER_STOP_TIMEOUT_S,
+            ).start())
+
+        api_workers = workers or int(env.get("BNLENET_API_WORKERS") or 0) or os.cpu_count() or 1
+        children.append(Child(
+            name="api",
+            argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
+                  "--workers", str(api_workers), "--timeout-graceful-shutdown", "10"],
+            env=env,
+            stop_timeout=API_STOP_TIMEOUT_S,
+        ).start())
+
+        api = _url(host, port)
+        _wait_healthy(_url(_probe_host(host), port) + "/healthz", children, stop, HEALTH_TIMEOUT_S)
+        if not stop.is_set():
+            where = "one per GPU: " + ", ".join(devices) if devices else "CPU"
+            print(
+                "\nbnlenet is up\n"
+                f"  API          {api}\n"
+                f"  docs         {api}/docs\n"
+                f"  Redis        {redis_note}\n"
+                f"  workers      {len(devices) or 1} ({where})\n"
+                f"  checkpoints  {env['CHECKPOINT_DIR']}\n"
+                f"  data         {env.get('DATA_DIR') or 'DATA_DIR unset: the system data set or a download'}\n"
+                "Press Ctrl-C to stop.\n",
+                flush=True,
+            )
+        while not stop.is_set():
+            _check_alive(children)
+            stop.wait(0.5)
+        print("bnlenet: stopping (API, then workers, then Redis)", file=sys.stderr, flush=True)
+    except StackError as exc:
+        print(f"bnlenet: {exc}; stopping the rest", file=sys.stderr, flush=True)
+        status = 1
+    finally:
+        for child in reversed(children):
+            child.stop()
+        if redis is not None:
+            redis.stop()
+        if lock is not None:
+            lock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return status
