@@ -137,7 +137,7 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def batchnorm_state(layer: nn.Module) -> dict[str, Tensor]:
-    """One BN layer's gamma, beta, running mean and running variance as 1-D tensors.
+    """A copy of one BN layer's gamma, beta, running mean and running variance as 1-D tensors.
 
     The same view of both variants: ``gamma``/``beta`` are the builtin's ``weight``/``bias``,
     ``running_*`` the scratch module's ``moving_*``.
@@ -151,4 +151,4 @@ def batchnorm_state(layer: nn.Module) -> dict[str, Tensor]:
     else:
         raise TypeError(f"not a BatchNorm layer: {type(layer).__name__}")
     names = ("gamma", "beta", "running_mean", "running_var")
-    return {name: t.detach().reshape(-1) for name, t in zip(names, tensors)}
+    return {name: t.detach().reshape(-1).clone() for name, t in zip(names, tensors, strict=True)}

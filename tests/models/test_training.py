@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.batchnorm import batchnorm_layers, batchnorm_state
+from models.data import DataError, FashionMNIST, load_fashion_mnist
+from models.lenet import build_lenet
+from models.training import (
+    Progress,
+    TrainConfig,
+    TrainingCancelled,
+    TrainingDiverged,
+    recompute_bn_statistics,
+    resolve_device,
+    train,
+)
+
+SMALL = dict(epochs=2, batch_size=32, lr=1.0)
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_data_dir: Path) -> FashionMNIST:
+    return load_fashion_mnist(synthetic_data_dir, download=False)
+
+
+@pytest.mark.parametrize("variant", ["scratch", "builtin"])
+def test_training_end_to_end_on_synthetic_data(data: FashionMNIST, variant: str) -> None:
+    epochs: list[int] = []
+    result = train(TrainConfig(variant=variant, **SMALL), data, on_epoch=lambda m: epochs.append(m.epoch))
+    assert epochs == [1, 2] and len(result.history) == 2
+    last = result.history[-1]
+    assert last.loss < result.history[0].loss
+    assert last.test_acc > 0.9  # the synthetic classes are easy
+    assert last.examples_per_sec > 0 and last.seconds > 0
+    assert not result.model.training and result.device == "cpu"
+
+
+def test_training_is_reproducible_with_a_seed(data: FashionMNIST) -> None:
+    a = train(TrainConfig(variant="scratch", seed=7, **SMALL), data)
+    b = train(TrainConfig(variant="scratch", seed=7, **SMALL), data)
+    c = train(TrainConfig(variant="scratch", seed=8, **SMALL), data)
+    assert [m.loss for m in a.history] == [m.loss for m in b.history]
+    for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    assert [m.loss for m in a.history] != [m.loss for m in c.history]
+
+
+def test_training_reports_progress_within_an_epoch(data: FashionMNIST) -> None:
+    reports: list[Progress] = []
+    train(TrainConfig(variant="builtin", progress_every=4, **SMALL), data, on_progress=reports.append)
+    batches = reports[0].batches
+    assert batches == 16  # 512 images / 32
+    assert [r.batch for r in reports if r.epoch == 1] == [4, 8, 12, 16]
+    assert reports[-1].fraction == 1.0 and 0 < reports[0].fraction < 0.5
+    assert all(r.loss > 0 and 0 <= r.train_acc <= 1 for r in reports)
+
+
+def test_training_stops_between_batches_when_asked(data: FashionMNIST) -> None:
+    calls = 0
+
+    def should_stop() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > 5
+
+    with pytest.raises(TrainingCancelled, match="epoch 1, batch 5"):
+        train(TrainConfig(variant="scratch", **SMALL), data, should_stop=should_stop)
+
+
+@pytest.mark.parametrize("variant", ["scratch", "builtin"])
+def test_training_divergence_is_a_clear_error(data: FashionMNIST, variant: str) -> None:
+    with pytest.raises(TrainingDiverged, match=r"diverged.*learning rate 1e\+36"):
+        train(TrainConfig(variant=variant, epochs=1, batch_size=32, lr=1e36), data)
+
+
+@pytest.mark.parametrize("variant", ["scratch", "builtin"])
+def test_precise_bn_changes_running_statistics_and_leaves_weights(data: FashionMNIST, variant: str) -> None:
+    result = train(TrainConfig(variant=variant, **SMALL), data)
+    model = result.model
+    stats_before = [batchnorm_state(m) for _, m in batchnorm_layers(model)]
+    params_before = {k: v.clone() for k, v in model.named_parameters()}
+    recompute_bn_statistics(model, data.train_images, batch_size=32, num_images=256)
+    for before, (_, layer) in zip(stats_before, batchnorm_layers(model), strict=True):
+        after = batchnorm_state(layer)
+        assert not torch.allclose(before["running_mean"], after["running_mean"])
+        assert not torch.allclose(before["running_var"], after["running_var"])
+    for k, v in model.named_parameters():
+        assert torch.equal(v, params_before[k]), k
+    assert not model.training  # the mode is restored
+
+
+def test_precise_bn_is_the_average_of_batch_statistics() -> None:
+    torch.manual_seed(0)
+    model = build_lenet("scratch")
+    images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
+    recompute_bn_statistics(model, images, batch_size=16, num_images=64, seed=0)
+    # Recompute the first layer's statistics by hand over the same four batches.
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    conv = model[0]
+    means, variances = [], []
+    for start in range(0, 64, 16):
+        X = conv(images[order[start:start + 16]].unsqueeze(1).float() / 255)
+        means.append(X.mean(dim=(0, 2, 3)))
+        variances.append(X.var(dim=(0, 2, 3), correction=0))
+    torch.testing.assert_close(model[1].moving_mean.reshape(-1), torch.stack(means).mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model[1].moving_var.reshape(-1), torch.stack(variances).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_training_with_precise_bn_reports_its_accuracy(data: FashionMNIST) -> None:
+    result = train(TrainConfig(variant="builtin", precise_bn=True, precise_bn_images=256, **SMALL), data)
+    assert result.precise_bn_test_acc is not None and 0 <= result.precise_bn_test_acc <= 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("variant", "fancy", "unknown variant"),
+        ("epochs", 0, "epochs"),
+        ("lr", float("nan"), "lr"),
+        ("lr", -1.0, "lr"),
+        ("batch_size", 1, "at least 2"),
+    ],
+)
+def test_training_config_rejects_bad_values(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_training_device_choice() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(None).type == expected
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="unsupported device 'meta'"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def _real_data() -> FashionMNIST:
+    try:
+        return load_fashion_mnist(download=False)
+    except DataError as exc:
+        pytest.skip(f"the real Fashion-MNIST cannot be had here: {exc}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["scratch", "builtin"])
+def test_training_one_epoch_on_real_fashion_mnist(variant: str) -> None:
+    data = _real_data()
+    result = train(TrainConfig(variant=variant, epochs=1, precise_bn=True), data)
+    assert result.precise_bn_test_acc is not None and result.precise_bn_test_acc >= 0.80
+    assert dataclasses.asdict(result.history[0])["train_acc"] > 0.7
