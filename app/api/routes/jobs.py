@@ -1,0 +1,56 @@
+"""GET /jobs, GET /jobs/{job_id}, POST /jobs/{job_id}/cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from app.deps import JobStoreDep, ReaderDep, WriterDep
+from app.errors import error_responses
+from app.schemas import JobList, JobOut, JobStatus
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="the job's id")]
+
+
+@router.get(
+    "",
+    response_model=JobList,
+    summary="List jobs, newest first",
+    dependencies=[ReaderDep],
+    responses=error_responses(401, 403, 422, 503),
+)
+def list_jobs(
+    store: JobStoreDep,
+    status: Annotated[JobStatus | None, Query(description="only jobs with this status")] = None,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict:
+    records, total = store.list(status=status, offset=offset, limit=limit)
+    return {"data": records, "count": total}
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="One job: status, progress, history, result",
+    dependencies=[ReaderDep],
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+def get_job(job_id: JobId, store: JobStoreDep) -> dict:
+    return store.get(job_id)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    summary="Cancel a job",
+    description="A queued job is cancelled at once and never starts; a running one stops between "
+    "batches and becomes `cancelled` shortly after (`cancel_requested` is true until then).",
+    dependencies=[WriterDep],
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+)
+def cancel_job(job_id: JobId, store: JobStoreDep) -> dict:
+    return store.request_cancel(job_id)

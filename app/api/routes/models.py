@@ -1,0 +1,73 @@
+"""GET /models, GET /models/{model_id}, GET /models/{model_id}/batchnorm."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+
+from app.deps import ModelStoreDep, ReaderDep
+from app.errors import error_responses
+from app.schemas import BatchNormOut, ModelList, ModelOut
+from bnlenet.model_store import MODEL_ID_PATTERN
+from models.batchnorm import batchnorm_layers, batchnorm_state
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description="the model's id (its training job's id)")]
+
+
+def _model_out(model_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model_id": model_id,
+        "variant": meta.get("variant"),
+        "hyperparameters": meta.get("hyperparameters") or {},
+        "metrics": meta.get("history") or [],
+        "test_acc": meta.get("test_acc"),
+        "precise_bn_test_acc": meta.get("precise_bn_test_acc"),
+        "device": meta.get("device"),
+        "created_at": meta.get("created_at"),
+        "job_id": meta.get("job_id"),
+    }
+
+
+@router.get(
+    "",
+    response_model=ModelList,
+    summary="List trained models, newest first",
+    description="Read from the checkpoint directory: works while Redis is down. Files that are not "
+    "valid checkpoints are left out.",
+    dependencies=[ReaderDep],
+    responses=error_responses(401, 403),
+)
+def list_models(store: ModelStoreDep) -> dict:
+    models = store.list()
+    return {"data": [_model_out(i, m) for i, m in models], "count": len(models)}
+
+
+@router.get(
+    "/{model_id}",
+    response_model=ModelOut,
+    summary="One model: variant, hyperparameters, metrics, created time",
+    dependencies=[ReaderDep],
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+def get_model(model_id: ModelId, store: ModelStoreDep) -> dict:
+    return _model_out(model_id, store.metadata(model_id))
+
+
+@router.get(
+    "/{model_id}/batchnorm",
+    response_model=BatchNormOut,
+    summary="Every BN layer's gamma, beta, running mean and running variance",
+    description="The chapter's look at `net[1].gamma` and `net[1].beta`, for any trained model.",
+    dependencies=[ReaderDep],
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+def get_batchnorm(model_id: ModelId, store: ModelStoreDep) -> dict:
+    loaded = store.get(model_id)
+    layers = []
+    for name, layer in batchnorm_layers(loaded.model):
+        state = {k: v.detach().reshape(-1).tolist() for k, v in batchnorm_state(layer).items()}
+        layers.append({"name": name, "num_features": len(state["gamma"]), **state})
+    return {"model_id": loaded.model_id, "variant": loaded.metadata["variant"], "layers": layers}

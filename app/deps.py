@@ -1,0 +1,65 @@
+"""Dependencies as ``Annotated`` aliases: settings, the stores, and access control."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.errors import Forbidden, Unauthorized
+from bnlenet.jobs import JobStore
+from bnlenet.model_store import ModelStore
+from bnlenet.settings import Settings
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_job_store(request: Request) -> JobStore:
+    return request.app.state.job_store
+
+
+def get_model_store(request: Request) -> ModelStore:
+    return request.app.state.model_store
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
+
+
+_bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the server sets one")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def check_token(settings: Settings, authorization: str | None) -> None:
+    """Raise unless ``authorization`` carries the configured bearer token (constant-time compare)."""
+    token = settings.API_TOKEN
+    if not token:
+        return
+    if not authorization:
+        raise Unauthorized("this endpoint needs a bearer token: send 'Authorization: Bearer <API_TOKEN>'")
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <API_TOKEN>'")
+    if not secrets.compare_digest(given.strip().encode(), token.encode()):
+        raise Forbidden("the bearer token is not valid")
+
+
+def require_writer(request: Request, _credentials: BearerDep) -> None:
+    """Training, cancelling, anything that changes state: needs the token when one is set."""
+    check_token(request.app.state.settings, request.headers.get("authorization"))
+
+
+def require_reader(request: Request, _credentials: BearerDep) -> None:
+    """Reads: need the token only when PROTECT_READS is on."""
+    settings: Settings = request.app.state.settings
+    if settings.PROTECT_READS:
+        check_token(settings, request.headers.get("authorization"))
+
+
+WriterDep = Depends(require_writer)
+ReaderDep = Depends(require_reader)

@@ -1,0 +1,108 @@
+"""Domain exceptions and the one place that maps them to HTTP answers.
+
+    StoreUnavailable (bnlenet.jobs)        503  Redis is down: training and jobs wait for it
+    JobNotFound (bnlenet.jobs)             404
+    JobFinished (bnlenet.jobs)             409  cancelling a job that already ended
+    UnknownModel (bnlenet.model_store)     404  also any id that could never name a model
+    NoModelYet (bnlenet.model_store)       409  train one first
+    ModelUnusable (bnlenet.model_store)    409  the checkpoint is corrupt, tampered or not ours
+    QueueUnavailable                       503  the job was not queued (and not kept)
+    BadInput                               422  a body that parsed but says something impossible
+    UnsupportedMedia                       415  not an image, or a content type /predict does not take
+    PayloadTooLarge                        413
+    Unauthorized / Forbidden               401 / 403
+
+Every answer is ``{"detail": "..."}`` with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from bnlenet.jobs import JobFinished, JobNotFound, StoreUnavailable
+from bnlenet.model_store import ModelUnusable, NoModelYet, UnknownModel
+
+__all__ = [
+    "BadInput",
+    "Forbidden",
+    "PayloadTooLarge",
+    "QueueUnavailable",
+    "Unauthorized",
+    "UnsupportedMedia",
+    "error_responses",
+    "install_error_handlers",
+]
+
+
+class QueueUnavailable(RuntimeError):
+    """The training task could not be published."""
+
+
+class BadInput(ValueError):
+    """A request body that is well-formed but unusable."""
+
+
+class UnsupportedMedia(ValueError):
+    """Not an image, or a content type the endpoint does not accept."""
+
+
+class PayloadTooLarge(ValueError):
+    """A body or upload over the configured limit."""
+
+
+class Unauthorized(PermissionError):
+    """No bearer token where one is required."""
+
+
+class Forbidden(PermissionError):
+    """A bearer token that is not the right one."""
+
+
+STATUS: dict[type[Exception], int] = {
+    StoreUnavailable: 503,
+    QueueUnavailable: 503,
+    JobNotFound: 404,
+    UnknownModel: 404,
+    JobFinished: 409,
+    NoModelYet: 409,
+    ModelUnusable: 409,
+    BadInput: 422,
+    UnsupportedMedia: 415,
+    PayloadTooLarge: 413,
+    Unauthorized: 401,
+    Forbidden: 403,
+}
+
+_DESCRIPTIONS = {
+    401: "A bearer token is required (Authorization: Bearer <token>)",
+    403: "The bearer token is wrong",
+    404: "Not found",
+    409: "Conflict with the current state",
+    413: "Body or upload too large",
+    415: "Unsupported media type or not an image",
+    422: "Invalid input: the message says what is allowed",
+    503: "Redis (job store and queue) unavailable",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses`` entries for these status codes."""
+    from app.schemas import ErrorOut
+
+    return {code: {"model": ErrorOut, "description": _DESCRIPTIONS[code]} for code in codes}
+
+
+def _handler(status: int):  # type: ignore[no-untyped-def]
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status == 503:
+            headers = {"Retry-After": "5"}
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+    return handle
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for exc_type, status in STATUS.items():
+        app.add_exception_handler(exc_type, _handler(status))

@@ -1,0 +1,365 @@
+"""The job store: training job records in Redis, shared by the API and the worker.
+
+The one place that knows the key formats:
+
+- ``bnlenet:job:<id>``: the record, a JSON object (see ``new_record``);
+- ``bnlenet:jobs:all`` and ``bnlenet:jobs:status:<status>``: sorted sets of ids scored by
+  creation time, for listing newest first, filtered by status, with a total;
+- ``bnlenet:workers``: a sorted set of worker names scored by when each was last seen.
+
+Every change to a record is a read-modify-write inside ``WATCH``/``MULTI``, so a cancel, a
+heartbeat and a status change never overwrite one another, and a record and its indexes
+always agree. Any Redis failure surfaces as ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+__all__ = [
+    "ACTIVE",
+    "STATUSES",
+    "TERMINAL",
+    "Claim",
+    "JobFinished",
+    "JobNotFound",
+    "JobStore",
+    "StoreUnavailable",
+]
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE = frozenset({"queued", "running"})
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+_PREFIX = "bnlenet"
+Record = dict[str, Any]
+
+
+class StoreUnavailable(RuntimeError):
+    """Redis cannot be reached or answered with an error."""
+
+
+class JobNotFound(LookupError):
+    """No job with this id."""
+
+
+class JobFinished(RuntimeError):
+    """The job already ended; it cannot be changed any more."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a delivery of a job should do: ``run`` it, or not (``reason`` says why)."""
+
+    run: bool
+    record: Record | None
+    reason: str = ""
+
+
+def new_record(job_id: str, params: dict[str, Any], now: float) -> Record:
+    """A fresh queued record; times are Unix seconds."""
+    return {
+        "job_id": job_id,
+        "status": "queued",
+        "params": params,
+        "progress": None,  # {epoch, epochs, batch, batches, fraction, loss, train_acc}
+        "history": [],  # one entry per finished epoch
+        "created_at": now,
+        "started_at": None,
+        "finished_at": None,
+        "heartbeat_at": None,
+        "worker": None,
+        "worker_pid": None,
+        "device": None,
+        "model_id": None,
+        "error": None,
+        "note": None,  # why the job was requeued, if it was
+        "attempts": 0,
+        "task_id": None,
+        "cancel_requested": False,
+    }
+
+
+class JobStore:
+    """Job records in Redis (see the module docstring for the layout)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 2.0) -> JobStore:
+        """A store on its own connection pool; short timeouts so a down Redis fails fast."""
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=30
+        )
+        return cls(client)
+
+    # keys
+    @staticmethod
+    def _job_key(job_id: str) -> str:
+        return f"{_PREFIX}:job:{job_id}"
+
+    @staticmethod
+    def _index_key(status: str | None = None) -> str:
+        return f"{_PREFIX}:jobs:all" if status is None else f"{_PREFIX}:jobs:status:{status}"
+
+    _workers_key = f"{_PREFIX}:workers"
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"the job store (Redis) is unavailable: {exc}") from exc
+
+    # reads
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless Redis answers."""
+        with self._errors():
+            self.redis.ping()
+
+    def get(self, job_id: str) -> Record:
+        with self._errors():
+            raw = self.redis.get(self._job_key(job_id))
+        if raw is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return json.loads(raw)
+
+    def list(self, *, status: str | None = None, offset: int = 0, limit: int = 50) -> tuple[list[Record], int]:
+        """Records newest first, optionally of one status; and how many there are in all."""
+        key = self._index_key(status)
+        with self._errors():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(key)
+            pipe.zrevrange(key, offset, offset + limit - 1)
+            total, ids = pipe.execute()
+            raws = self.redis.mget([self._job_key(i.decode()) for i in ids]) if ids else []
+        return [json.loads(r) for r in raws if r is not None], int(total)
+
+    def running(self) -> list[Record]:
+        with self._errors():
+            ids = self.redis.zrange(self._index_key("running"), 0, -1)
+            raws = self.redis.mget([self._job_key(i.decode()) for i in ids]) if ids else []
+        return [json.loads(r) for r in raws if r is not None]
+
+    # writes
+    def create(self, params: dict[str, Any]) -> Record:
+        """Store a new queued job with these (validated) parameters."""
+        now = time.time()
+        record = new_record(uuid.uuid4().hex, params, now)
+        with self._errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.set(self._job_key(record["job_id"]), json.dumps(record))
+            pipe.zadd(self._index_key(), {record["job_id"]: now})
+            pipe.zadd(self._index_key("queued"), {record["job_id"]: now})
+            pipe.execute()
+        return record
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job entirely (used when its task could not be queued)."""
+        with self._errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(self._job_key(job_id))
+            pipe.zrem(self._index_key(), job_id)
+            for status in STATUSES:
+                pipe.zrem(self._index_key(status), job_id)
+            pipe.execute()
+
+    def update(self, job_id: str, change: Callable[[Record], Record | None]) -> Record:
+        """Apply ``change`` to the record atomically; it returns the new record, or None for no change.
+
+        ``change`` may run more than once (when another writer got in first), so it must not
+        have side effects; it may raise to abort.
+        """
+        key = self._job_key(job_id)
+        with self._errors():
+            while True:
+                with self.redis.pipeline(transaction=True) as pipe:
+                    try:
+                        pipe.watch(key)
+                        raw = pipe.get(key)
+                        if raw is None:
+                            raise JobNotFound(f"no job with id {job_id!r}")
+                        old = json.loads(raw)
+                        new = change(json.loads(raw))
+                        if new is None:
+                            return old
+                        pipe.multi()
+                        pipe.set(key, json.dumps(new))
+                        if new["status"] != old["status"]:
+                            pipe.zrem(self._index_key(old["status"]), job_id)
+                            pipe.zadd(self._index_key(new["status"]), {job_id: new["created_at"]})
+                        pipe.execute()
+                        return new
+                    except redis.WatchError:
+                        continue
+
+    def set_task_id(self, job_id: str, task_id: str) -> Record:
+        return self.update(job_id, lambda r: {**r, "task_id": task_id})
+
+    def request_cancel(self, job_id: str) -> Record:
+        """Cancel a queued job at once; ask a running one to stop (the worker marks it cancelled)."""
+
+        def change(r: Record) -> Record:
+            if r["status"] in TERMINAL:
+                raise JobFinished(f"job {job_id} already ended ({r['status']}); there is nothing to cancel")
+            if r["status"] == "queued":
+                return {**r, "status": "cancelled", "cancel_requested": True, "finished_at": time.time()}
+            return {**r, "cancel_requested": True}
+
+        return self.update(job_id, change)
+
+    def claim(
+        self,
+        job_id: str,
+        *,
+        worker: str,
+        pid: int,
+        task_id: str | None,
+        max_attempts: int,
+        stale_after: float,
+        owner_gone: Callable[[Record], bool] = lambda r: False,
+    ) -> Claim:
+        """Mark the job running for this delivery, unless it should not run.
+
+        A delivery does not run a job that ended, was cancelled, or is running under another
+        live delivery (fresh heartbeat and ``owner_gone`` false). Each run counts as an
+        attempt; past ``max_attempts`` the job fails, as its worker keeps dying.
+        """
+        outcome: dict[str, Any] = {}
+
+        def change(r: Record) -> Record | None:
+            now = time.time()
+            outcome.clear()
+            if r["status"] in TERMINAL:
+                outcome.update(run=False, reason=f"job already {r['status']}")
+                return None
+            if r["cancel_requested"]:
+                outcome.update(run=False, reason="cancelled before it started")
+                return {**r, "status": "cancelled", "finished_at": now}
+            if r["status"] == "running":
+                fresh = r["heartbeat_at"] is not None and now - r["heartbeat_at"] < stale_after
+                if fresh and not owner_gone(r):
+                    outcome.update(run=False, reason=f"running under another live worker ({r['worker']})")
+                    return None
+            attempts = int(r["attempts"]) + 1
+            if attempts > max_attempts:
+                outcome.update(run=False, reason="attempts exhausted")
+                return {
+                    **r, "status": "failed", "finished_at": now, "attempts": attempts - 1,
+                    "error": _lost_message(attempts - 1),
+                }
+            outcome.update(run=True, reason="")
+            return {
+                **r, "status": "running", "attempts": attempts, "started_at": now, "heartbeat_at": now,
+                "worker": worker, "worker_pid": pid, "task_id": task_id or r["task_id"], "error": None,
+                "progress": None, "history": [],
+            }
+
+        try:
+            record = self.update(job_id, change)
+        except JobNotFound:
+            return Claim(False, None, "no such job")
+        return Claim(bool(outcome["run"]), record, outcome["reason"])
+
+    def heartbeat(self, job_id: str, *, worker: str, progress: dict[str, Any] | None = None) -> bool:
+        """Note that the job's worker is alive (and where it is); returns whether a cancel was asked."""
+        cancel = False
+
+        def change(r: Record) -> Record | None:
+            nonlocal cancel
+            cancel = bool(r["cancel_requested"])
+            if r["status"] != "running" or r["worker"] != worker:
+                return None  # not ours any more: never resurrect a finished or requeued job
+            new = {**r, "heartbeat_at": time.time()}
+            if progress is not None:
+                new["progress"] = progress
+            return new
+
+        self.update(job_id, change)
+        return cancel
+
+    def add_epoch(self, job_id: str, *, worker: str, metrics: dict[str, Any], progress: dict[str, Any]) -> None:
+        def change(r: Record) -> Record | None:
+            if r["status"] != "running" or r["worker"] != worker:
+                return None
+            return {**r, "history": [*r["history"], metrics], "progress": progress, "heartbeat_at": time.time()}
+
+        self.update(job_id, change)
+
+    def set_device(self, job_id: str, device: str) -> None:
+        self.update(job_id, lambda r: {**r, "device": device})
+
+    def finish(
+        self, job_id: str, status: str, *, model_id: str | None = None, error: str | None = None,
+        device: str | None = None,
+    ) -> Record:
+        """Record how the job ended."""
+        if status not in TERMINAL:
+            raise ValueError(f"{status!r} is not a final status")
+
+        def change(r: Record) -> Record | None:
+            if r["status"] in TERMINAL:
+                return None
+            new = {**r, "status": status, "finished_at": time.time(), "model_id": model_id, "error": error}
+            if device is not None:
+                new["device"] = device
+            return new
+
+        return self.update(job_id, change)
+
+    def reap(self, job_id: str, *, stale_after: float, max_attempts: int) -> Record | None:
+        """Requeue a running job whose worker vanished, or fail it once attempts are used up.
+
+        Returns the record when it went back to ``queued`` (the caller publishes a new task),
+        else None.
+        """
+        requeued = False
+
+        def change(r: Record) -> Record | None:
+            nonlocal requeued
+            requeued = False
+            now = time.time()
+            if r["status"] != "running" or (r["heartbeat_at"] or 0) > now - stale_after:
+                return None
+            silent = now - (r["heartbeat_at"] or r["created_at"])
+            if r["cancel_requested"]:
+                return {**r, "status": "cancelled", "finished_at": now,
+                        "note": f"its worker {r['worker']} vanished after the cancel was asked"}
+            if int(r["attempts"]) >= max_attempts:
+                return {**r, "status": "failed", "finished_at": now, "error": _lost_message(int(r["attempts"]))}
+            requeued = True
+            return {
+                **r, "status": "queued", "progress": None,
+                "note": f"requeued: worker {r['worker']} sent no heartbeat for {silent:.0f}s "
+                        f"(attempt {r['attempts']} of {max_attempts})",
+            }
+
+        record = self.update(job_id, change)
+        return record if requeued else None
+
+    # workers
+    def worker_seen(self, name: str) -> None:
+        with self._errors():
+            self.redis.zadd(self._workers_key, {name: time.time()})
+
+    def live_workers(self, within: float) -> list[str]:
+        """Workers seen in the last ``within`` seconds."""
+        with self._errors():
+            names = self.redis.zrangebyscore(self._workers_key, time.time() - within, "+inf")
+        return sorted(n.decode() for n in names)
+
+
+def _lost_message(attempts: int) -> str:
+    return (
+        f"the worker running this job was lost {attempts} time(s) (killed or crashed mid-training); "
+        "giving up so that it cannot take down more workers"
+    )

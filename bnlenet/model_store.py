@@ -1,0 +1,200 @@
+"""The model store: trained checkpoints in one directory, shared by the API and the worker.
+
+The one place that knows the path rule: model ``<id>`` lives in
+``<CHECKPOINT_DIR>/<id>.safetensors``, and an id must match ``MODEL_ID_PATTERN`` (no path
+separators, no dots), so no id can name a file outside the directory. The directory is the
+registry: listing and serving work from disk alone, with Redis down.
+
+Serving keeps the disk off the hot path: loaded models sit in a bounded LRU, header metadata
+is cached by (mtime, size), and "the newest model" is recomputed at most once per
+``refresh_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from models.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+
+__all__ = [
+    "MODEL_ID_PATTERN",
+    "LoadedModel",
+    "ModelStore",
+    "ModelUnusable",
+    "NoModelYet",
+    "UnknownModel",
+    "valid_model_id",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_MODEL_ID = re.compile(MODEL_ID_PATTERN)
+SUFFIX = ".safetensors"
+
+
+class UnknownModel(LookupError):
+    """No model with this id (including ids that could never name one)."""
+
+
+class NoModelYet(LookupError):
+    """No trained model exists at all."""
+
+
+class ModelUnusable(RuntimeError):
+    """The model's checkpoint exists but cannot be trusted or loaded."""
+
+
+def valid_model_id(model_id: str) -> bool:
+    return bool(_MODEL_ID.fullmatch(model_id))
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model_id: str
+    model: nn.Module  # eval mode, CPU
+    metadata: dict[str, Any]
+
+
+class ModelStore:
+    """Checkpoints under ``directory``, with caches for serving."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, cache_size: int = 8, refresh_s: float = 1.0) -> None:
+        self.directory = Path(directory)
+        self.cache_size = cache_size
+        self.refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._meta: dict[str, tuple[tuple[int, int], dict[str, Any] | None]] = {}
+        self._newest: str | None = None
+        self._newest_at = float("-inf")
+
+    def path_for(self, model_id: str) -> Path:
+        """The checkpoint path of ``model_id``; an id that breaks the rule is an unknown model."""
+        if not valid_model_id(model_id):
+            raise UnknownModel(
+                f"no model with id {model_id!r} (model ids are 1-64 letters, digits, '-' or '_')"
+            )
+        return self.directory / f"{model_id}{SUFFIX}"
+
+    # writing
+    def publish(self, model_id: str, model: nn.Module, metadata: dict[str, Any]) -> Path:
+        """Write the checkpoint atomically; it is visible whole or not at all."""
+        path = save_checkpoint(self.path_for(model_id), model, {**metadata, "model_id": model_id})
+        self._newest_at = float("-inf")  # let this process see it at once
+        return path
+
+    # metadata
+    def _scan(self) -> list[tuple[str, dict[str, Any]]]:
+        """(id, metadata) of every readable checkpoint; others are skipped with a warning."""
+        found: list[tuple[str, dict[str, Any]]] = []
+        seen: set[str] = set()
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            name = entry.name
+            if not name.endswith(SUFFIX) or name.startswith("."):
+                continue
+            model_id = name[: -len(SUFFIX)]
+            if not valid_model_id(model_id):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            seen.add(model_id)
+            meta = self._metadata_cached(model_id, Path(entry.path), (st.st_mtime_ns, st.st_size))
+            if meta is not None:
+                found.append((model_id, meta))
+        with self._lock:
+            for gone in set(self._meta) - seen:
+                self._meta.pop(gone, None)
+        found.sort(key=lambda item: (str(item[1].get("created_at", "")), item[0]), reverse=True)
+        return found
+
+    def _metadata_cached(self, model_id: str, path: Path, stamp: tuple[int, int]) -> dict[str, Any] | None:
+        cached = self._meta.get(model_id)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            meta: dict[str, Any] | None = read_metadata(path)
+        except CheckpointError as exc:
+            log.warning("skipping %s: %s", path, exc)
+            meta = None
+        with self._lock:
+            self._meta[model_id] = (stamp, meta)
+        return meta
+
+    def list(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every usable-looking model, newest first."""
+        return self._scan()
+
+    def metadata(self, model_id: str) -> dict[str, Any]:
+        path = self.path_for(model_id)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise UnknownModel(f"no model with id {model_id!r}") from exc
+        meta = self._metadata_cached(model_id, path, (st.st_mtime_ns, st.st_size))
+        if meta is None:
+            raise ModelUnusable(f"model {model_id!r} exists but is not a valid bnlenet checkpoint")
+        return meta
+
+    def newest(self) -> str:
+        """The id of the newest model, recomputed at most every ``refresh_s`` seconds."""
+        now = time.monotonic()
+        if now - self._newest_at >= self.refresh_s:
+            models = self._scan()
+            self._newest = models[0][0] if models else None
+            self._newest_at = now
+        if self._newest is None:
+            raise NoModelYet("no trained model yet: train one with POST /train and wait for it to succeed")
+        return self._newest
+
+    # serving
+    def get(self, model_id: str | None = None) -> LoadedModel:
+        """A loaded model (the newest when ``model_id`` is None); loaded once, then from the LRU."""
+        if model_id is None:
+            model_id = self.newest()
+        loaded = self._loaded.get(model_id)
+        if loaded is not None:
+            with self._lock:
+                if model_id in self._loaded:
+                    self._loaded.move_to_end(model_id)
+            return loaded
+        return self._load(model_id)
+
+    def _load(self, model_id: str) -> LoadedModel:
+        path = self.path_for(model_id)
+        if not path.is_file():
+            raise UnknownModel(f"no model with id {model_id!r}")
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as exc:
+            reason = str(exc).replace(str(path), path.name)  # no server paths in answers
+            raise ModelUnusable(f"model {model_id!r} cannot be used: {reason}") from exc
+        model = checkpoint.model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        loaded = LoadedModel(model_id, model, checkpoint.metadata)
+        with self._lock:
+            self._loaded[model_id] = loaded
+            self._loaded.move_to_end(model_id)
+            while len(self._loaded) > self.cache_size:
+                self._loaded.popitem(last=False)
+        return loaded
+
+    def cached_ids(self) -> list[str]:
+        return list(self._loaded)

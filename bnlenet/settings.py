@@ -1,0 +1,52 @@
+"""The one settings object shared by the API and the worker, read from the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Environment-driven configuration; every field is also an environment variable of the same name."""
+
+    model_config = SettingsConfigDict(env_file=None, case_sensitive=False, extra="ignore")
+
+    REDIS_URL: str = "redis://127.0.0.1:6379/0"  # broker, result backend and job store
+    CHECKPOINT_DIR: Path = Path("./var/checkpoints")  # the model registry: one file per model
+    DATA_DIR: Path | None = None  # Fashion-MNIST IDX files; None: the usual places
+    DATA_DOWNLOAD: bool = True  # let the worker download Fashion-MNIST when it is nowhere on disk
+
+    # Access control: with a token, writes need `Authorization: Bearer <token>`.
+    API_TOKEN: str | None = None
+    PROTECT_READS: bool = False  # also close reads and /predict behind the token
+    CORS_ORIGINS: list[str] = Field(default_factory=list)  # empty: no CORS headers at all
+
+    MAX_UPLOAD_BYTES: int = 1 << 20  # one uploaded image
+    MAX_BODY_BYTES: int = 2 << 20  # any request body (a JSON pixel array is ~20 KB)
+    MODEL_CACHE_SIZE: int = Field(8, ge=1)  # loaded models kept in memory per API process
+    NEWEST_MODEL_REFRESH_S: float = 1.0  # how stale "the newest model" may be, to keep disk off the hot path
+
+    TRAINING_QUEUE: str = "training"
+    JOB_HEARTBEAT_INTERVAL_S: float = Field(1.0, gt=0)  # also how fast a cancel reaches a running job
+    JOB_PROGRESS_INTERVAL_S: float = Field(0.5, gt=0)  # progress writes within an epoch, at most this often
+    JOB_STALE_AFTER_S: float = Field(30.0, gt=0)  # a running job without a heartbeat this long lost its worker
+    REAPER_INTERVAL_S: float = Field(10.0, gt=0)  # how often a worker looks for such jobs
+    MAX_ATTEMPTS: int = Field(3, ge=1)  # deliveries of one job before it is failed as a worker killer
+    VISIBILITY_TIMEOUT_S: int = 12 * 3600  # longer than the longest job, or Redis redelivers running jobs
+    REDIS_TIMEOUT_S: float = 2.0  # connect and read timeout: a down Redis answers 503 quickly, never hangs
+
+    # Limits on POST /train, stated in the schema.
+    MAX_EPOCHS: int = Field(100, ge=1)
+    MAX_LR: float = Field(100.0, gt=0)
+    MAX_BATCH_SIZE: int = Field(8192, ge=2)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()
