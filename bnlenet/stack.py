@@ -31,6 +31,10 @@ HEALTH_TIMEOUT_S = float(os.environ.get("BNLENET_START_TIMEOUT", "180"))
 # acknowledged late, goes back to the queue for the next worker.
 WORKER_STOP_TIMEOUT_S = float(os.environ.get("BNLENET_WORKER_STOP_TIMEOUT", "30"))
 API_STOP_TIMEOUT_S = 15.0
+DEFAULT_DATA_NOTE = (
+    "DATA_DIR unset: /usr/share/datasets/fashion-mnist if installed, "
+    "else downloaded to ~/.cache/bnlenet by the first training job"
+)
 
 
 class StackError(RuntimeError):
@@ -246,7 +250,7 @@ def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = N
                 f"  Redis        {redis_note}\n"
                 f"  workers      {len(devices) or 1} ({where})\n"
                 f"  checkpoints  {env['CHECKPOINT_DIR']}\n"
-                f"  data         {env.get('DATA_DIR') or 'DATA_DIR unset: the system data set or a download'}\n"
+                f"  data         {env.get('DATA_DIR') or DEFAULT_DATA_NOTE}\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,
             )

