@@ -11,10 +11,10 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -23,6 +23,9 @@ from torch import nn
 
 from models.lenet import VARIANTS, build_lenet
 
+if TYPE_CHECKING:
+    from models.training import TrainConfig, TrainResult
+
 __all__ = [
     "FORMAT",
     "Checkpoint",
@@ -30,6 +33,7 @@ __all__ = [
     "load_checkpoint",
     "read_metadata",
     "save_checkpoint",
+    "training_metadata",
 ]
 
 FORMAT = "bnlenet-checkpoint/1"
@@ -169,3 +173,22 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     model.load_state_dict(tensors, strict=True)
     model.eval()
     return Checkpoint(model=model, metadata=meta)
+
+
+def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[str, ...]) -> dict[str, Any]:
+    """The metadata a checkpoint of a finished training run carries, for the CLI and the worker alike."""
+
+    history = [asdict(m) for m in result.history]
+    final = history[-1] if history else {}
+    metrics: dict[str, Any] = {k: final[k] for k in ("loss", "train_acc", "test_acc", "examples_per_sec") if k in final}
+    if result.precise_bn_test_acc is not None:
+        metrics["test_acc_before_precise_bn"] = metrics.get("test_acc")
+        metrics["test_acc"] = result.precise_bn_test_acc
+    return {
+        "variant": config.variant,
+        "hyperparameters": config.hyperparameters(),
+        "metrics": metrics,
+        "history": history,
+        "classes": list(classes),
+        "device": result.device,
+    }

@@ -43,8 +43,10 @@ def load_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Imag
             img.load()
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"not a readable image: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not an image in a format this service reads (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"the image is too large: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"the image is truncated or corrupt: {exc}") from exc
     return _to_grayscale_28(img)

@@ -1,0 +1,162 @@
+"""The ``bnlenet`` command line: train, predict and inspect without any server; ``up`` starts the stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from models.lenet import VARIANTS
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnlenet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train in this process and write a checkpoint (no Redis needed)")
+    t.add_argument("--variant", choices=VARIANTS, required=True, help="BN from scratch or PyTorch's builtin")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--lr", type=float, default=1.0)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--precise-bn", action="store_true", help="recompute BN statistics as true averages after training")
+    t.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present)")
+    t.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: DATA_DIR or the usual places)")
+    t.add_argument("--out", type=Path, default=None,
+                   help="checkpoint path (default: a new model in CHECKPOINT_DIR, served by the API)")
+    t.add_argument("--json", action="store_true", help="one JSON object per line: each epoch, then the result")
+
+    p = sub.add_parser("predict", help="classify images with a checkpoint")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("images", type=Path, nargs="+", help="PNG, JPEG or any common format")
+    p.add_argument("--json", action="store_true", help="one JSON object per image, with every probability")
+
+    i = sub.add_parser("inspect", help="each BN layer's gamma, beta, running mean and running variance")
+    i.add_argument("checkpoint", type=Path)
+    i.add_argument("--json", action="store_true")
+
+    u = sub.add_parser("up", help="start Redis (unless REDIS_URL is set), a Celery worker and the API")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=8000)
+    u.add_argument("--workers", type=int, default=None, help="API worker processes (default: one per core)")
+    return parser
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from bnlenet.model_store import ModelStore
+    from bnlenet.settings import get_settings
+    from models.checkpoint import save_checkpoint, training_metadata
+    from models.data import load_fashion_mnist
+    from models.training import EpochMetrics, Progress, TrainConfig, train
+
+    config = TrainConfig(
+        variant=args.variant, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        seed=args.seed, precise_bn=args.precise_bn, device=args.device,
+    )
+    settings = get_settings()
+    data = load_fashion_mnist(args.data_dir or settings.DATA_DIR)
+    bar = tqdm(total=config.epochs, unit="epoch", desc=f"train {config.variant}", file=sys.stderr,
+               disable=not sys.stderr.isatty())
+
+    def on_progress(p: Progress) -> None:
+        bar.n = round(p.fraction * config.epochs, 3)
+        bar.set_postfix(loss=f"{p.loss:.3f}", acc=f"{p.train_acc:.3f}", refresh=True)
+
+    def on_epoch(m: EpochMetrics) -> None:
+        line = {k: getattr(m, k) for k in ("epoch", "loss", "train_acc", "test_acc", "examples_per_sec")}
+        if args.json:
+            _emit(line)
+        else:
+            bar.write(f"epoch {m.epoch}: loss {m.loss:.3f}, train acc {m.train_acc:.3f}, "
+                      f"test acc {m.test_acc:.3f}, {m.examples_per_sec:,.0f} examples/sec")
+
+    result = train(config, data, on_progress=on_progress, on_epoch=on_epoch)
+    bar.close()
+    metadata = training_metadata(config, result, data.classes)
+    if args.out is not None:
+        path = save_checkpoint(args.out, result.model, metadata)
+    else:
+        model_id = f"cli-{config.variant}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
+        path = ModelStore(settings.CHECKPOINT_DIR).publish(model_id, result.model, metadata)
+    summary = {"checkpoint": str(path), "variant": config.variant, **metadata["metrics"]}
+    if args.json:
+        _emit(summary)
+    else:
+        print(f"checkpoint: {path} (test acc {summary['test_acc']:.3f})")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from models.checkpoint import load_checkpoint
+    from models.inference import predict_probabilities
+    from models.preprocess import image_to_tensor
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    classes = checkpoint.metadata.get("classes") or []
+    for image in args.images:
+        probs = predict_probabilities(checkpoint.model, image_to_tensor(image.read_bytes()))[0]
+        index = int(probs.argmax())
+        name = classes[index] if index < len(classes) else str(index)
+        if args.json:
+            _emit({"image": str(image), "class_index": index, "class_name": name,
+                   "probability": float(probs[index]), "probabilities": probs.tolist()})
+        else:
+            print(f"{image}: {name} (class {index}, p={float(probs[index]):.4f})")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from models.batchnorm import batchnorm_layers, batchnorm_state
+    from models.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    layers = {
+        name: {k: v.tolist() for k, v in batchnorm_state(layer).items()}
+        for name, layer in batchnorm_layers(checkpoint.model)
+    }
+    if args.json:
+        _emit({"variant": checkpoint.metadata["variant"], "layers": layers})
+        return 0
+    print(f"{args.checkpoint}: {checkpoint.metadata['variant']} LeNet")
+    for name, state in layers.items():
+        print(f"layer {name} ({len(state['gamma'])} channels)")
+        for key, values in state.items():
+            shown = ", ".join(f"{v:.4f}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+            print(f"  {key:<12} [{shown}]")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from bnlenet.stack import run_stack
+
+    return run_stack(host=args.host, port=args.port, workers=args.workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    from models.checkpoint import CheckpointError
+    from models.data import DataError
+    from models.preprocess import ImageError
+    from models.training import TrainingCancelled, TrainingDiverged
+
+    handlers = {"train": _train, "predict": _predict, "inspect": _inspect, "up": _up}
+    try:
+        return handlers[args.command](args)
+    except (CheckpointError, DataError, ImageError, TrainingDiverged, TrainingCancelled, ValueError, OSError) as exc:
+        print(f"bnlenet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The ``bnlenet`` command line, run as a user runs it: a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.checkpoint import load_checkpoint
+from models.data import load_fashion_mnist
+from models.inference import predict_probabilities
+from models.preprocess import image_to_tensor
+
+
+def _bnlenet(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bnlenet.cli", *args],
+        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}, cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> tuple[Path, list[dict[str, object]]]:
+    out = tmp_path_factory.mktemp("cli") / "model.safetensors"
+    proc = _bnlenet("train", "--variant", "scratch", "--epochs", "2", "--batch-size", "32",
+                    "--precise-bn", "--json", "--out", str(out), "--data-dir", str(synthetic_data_dir))
+    assert proc.returncode == 0, proc.stderr
+    return out, [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_cli_train_prints_one_json_object_per_epoch_and_the_checkpoint(trained: tuple[Path, list[dict[str, object]]]) -> None:
+    out, lines = trained
+    assert [line.get("epoch") for line in lines[:2]] == [1, 2]
+    for line in lines[:2]:
+        assert set(line) == {"epoch", "loss", "train_acc", "test_acc", "examples_per_sec"}
+    assert lines[-1]["checkpoint"] == str(out)
+    meta = load_checkpoint(out).metadata
+    assert meta["variant"] == "scratch" and meta["hyperparameters"]["precise_bn"] is True
+    assert [h["epoch"] for h in meta["history"]] == [1, 2] and meta["classes"][0] == "T-shirt/top"
+
+
+def test_cli_train_default_output_is_a_served_model(tmp_path: Path, synthetic_data_dir: Path) -> None:
+    proc = _bnlenet("train", "--variant", "builtin", "--epochs", "1", "--batch-size", "64", "--json",
+                    env={"DATA_DIR": str(synthetic_data_dir), "CHECKPOINT_DIR": str(tmp_path / "ck")})
+    assert proc.returncode == 0, proc.stderr
+    path = Path(json.loads(proc.stdout.splitlines()[-1])["checkpoint"])
+    assert path.parent == tmp_path / "ck" and path.name.startswith("cli-builtin-")
+
+
+def test_cli_predict_matches_the_model(trained: tuple[Path, list[dict[str, object]]], synthetic_data_dir: Path, tmp_path: Path) -> None:
+    out, _ = trained
+    data = load_fashion_mnist(synthetic_data_dir, download=False)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(data.test_images[i].numpy()).save(paths[-1])
+    proc = _bnlenet("predict", str(out), *map(str, paths), "--json")
+    assert proc.returncode == 0, proc.stderr
+    model = load_checkpoint(out).model
+    for path, line in zip(paths, proc.stdout.splitlines(), strict=True):
+        got = json.loads(line)
+        expected = predict_probabilities(model, image_to_tensor(path.read_bytes()))[0]
+        assert got["class_index"] == int(expected.argmax())
+        torch.testing.assert_close(torch.tensor(got["probabilities"]), expected, rtol=0, atol=1e-6)
+    text = _bnlenet("predict", str(out), str(paths[0]))
+    assert text.returncode == 0 and f"{paths[0]}: " in text.stdout and "p=" in text.stdout
+
+
+def test_cli_inspect_shows_every_bn_layer(trained: tuple[Path, list[dict[str, object]]]) -> None:
+    out, _ = trained
+    proc = _bnlenet("inspect", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    layers = json.loads(proc.stdout)["layers"]
+    assert list(layers) == ["1", "5", "10", "13"]
+    assert {k: len(v) for k, v in layers["1"].items()} == {"gamma": 6, "beta": 6, "running_mean": 6, "running_var": 6}
+    state = load_checkpoint(out).model[1]
+    assert np.allclose(layers["1"]["running_var"], state.moving_var.reshape(-1).numpy())
+    assert "running_mean" in _bnlenet("inspect", str(out)).stdout
+
+
+def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("hello")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    proc = _bnlenet("predict", str(bad), str(not_image))
+    assert proc.returncode == 2 and "bnlenet predict: error:" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _bnlenet("train", "--variant", "scratch", "--batch-size", "1")
+    assert proc.returncode == 2 and "batch_size must be at least 2" in proc.stderr
+    proc = _bnlenet("train", "--variant", "fancy")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
