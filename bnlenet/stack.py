@@ -154,17 +154,21 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _check_alive(children: list[Child]) -> None:
+def _check_alive(children: list[Child], redis: RedisServer | None) -> None:
+    if redis is not None and redis.process is not None and redis.process.poll() is not None:
+        raise StackError(f"redis-server (pid {redis.process.pid}) exited unexpectedly with status "
+                         f"{redis.process.returncode}; its log: {redis.data_dir / 'redis.log'}")
     for child in children:
         code = child.exited()
         if code is not None:
             raise StackError(f"{child.name} (pid {child.pid}) exited unexpectedly with status {code}")
 
 
-def _wait_healthy(url: str, children: list[Child], stop: threading.Event, timeout: float) -> None:
+def _wait_healthy(url: str, children: list[Child], redis: RedisServer | None, stop: threading.Event,
+                  timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not stop.is_set():
-        _check_alive(children)
+        _check_alive(children, redis)
         if _answers(url):
             return
         if time.monotonic() > deadline:
@@ -240,7 +244,7 @@ def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = N
         ).start())
 
         api = _url(host, port)
-        _wait_healthy(_url(_probe_host(host), port) + "/healthz", children, stop, HEALTH_TIMEOUT_S)
+        _wait_healthy(_url(_probe_host(host), port) + "/healthz", children, redis, stop, HEALTH_TIMEOUT_S)
         if not stop.is_set():
             where = "one per GPU: " + ", ".join(devices) if devices else "CPU"
             print(
@@ -255,7 +259,7 @@ def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = N
                 flush=True,
             )
         while not stop.is_set():
-            _check_alive(children)
+            _check_alive(children, redis)
             stop.wait(0.5)
         print("bnlenet: stopping (API, then workers, then Redis)", file=sys.stderr, flush=True)
     except StackError as exc:
