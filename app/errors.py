@@ -17,7 +17,10 @@ Every answer is ``{"detail": "..."}`` with a message that says what to fix.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from bnlenet.jobs import JobFinished, JobNotFound, StoreUnavailable
@@ -103,6 +106,20 @@ def _handler(status: int):  # type: ignore[no-untyped-def]
     return handle
 
 
+def _plain_error(err: dict[str, Any]) -> dict[str, Any]:
+    """A validation error without the offending input (it may be NaN, huge, or binary)."""
+    out = {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+    if isinstance(err.get("ctx"), dict):
+        out["ctx"] = {k: str(v) for k, v in err["ctx"].items()}
+    return out
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": [_plain_error(e) for e in exc.errors()]}, status_code=422)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     for exc_type, status in STATUS.items():
         app.add_exception_handler(exc_type, _handler(status))
+    app.add_exception_handler(RequestValidationError, _validation_error)

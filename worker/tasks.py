@@ -62,9 +62,17 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def publish_train_job(job_id: str) -> str:
-    """Queue a task for the job; returns the task id. Raises when the broker is unreachable."""
-    result = app.send_task(TRAIN_TASK, args=[job_id], retry=False)
+def publish_train_job(job_id: str, broker_url: str | None = None) -> str:
+    """Queue a task for the job on ``broker_url`` (default: the configured one); returns the task id.
+
+    Raises when the broker is unreachable. Results are never stored (``ignore_result``): the
+    job record is the result, and no result subscription is opened.
+    """
+    if broker_url is None:
+        result = app.send_task(TRAIN_TASK, args=[job_id], retry=False, ignore_result=True)
+    else:
+        with app.connection_for_write(broker_url) as conn:
+            result = app.send_task(TRAIN_TASK, args=[job_id], connection=conn, retry=False, ignore_result=True)
     return str(result.id)
 
 

@@ -6,7 +6,7 @@ import logging
 
 from fastapi import APIRouter, Response
 
-from app.deps import JobStoreDep, WriterDep
+from app.deps import JobStoreDep, SettingsDep, WriterDep
 from app.errors import QueueUnavailable, error_responses
 from app.schemas import JobOut, TrainRequest
 from bnlenet.jobs import StoreUnavailable
@@ -26,13 +26,13 @@ log = logging.getLogger(__name__)
     dependencies=[WriterDep],
     responses={**error_responses(401, 403, 413, 422, 503)},
 )
-def create_training_job(body: TrainRequest, store: JobStoreDep, response: Response) -> dict:
+def create_training_job(body: TrainRequest, store: JobStoreDep, settings: SettingsDep, response: Response) -> dict:
     # Record first, then publish: a job is never queued without a record. If publishing
     # fails the record is removed and the client told, so nothing is silently lost.
     record = store.create(body.model_dump())
     job_id = record["job_id"]
     try:
-        task_id = publish_train_job(job_id)
+        task_id = publish_train_job(job_id, settings.REDIS_URL)
     except Exception as exc:
         log.warning("could not queue job %s: %s", job_id, exc)
         try:

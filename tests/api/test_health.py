@@ -1,0 +1,30 @@
+"""GET /healthz and GET /readyz."""
+
+from __future__ import annotations
+
+from bnlenet.jobs import JobStore
+
+
+def test_health_healthz_is_ok(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_health_readyz_says_no_worker(client):
+    r = client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json()["workers"] == []
+    assert "no worker" in r.json()["detail"]
+
+
+def test_health_readyz_lists_live_workers(client, redis_url):
+    JobStore.from_url(redis_url).worker_seen("celery@gpu0")
+    r = client.get("/readyz")
+    assert r.json()["workers"] == ["celery@gpu0"]
+
+
+def test_health_redis_down_readyz_503_healthz_200(make_client, dead_redis_url):
+    client = make_client(REDIS_URL=dead_redis_url)
+    assert client.get("/healthz").status_code == 200
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    assert "Redis" in r.json()["detail"]

@@ -1,0 +1,121 @@
+"""GET /models, GET /models/{model_id}, GET /models/{model_id}/batchnorm; hostile checkpoint files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from models.batchnorm import batchnorm_layers, batchnorm_state
+from models.checkpoint import load_checkpoint
+from tests.api.conftest import png_bytes, sample_image
+
+
+class _Boom:
+    """Unpickling this writes a marker file: proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_models_list_newest_first(client, trained_models):
+    r = client.get("/models")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["count"] == 2
+    assert [m["model_id"] for m in body["data"]] == trained_models[1][::-1]
+
+
+def test_models_get_describes_the_model(client, trained_models):
+    model_id = trained_models[1][0]
+    r = client.get(f"/models/{model_id}")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["variant"] == "builtin"
+    assert body["hyperparameters"]["batch_size"] == 64
+    assert len(body["metrics"]) == 1 and "test_acc" in body["metrics"][0]
+    assert body["created_at"]
+
+
+def test_models_get_unknown_is_404(client):
+    assert client.get("/models/does-not-exist").status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/models/..", "/models/..%2Fsecret", "/models/a.b", "/models/%2Fetc%2Fpasswd",
+                                  "/models/..%2F..%2Fbatchnorm"])
+def test_models_ids_never_name_paths(client, path):
+    assert client.get(path).status_code in (404, 422)
+
+
+@pytest.mark.parametrize("variant_index", [0, 1])
+def test_models_batchnorm_shows_every_layer(client, trained_models, variant_index):
+    directory, ids = trained_models
+    model_id = ids[variant_index]
+    r = client.get(f"/models/{model_id}/batchnorm")
+    assert r.status_code == 200
+    body = r.json()
+    model = load_checkpoint(directory / f"{model_id}.safetensors").model
+    layers = batchnorm_layers(model)
+    assert [layer["name"] for layer in body["layers"]] == [name for name, _ in layers]
+    for out, (_, layer) in zip(body["layers"], layers, strict=True):
+        state = batchnorm_state(layer)
+        for key in ("gamma", "beta", "running_mean", "running_var"):
+            assert torch.allclose(torch.tensor(out[key]), state[key].reshape(-1)), key
+        assert out["num_features"] == state["gamma"].numel()
+
+
+def test_models_batchnorm_unknown_is_404(client):
+    assert client.get("/models/nope/batchnorm").status_code == 404
+
+
+def test_models_planted_pickle_is_refused_and_never_runs(make_client, checkpoint_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    (checkpoint_dir / "evil.safetensors").write_bytes(pickle.dumps(_Boom(str(marker))))
+    (checkpoint_dir / "evil2.pt").write_bytes(pickle.dumps(_Boom(str(marker))))
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)
+    listing = client.get("/models").json()
+    assert "evil" not in [m["model_id"] for m in listing["data"]]
+    assert listing["count"] == 2
+    assert client.get("/models/evil").status_code == 409
+    r = client.post("/predict", json={"pixels": [[0.0] * 28] * 28, "model_id": "evil"})
+    assert r.status_code == 409
+    assert "cannot be used" in r.json()["detail"]
+    assert client.get("/models/evil/batchnorm").status_code == 409
+    # the other models keep serving, including as the default
+    assert client.post("/predict", files={"file": ("x.png", png_bytes(sample_image()), "image/png")}).status_code == 200
+    assert not marker.exists()
+
+
+def test_models_tampered_checkpoint_is_refused(make_client, checkpoint_dir, trained_models):
+    model_id = trained_models[1][0]
+    path = checkpoint_dir / f"{model_id}.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF  # flip bits inside the tensor data
+    path.write_bytes(bytes(raw))
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)
+    r = client.post("/predict", json={"pixels": [[0.0] * 28] * 28, "model_id": model_id})
+    assert r.status_code == 409
+    assert "checksum" in r.json()["detail"]
+    assert str(checkpoint_dir) not in r.json()["detail"]
+
+
+def test_models_half_written_temp_files_are_invisible(make_client, checkpoint_dir):
+    (checkpoint_dir / ".newmodel.safetensors.abc.tmp").write_bytes(b"partial")
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)
+    assert client.get("/models").json()["count"] == 2
+
+
+def test_models_work_while_redis_is_down(make_client, dead_redis_url):
+    client = make_client(REDIS_URL=dead_redis_url)
+    assert client.get("/models").status_code == 200
+
+
+def test_models_closed_with_protect_reads(make_client):
+    client = make_client(API_TOKEN="tok", PROTECT_READS=True)
+    assert client.get("/models").status_code == 401
+    assert client.get("/models", headers={"Authorization": "Bearer tok"}).status_code == 200

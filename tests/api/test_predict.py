@@ -1,0 +1,237 @@
+"""POST /predict: answers, eval mode under concurrency, and every error."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import pickle
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bnlenet.model_store import ModelStore
+from models.checkpoint import load_checkpoint
+from models.inference import predict_probabilities
+from models.preprocess import image_to_tensor
+from tests.api.conftest import png_bytes, sample_image
+
+
+def _expected(checkpoint_dir, model_id, data: bytes) -> list[float]:
+    model = load_checkpoint(checkpoint_dir / f"{model_id}.safetensors").model
+    return predict_probabilities(model, image_to_tensor(data))[0].tolist()
+
+
+def _upload(client, data: bytes, model_id: str | None = None, filename="x.png"):
+    fields = {"model_id": model_id} if model_id else None
+    return client.post("/predict", files={"file": (filename, data, "image/png")}, data=fields)
+
+
+def test_predict_upload_matches_the_checkpoint(client, trained_models):
+    directory, ids = trained_models
+    data = png_bytes(sample_image(3))
+    r = _upload(client, data, ids[0])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_id"] == ids[0]
+    np.testing.assert_allclose(body["probabilities"], _expected(directory, ids[0], data), atol=1e-6)
+    assert body["class_index"] == int(np.argmax(body["probabilities"]))
+    assert isinstance(body["class_name"], str)
+
+
+def test_predict_defaults_to_the_newest_model(client, trained_models):
+    r = _upload(client, png_bytes(sample_image(1)))
+    assert r.status_code == 200
+    assert r.json()["model_id"] == trained_models[1][-1]
+
+
+def test_predict_json_pixels_equal_the_same_image_uploaded(client, trained_models):
+    img = sample_image(5)
+    by_json = client.post("/predict", json={"pixels": (img / 255.0).tolist()}).json()
+    by_upload = _upload(client, png_bytes(img)).json()
+    np.testing.assert_allclose(by_json["probabilities"], by_upload["probabilities"], atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "P", "RGBA", "CMYK", "RGB", "LA", "1"])
+def test_predict_accepts_common_image_modes(client, mode):
+    img = Image.fromarray(sample_image(2)).convert("RGB" if mode in ("CMYK", "RGB") else "L")
+    if mode == "I;16":
+        img = Image.fromarray(sample_image(2).astype(np.uint16) * 257)  # 16-bit grayscale
+        assert img.mode.startswith("I;16")
+    else:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG" if mode == "CMYK" else ("TIFF" if mode == "LA" else "PNG"))
+    r = _upload(client, buf.getvalue())
+    assert r.status_code == 200, (mode, r.text)
+
+
+def test_predict_resizes_large_images(client):
+    big = Image.fromarray(sample_image(4)).resize((300, 200))
+    buf = io.BytesIO()
+    big.save(buf, format="JPEG")
+    assert _upload(client, buf.getvalue(), filename="x.jpg").status_code == 200
+
+
+def test_predict_unknown_model_is_404(client):
+    r = _upload(client, png_bytes(sample_image()), "no-such-model")
+    assert r.status_code == 404
+    assert "no-such-model" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("model_id", ["../model-scratch", "..", "a/b", "/etc/passwd", "x.safetensors", "-x"])
+def test_predict_model_ids_never_name_paths(client, model_id):
+    r = client.post("/predict", json={"pixels": [[0.0] * 28] * 28, "model_id": model_id})
+    assert r.status_code == 404
+
+
+def test_predict_without_any_model_is_409(make_client, tmp_path):
+    client = make_client(CHECKPOINT_DIR=tmp_path / "empty")
+    r = client.post("/predict", json={"pixels": [[0.0] * 28] * 28})
+    assert r.status_code == 409
+    assert "train" in r.json()["detail"]
+
+
+def test_predict_not_an_image_is_415(client):
+    r = _upload(client, b"this is plain text, not a picture")
+    assert r.status_code == 415
+
+
+def test_predict_empty_upload_is_422(client):
+    r = _upload(client, b"")
+    assert r.status_code == 422
+    assert "empty" in r.json()["detail"]
+
+
+def test_predict_truncated_image_is_4xx(client):
+    r = _upload(client, png_bytes(sample_image())[:60])
+    assert r.status_code in (415, 422)
+
+
+def test_predict_decompression_bomb_is_422(client):
+    # A valid PNG header declaring 100000 x 100000 pixels, with almost no data.
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    r = _upload(client, png)
+    assert r.status_code in (413, 415, 422)
+    assert r.status_code == 422
+
+
+def test_predict_upload_over_the_limit_is_413(make_client):
+    client = make_client(MAX_UPLOAD_BYTES=1000)
+    noisy = np.random.default_rng(0).integers(0, 256, size=(64, 64), dtype=np.uint8)
+    r = _upload(client, png_bytes(noisy))
+    assert r.status_code == 413
+
+
+def test_predict_body_over_the_limit_is_413(make_client):
+    client = make_client(MAX_BODY_BYTES=10_000)
+    r = client.post("/predict", content=b"x" * 20_000, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_predict_missing_file_field_is_422(client):
+    r = client.post("/predict", files={"image": ("x.png", png_bytes(sample_image()), "image/png")})
+    assert r.status_code == 422
+    assert "'file'" in r.json()["detail"]
+
+
+def test_predict_wrong_content_type_is_415(client):
+    r = client.post("/predict", content=png_bytes(sample_image()), headers={"content-type": "image/png"})
+    assert r.status_code == 415
+
+
+@pytest.mark.parametrize("pixels", [
+    [[0.0] * 28] * 27,
+    [[0.0] * 27] * 28,
+    [0.0] * 784,
+    [[2.0] * 28] * 28,
+    [[-0.1] * 28] * 28,
+    "abc",
+])
+def test_predict_bad_pixels_are_422(client, pixels):
+    r = client.post("/predict", json={"pixels": pixels})
+    assert r.status_code == 422, r.text
+
+
+def test_predict_nan_pixels_are_422(client):
+    row = "[" + ",".join(["NaN"] + ["0"] * 27) + "]"
+    body = '{"pixels": [' + ",".join([row] * 28) + "]}"
+    r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert "finite" in json.dumps(r.json())
+
+
+def test_predict_unknown_json_field_is_422(client):
+    r = client.post("/predict", json={"pixels": [[0.0] * 28] * 28, "extra": 1})
+    assert r.status_code == 422
+
+
+def test_predict_pickle_is_not_an_image(client):
+    r = _upload(client, pickle.dumps({"a": 1}))
+    assert r.status_code == 415
+
+
+def test_predict_works_while_redis_is_down(make_client, dead_redis_url):
+    client = make_client(REDIS_URL=dead_redis_url)
+    assert _upload(client, png_bytes(sample_image())).status_code == 200
+
+
+def test_predict_closed_with_protect_reads(make_client):
+    client = make_client(API_TOKEN="tok", PROTECT_READS=True)
+    assert _upload(client, png_bytes(sample_image())).status_code == 401
+    r = client.post("/predict", json={"pixels": [[0.0] * 28] * 28}, headers={"Authorization": "Bearer no"})
+    assert r.status_code == 403
+    r = client.post("/predict", json={"pixels": [[0.0] * 28] * 28}, headers={"Authorization": "Bearer tok"})
+    assert r.status_code == 200
+
+
+def test_predict_open_by_default_even_with_a_token(make_client):
+    client = make_client(API_TOKEN="tok")
+    assert _upload(client, png_bytes(sample_image())).status_code == 200
+
+
+def _bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_predict_is_eval_mode_under_concurrency(client, trained_models):
+    """Many requests at once give each image the answer it gets alone, and change no statistics."""
+    model_id = trained_models[1][-1]
+    images = [png_bytes(sample_image(i)) for i in range(16)]
+    alone = [_upload(client, data, model_id).json()["probabilities"] for data in images]
+    store: ModelStore = client.app.state.model_store
+    before = _bn_buffers(store.get(model_id).model)
+
+    async def burst() -> list[list[float]]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
+            reqs = [
+                ac.post("/predict", files={"file": ("x.png", images[i % 16], "image/png")},
+                        data={"model_id": model_id})
+                for i in range(128)
+            ]
+            return [r.json()["probabilities"] for r in await asyncio.gather(*reqs)]
+
+    together = asyncio.run(burst())
+    with ThreadPoolExecutor(8) as pool:  # and from threads, as a threaded server would
+        threaded = list(pool.map(lambda i: _upload(client, images[i % 16], model_id).json()["probabilities"],
+                                 range(64)))
+    for i, probs in enumerate(together):
+        assert probs == alone[i % 16]
+    for i, probs in enumerate(threaded):
+        assert probs == alone[i % 16]
+    after = _bn_buffers(store.get(model_id).model)
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    assert not store.get(model_id).model.training

@@ -1,0 +1,91 @@
+"""POST /train."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from bnlenet.settings import get_settings
+
+
+def test_train_accepts_the_chapter_defaults(client, redis_url):
+    r = client.post("/train", json={})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued"
+    assert r.headers["location"] == f"/jobs/{job['job_id']}"
+    assert job["params"] == {"variant": "scratch", "epochs": 10, "lr": 1.0, "batch_size": 256, "seed": 0,
+                             "precise_bn": False, "device": None}
+    assert job["attempts"] == 0
+    assert redis.Redis.from_url(redis_url).llen("training") == 1  # a task was published
+
+
+def test_train_job_is_readable_at_its_location(client):
+    r = client.post("/train", json={"variant": "builtin", "epochs": 2, "lr": 0.5, "batch_size": 32})
+    job = client.get(r.headers["location"]).json()
+    assert job["params"]["variant"] == "builtin"
+    assert job["params"]["batch_size"] == 32
+    assert job["task_id"] if "task_id" in job else True
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"unknown": 1}, "unknown"),
+    ({"variant": "resnet"}, "variant"),
+    ({"epochs": 0}, "epochs"),
+    ({"epochs": get_settings().MAX_EPOCHS + 1}, "epochs"),
+    ({"lr": 0}, "lr"),
+    ({"lr": -1}, "lr"),
+    ({"lr": get_settings().MAX_LR * 10}, "lr"),
+    ({"batch_size": 1}, "batch_size"),
+    ({"batch_size": get_settings().MAX_BATCH_SIZE + 1}, "batch_size"),
+    ({"epochs": 1.5}, "epochs"),
+    ({"seed": -1}, "seed"),
+    ({"device": "tpu"}, "device"),
+    ({"precise_bn": "maybe"}, "precise_bn"),
+])
+def test_train_rejects_invalid_fields(client, body, field):
+    r = client.post("/train", json=body)
+    assert r.status_code == 422, r.text
+    assert any(field in err["loc"] for err in r.json()["detail"])
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_train_rejects_non_finite_lr(client, literal):
+    r = client.post("/train", content=f'{{"lr": {literal}}}', headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert "finite" in json.dumps(r.json()["detail"])
+
+
+def test_train_accepts_limits_exactly(client):
+    s = get_settings()
+    r = client.post("/train", json={"epochs": s.MAX_EPOCHS, "lr": s.MAX_LR, "batch_size": 2})
+    assert r.status_code == 202, r.text
+
+
+def test_train_rejects_non_json(client):
+    r = client.post("/train", content=b"epochs=3", headers={"content-type": "text/plain"})
+    assert r.status_code == 422
+
+
+def test_train_answers_503_when_redis_is_down(make_client, dead_redis_url):
+    client = make_client(REDIS_URL=dead_redis_url)
+    r = client.post("/train", json={"epochs": 1})
+    assert r.status_code == 503
+    assert "Redis" in r.json()["detail"]
+
+
+def test_train_needs_the_token_when_one_is_set(make_client):
+    client = make_client(API_TOKEN="s3cret")
+    assert client.post("/train", json={}).status_code == 401
+    assert client.post("/train", json={}, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert client.post("/train", json={}, headers={"Authorization": "Basic s3cret"}).status_code == 401
+    r = client.post("/train", json={}, headers={"Authorization": "Bearer s3cret"})
+    assert r.status_code == 202
+
+
+def test_train_body_over_the_limit_is_413(make_client):
+    client = make_client(MAX_BODY_BYTES=1000)
+    r = client.post("/train", content=b'{"epochs": 1' + b" " * 2000 + b"}", headers={"content-type": "application/json"})
+    assert r.status_code == 413
