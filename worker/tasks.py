@@ -171,8 +171,8 @@ def train_job(self: Task, job_id: str) -> str:
             variant=params["variant"], epochs=params["epochs"], lr=params["lr"], batch_size=params["batch_size"],
             seed=params["seed"], precise_bn=params["precise_bn"], device=params.get("device"),
         )
-        result = train(config, training_data(), on_progress=on_progress, on_epoch=on_epoch,
-                       should_stop=beat.cancel.is_set)
+        data = training_data()
+        result = train(config, data, on_progress=on_progress, on_epoch=on_epoch, should_stop=beat.cancel.is_set)
         history = [asdict(m) for m in result.history]
         model_store().publish(job_id, result.model, {
             "variant": config.variant,
@@ -182,6 +182,7 @@ def train_job(self: Task, job_id: str) -> str:
             "test_acc": history[-1]["test_acc"] if history else None,
             "precise_bn_test_acc": result.precise_bn_test_acc,
             "device": result.device,
+            "classes": list(data.classes),
         })
         _finish_reliably(job_id, "succeeded", model_id=job_id, device=result.device)
         return "succeeded"

@@ -1,0 +1,169 @@
+"""The real stack, as processes: a Redis server, a Celery worker and the API under uvicorn."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bnlenet.redis_server import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Proc:
+    """A child process in its own session (so its pool children stop with it), logging to a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name, self.args, self.env = name, args, env
+        self.log = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        return self
+
+    def signal_group(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None:
+            return
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.process.wait()
+        try:  # pool children left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash or the OOM killer would."""
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+class Stack:
+    """Redis + worker + API on 127.0.0.1, configured through the environment as in production."""
+
+    def __init__(self, root: Path, data_dir: Path) -> None:
+        self.root = root
+        self.redis = RedisServer(root / "redis")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.checkpoint_dir = root / "checkpoints"
+        self.env = {
+            **os.environ,
+            "REDIS_URL": self.redis.url,
+            "CHECKPOINT_DIR": str(self.checkpoint_dir),
+            "DATA_DIR": str(data_dir),
+            "DATA_DOWNLOAD": "false",
+            "JOB_HEARTBEAT_INTERVAL_S": "0.3",
+            "JOB_PROGRESS_INTERVAL_S": "0.2",
+            "JOB_STALE_AFTER_S": "3",
+            "REAPER_INTERVAL_S": "1",
+            "MAX_LR": "1e37",  # lets a test ask for a learning rate that diverges
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.workers: list[Proc] = []
+        self.api: Proc | None = None
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def start_worker(self, name: str = "w1") -> Proc:
+        args = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "prefork",
+                "--concurrency", "1", "-Q", "training", "--loglevel", "INFO", "-n", f"{name}@%h",
+                "--without-gossip", "--without-mingle"]
+        worker = Proc(f"worker-{name}-{len(self.workers)}", args, self.env, self.root).start()
+        self.workers.append(worker)
+        return worker
+
+    def start_api(self) -> Proc:
+        args = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port),
+                "--log-level", "warning"]
+        self.api = Proc(f"api-{time.monotonic_ns()}", args, self.env, self.root).start()
+        wait_for(lambda: self._healthy(), 60, f"the API did not come up:\n{self.api.tail()}")
+        return self.api
+
+    def _healthy(self) -> bool:
+        try:
+            return self.client.get("/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_for_worker(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            r = self.client.get("/readyz")
+            return r.status_code == 200 and bool(r.json()["workers"])
+
+        wait_for(ready, timeout, f"no worker became ready:\n{self.workers[-1].tail() if self.workers else ''}")
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.api is not None:
+            self.api.stop()
+        for worker in self.workers:
+            worker.stop()
+        self.redis.stop()
+
+    def job(self, job_id: str) -> dict:
+        r = self.client.get(f"/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_job(self, job_id: str, statuses: set[str], timeout: float = 90) -> dict:
+        seen: list[str] = []
+
+        def done() -> bool:
+            job = self.job(job_id)
+            if not seen or seen[-1] != job["status"]:
+                seen.append(job["status"])
+            return job["status"] in statuses
+
+        wait_for(done, timeout, lambda: f"job {job_id} went {seen}, not to {statuses}:\n"
+                 + "\n".join(w.tail() for w in self.workers))
+        record = self.job(job_id)
+        record["_seen"] = seen
+        return record
+
+
+def wait_for(check, timeout: float, message, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(message() if callable(message) else message)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Iterator[Stack]:
+    """A running stack with one worker, shared by a module's tests."""
+    s = Stack(tmp_path_factory.mktemp("stack"), synthetic_data_dir)
+    try:
+        s.redis.start()
+        s.start_worker()
+        s.start_api()
+        s.wait_for_worker()
+        yield s
+    finally:
+        s.stop()
