@@ -5,14 +5,31 @@ Used by ``bnlenet up`` (the embedded default stack) and by the integration tests
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisNotFound", "RedisServer", "find_redis_server", "free_port"]
+__all__ = ["RedisNotFound", "RedisServer", "die_with_parent", "find_redis_server", "free_port"]
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """In a fresh child (``preexec_fn``): have Linux SIGTERM it when its parent dies, even by SIGKILL.
+
+    An orphaned redis-server would keep its data directory while the next owner starts another.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
 
 
 class RedisNotFound(RuntimeError):
@@ -87,7 +104,8 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Its own session: a Ctrl-C in the terminal reaches the owner, which stops Redis last.
         self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from bnlenet.redis_server import RedisNotFound, RedisServer
+from bnlenet.redis_server import RedisNotFound, RedisServer, die_with_parent
 
 __all__ = ["Child", "gpu_ids", "run_stack"]
 
@@ -52,7 +52,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Child:
-        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True, preexec_fn=die_with_parent)
         return self
 
     @property

