@@ -24,7 +24,7 @@ from typing import IO
 
 from bnlenet.redis_server import RedisNotFound, RedisServer, die_with_parent
 
-__all__ = ["Child", "gpu_ids", "run_stack"]
+__all__ = ["Child", "api_child", "gpu_ids", "run_stack", "worker_children"]
 
 HEALTH_TIMEOUT_S = float(os.environ.get("BNLENET_START_TIMEOUT", "180"))
 # A warm shutdown waits for the running task; past this the worker is killed and its job,
@@ -63,6 +63,14 @@ class Child:
     def exited(self) -> int | None:
         """The exit status if the process has ended, else None."""
         return None if self.process is None else self.process.poll()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group now."""
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def stop(self) -> None:
         """SIGTERM the leader, wait, then SIGKILL whatever is left of its process group."""
@@ -176,6 +184,37 @@ def _wait_healthy(url: str, children: list[Child], redis: RedisServer | None, st
         stop.wait(0.25)
 
 
+def worker_children(devices: list[str], env: dict[str, str]) -> list[Child]:
+    """One Celery worker per GPU, each seeing only its card; one CPU worker when there is none."""
+    out = []
+    for i, device in enumerate(devices or [None]):
+        worker_env = dict(env)
+        if device is None:
+            node, label = "bnlenet-cpu@%h", "worker (CPU)"
+        else:
+            node, label = f"bnlenet-gpu{i}@%h", f"worker {i} (GPU {device})"
+            worker_env["CUDA_VISIBLE_DEVICES"] = device
+        out.append(Child(
+            name=label,
+            argv=[sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+                  "--concurrency", "1", "--loglevel", "INFO", "-n", node],
+            env=worker_env,
+            stop_timeout=WORKER_STOP_TIMEOUT_S,
+        ))
+    return out
+
+
+def api_child(host: str, port: int, workers: int, env: dict[str, str]) -> Child:
+    """uvicorn serving ``app.main:app`` with ``workers`` processes."""
+    return Child(
+        name="api",
+        argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
+              "--workers", str(workers), "--timeout-graceful-shutdown", "10"],
+        env=env,
+        stop_timeout=API_STOP_TIMEOUT_S,
+    )
+
+
 def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -> int:
     """Start Redis (unless ``REDIS_URL`` is set), the Celery worker(s) and the API; block until stopped.
 
@@ -186,8 +225,12 @@ def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = N
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            print("bnlenet: already stopping", file=sys.stderr)
+        if stop.is_set():  # a second Ctrl-C: stop waiting for anyone
+            print("bnlenet: killing what is left", file=sys.stderr, flush=True)
+            for child in children:
+                child.kill()
+            if redis is not None and redis.process is not None:
+                _signal(redis.process.pid, signal.SIGKILL)  # no waiting inside a signal handler
         stop.set()
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -203,9 +246,8 @@ def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = N
         env.setdefault("CHECKPOINT_DIR", str(var_dir / "checkpoints"))
         Path(env["CHECKPOINT_DIR"]).mkdir(parents=True, exist_ok=True)
 
-        redis_url = env.get("REDIS_URL")
-        if redis_url:
-            redis_note = f"{redis_url} (external, from REDIS_URL)"
+        if env.get("REDIS_URL"):
+            redis_note = f"{env['REDIS_URL']} (external, from REDIS_URL)"
         else:
             lock = _lock(var_dir)
             redis_port = int(env["BNLENET_REDIS_PORT"]) if env.get("BNLENET_REDIS_PORT") else None
@@ -215,33 +257,14 @@ def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = N
                 raise StackError(str(exc)) from None
             except RuntimeError as exc:
                 raise StackError(f"Redis did not start: {exc}") from None
-            redis_url = env["REDIS_URL"] = redis.url
+            env["REDIS_URL"] = redis.url
             redis_note = f"{redis.url} (pid {redis.process.pid if redis.process else '?'}), data in {redis.data_dir}"
 
         devices = gpu_ids(env)
-        for i, device in enumerate(devices or [None]):
-            worker_env = dict(env)
-            if device is None:
-                name = "bnlenet-cpu@%h"
-            else:
-                name = f"bnlenet-gpu{i}@%h"
-                worker_env["CUDA_VISIBLE_DEVICES"] = device
-            children.append(Child(
-                name=f"worker {name.split('@')[0]}" + (f" (GPU {device})" if device is not None else " (CPU)"),
-                argv=[sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                      "--concurrency", "1", "--loglevel", "INFO", "-n", name],
-                env=worker_env,
-                stop_timeout=WORKER_STOP_TIMEOUT_S,
-            ).start())
-
         api_workers = workers or int(env.get("BNLENET_API_WORKERS") or 0) or os.cpu_count() or 1
-        children.append(Child(
-            name="api",
-            argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
-                  "--workers", str(api_workers), "--timeout-graceful-shutdown", "10"],
-            env=env,
-            stop_timeout=API_STOP_TIMEOUT_S,
-        ).start())
+        for child in [*worker_children(devices, env), api_child(host, port, api_workers, env)]:
+            children.append(child)
+            child.start()
 
         api = _url(host, port)
         _wait_healthy(_url(_probe_host(host), port) + "/healthz", children, redis, stop, HEALTH_TIMEOUT_S)
@@ -262,7 +285,7 @@ def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = N
             _check_alive(children, redis)
             stop.wait(0.5)
         print("bnlenet: stopping (API, then workers, then Redis)", file=sys.stderr, flush=True)
-    except StackError as exc:
+    except (StackError, OSError) as exc:
         print(f"bnlenet: {exc}; stopping the rest", file=sys.stderr, flush=True)
         status = 1
     finally:

@@ -17,7 +17,7 @@ import pytest
 
 from bnlenet import redis_server
 from bnlenet.redis_server import RedisNotFound, find_redis_server, free_port
-from bnlenet.stack import gpu_ids
+from bnlenet.stack import api_child, gpu_ids, worker_children
 
 START_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 60
@@ -258,3 +258,39 @@ def test_gpu_ids_follow_cuda_visible_devices() -> None:
     assert gpu_ids({"CUDA_VISIBLE_DEVICES": ""}) == []
     assert gpu_ids({"CUDA_VISIBLE_DEVICES": "-1"}) == []
     assert gpu_ids({"CUDA_VISIBLE_DEVICES": "1,-1,3"}) == ["1"]
+
+
+def test_gpu_ids_count_what_nvidia_smi_lists(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA H100 (UUID: GPU-b)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert gpu_ids({}) == ["0", "1"]
+
+
+def test_gpu_ids_none_without_nvidia_smi(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert gpu_ids({}) == []
+
+
+def test_worker_children_one_per_gpu_each_seeing_only_its_card() -> None:
+    workers = worker_children(["0", "1"], {"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert [w.env["CUDA_VISIBLE_DEVICES"] for w in workers] == ["0", "1"]
+    names = [w.argv[w.argv.index("-n") + 1] for w in workers]
+    assert len(set(names)) == 2
+    for w in workers:
+        assert w.argv[1:6] == ["-m", "celery", "-A", "worker.celery_app", "worker"]
+        assert w.argv[w.argv.index("--concurrency") + 1] == "1"
+        assert w.env["REDIS_URL"] == "redis://127.0.0.1:1/0"
+
+
+def test_worker_children_one_cpu_worker_without_gpus() -> None:
+    (worker,) = worker_children([], {})
+    assert "CUDA_VISIBLE_DEVICES" not in worker.env
+
+
+def test_api_child_runs_uvicorn_with_the_asked_worker_count() -> None:
+    api = api_child("127.0.0.1", 8123, 3, {})
+    assert api.argv[1:4] == ["-m", "uvicorn", "app.main:app"]
+    assert api.argv[api.argv.index("--workers") + 1] == "3"
+    assert api.argv[api.argv.index("--port") + 1] == "8123"
