@@ -1,0 +1,83 @@
+"""The job store under the API: claims, attempts, heartbeats and the stale-job reaper, on a real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bnlenet.jobs import JobFinished, JobStore
+
+
+@pytest.fixture
+def store(redis_url) -> JobStore:
+    return JobStore.from_url(redis_url)
+
+
+def _claim(store, job_id, worker="host:1", **kw):
+    return store.claim(job_id, worker=worker, pid=1, task_id="t", max_attempts=kw.pop("max_attempts", 3),
+                       stale_after=kw.pop("stale_after", 30), **kw)
+
+
+def test_job_store_claim_counts_attempts_and_skips_live_runs(store):
+    job_id = store.create({"epochs": 1})["job_id"]
+    first = _claim(store, job_id)
+    assert first.run and first.record["attempts"] == 1 and first.record["status"] == "running"
+    again = _claim(store, job_id, worker="host:2")
+    assert not again.run and "live" in again.reason
+
+
+def test_job_store_claim_takes_over_from_a_dead_owner(store):
+    job_id = store.create({})["job_id"]
+    _claim(store, job_id)
+    second = _claim(store, job_id, worker="host:2", owner_gone=lambda r: True)
+    assert second.run and second.record["attempts"] == 2 and second.record["worker"] == "host:2"
+
+
+def test_job_store_claim_fails_the_job_after_max_attempts(store):
+    job_id = store.create({})["job_id"]
+    for i in range(3):
+        assert _claim(store, job_id, worker=f"host:{i}", owner_gone=lambda r: True).run
+    last = _claim(store, job_id, worker="host:9", owner_gone=lambda r: True)
+    assert not last.run
+    assert last.record["status"] == "failed"
+    assert "lost 3 time" in last.record["error"]
+
+
+def test_job_store_claim_skips_cancelled_and_finished_jobs(store):
+    job_id = store.create({})["job_id"]
+    store.request_cancel(job_id)
+    claim = _claim(store, job_id)
+    assert not claim.run and claim.record["status"] == "cancelled" and claim.record["attempts"] == 0
+    with pytest.raises(JobFinished):
+        store.request_cancel(job_id)
+
+
+def test_job_store_reap_requeues_a_silent_running_job(store):
+    job_id = store.create({})["job_id"]
+    _claim(store, job_id)
+    assert store.reap(job_id, stale_after=30, max_attempts=3) is None  # still fresh
+    time.sleep(0.3)
+    back = store.reap(job_id, stale_after=0.1, max_attempts=3)
+    assert back is not None and back["status"] == "queued" and "requeued" in back["note"]
+    records, total = store.list(status="queued")
+    assert total == 1 and records[0]["job_id"] == job_id
+    assert store.list(status="running")[1] == 0
+
+
+def test_job_store_reap_fails_a_job_out_of_attempts(store):
+    job_id = store.create({})["job_id"]
+    _claim(store, job_id, max_attempts=1)
+    time.sleep(0.3)
+    assert store.reap(job_id, stale_after=0.1, max_attempts=1) is None
+    job = store.get(job_id)
+    assert job["status"] == "failed" and "lost 1 time" in job["error"]
+
+
+def test_job_store_heartbeat_never_revives_a_finished_job(store):
+    job_id = store.create({})["job_id"]
+    _claim(store, job_id)
+    store.finish(job_id, "succeeded", model_id=job_id)
+    store.heartbeat(job_id, worker="host:1", progress={"epoch": 1})
+    job = store.get(job_id)
+    assert job["status"] == "succeeded" and job["progress"] is None
