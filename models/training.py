@@ -3,6 +3,18 @@
 The whole data set lives on the training device as uint8 tensors and is normalized there,
 batch by batch; metrics are summed on the device and read only when progress is reported,
 so the loop never waits for the device between batches.
+
+Speed options (each one measured in ``bench/train_speed.py``, each one that can change the
+numbers tested against a plain loop in ``tests/models/test_training_speed.py``):
+
+* ``compile``: ``torch.compile`` of forward and loss. It fuses the from-scratch BN's
+  elementwise arithmetic (the book's mean/var/normalize ops stay; inductor only fuses them,
+  it never swaps in ``native_batch_norm``). It costs a compile (about 10-30 s on two CPU
+  cores, cached on disk between processes), so it pays off on long runs only; off by default.
+* ``bf16``: autocast to bfloat16 (CPU with AVX-512 bf16, or CUDA). Changes the arithmetic
+  slightly; off by default.
+* On CUDA only: SGD's fused kernel, and with ``compile`` the "reduce-overhead" mode (CUDA
+  graphs), which removes the per-kernel launch cost that dominates a network this small.
 """
 
 from __future__ import annotations
@@ -55,6 +67,8 @@ class TrainConfig:
     precise_bn_images: int = 4096  # "a few thousand" (Wu and Johnson 2021)
     device: str | None = None  # None: CUDA when present, else CPU
     progress_every: int = 10  # batches between progress reports (and divergence checks)
+    compile: bool = False  # torch.compile the forward; pays a compile for faster steps
+    bf16: bool = False  # autocast to bfloat16: faster on AVX-512-bf16 CPUs and GPUs, slightly different numbers
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -75,6 +89,7 @@ class TrainConfig:
         d = asdict(self)
         d.pop("device")
         d.pop("progress_every")
+        d.pop("compile")  # how fast, not what: the compiled forward computes the same function
         return d
 
 
@@ -239,8 +254,8 @@ def train(
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # the weight init
     model = build_lenet(config.variant).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
-    loss_fn = nn.CrossEntropyLoss()
+    optimizer = _optimizer(model, config.lr, device)
+    step = _train_step(model, optimizer, config, device)
     shuffle = torch.Generator().manual_seed(config.seed)
 
     train_images = data.train_images.to(device)  # (N, 28, 28) uint8
@@ -267,16 +282,7 @@ def train(
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             if len(idx) < 2:
                 break  # a last batch of one example: BN cannot normalize it
-            X = to_model_input(train_images[idx])  # (B, 1, 28, 28)
-            y = train_labels[idx]
-            logits = model(X)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                loss_sum += loss.detach() * len(idx)
-                correct += (logits.argmax(dim=1) == y).sum()
+            step(train_images[idx], train_labels[idx], loss_sum, correct)
             seen += len(idx)
             if (b + 1) % config.progress_every == 0 or b + 1 == batches:
                 mean_loss = loss_sum.item() / seen
@@ -307,6 +313,52 @@ def train(
         result.precise_bn_test_acc = evaluate_accuracy(model, test_images, test_labels)
     model.eval()
     return result
+
+
+TrainStep = Callable[[Tensor, Tensor, Tensor, Tensor], None]
+
+
+def _optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.SGD:
+    # Plain SGD, the chapter's. On CUDA one fused kernel updates every parameter instead of
+    # one launch per tensor; on the CPU the default per-tensor loop measured as fast.
+    fused = True if device.type == "cuda" else None
+    return torch.optim.SGD(model.parameters(), lr=lr, fused=fused)
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                device: torch.device) -> TrainStep:
+    """One SGD step on a uint8 batch; adds the batch's loss sum and correct count in place.
+
+    Nothing here reads a value back to the host, so on CUDA the steps queue up unhindered.
+    """
+    loss_fn = nn.CrossEntropyLoss()
+
+    def forward_loss(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        X = to_model_input(images)  # (B, 1, 28, 28)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            logits = model(X)  # (B, 10)
+            loss = loss_fn(logits, labels)
+        return loss, logits
+
+    compiled = forward_loss
+    if config.compile:
+        # "reduce-overhead" adds CUDA graphs; on the CPU it means nothing, so use the default.
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        # dynamic=False: one graph for the full batch size; the short last batch of an epoch
+        # runs the eager function instead of paying a second compile.
+        compiled = torch.compile(forward_loss, mode=mode, dynamic=False)
+
+    def step(images: Tensor, labels: Tensor, loss_sum: Tensor, correct: Tensor) -> None:
+        fn = compiled if len(images) == config.batch_size else forward_loss
+        loss, logits = fn(images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            loss_sum.add_(loss.detach().float(), alpha=len(images))
+            correct.add_((logits.argmax(dim=1) == labels).sum())
+
+    return step
 
 
 def _check_finite(mean_loss: float, config: TrainConfig, epoch: int, batch: int) -> None:
