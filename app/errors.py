@@ -20,8 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bnlenet.jobs import JobFinished, JobNotFound, StoreUnavailable
 from bnlenet.model_store import ModelUnusable, NoModelYet, UnknownModel
@@ -119,7 +121,17 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": [_plain_error(e) for e in exc.errors()]}, status_code=422)
 
 
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI answers an undecodable body with 400; it is invalid input like any other: 422."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        return JSONResponse({"detail": f"the body cannot be parsed: {exc.detail}; send valid JSON (UTF-8)"},
+                            status_code=422)
+    return await http_exception_handler(request, exc)  # type: ignore[return-value]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     for exc_type, status in STATUS.items():
         app.add_exception_handler(exc_type, _handler(status))
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

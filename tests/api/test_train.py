@@ -89,3 +89,8 @@ def test_train_body_over_the_limit_is_413(make_client):
     client = make_client(MAX_BODY_BYTES=1000)
     r = client.post("/train", content=b'{"epochs": 1' + b" " * 2000 + b"}", headers={"content-type": "application/json"})
     assert r.status_code == 413
+
+
+def test_train_undecodable_body_is_422(client):
+    r = client.post("/train", content=b"\xff\xfe\x00", headers={"content-type": "application/json"})
+    assert r.status_code == 422
