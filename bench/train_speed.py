@@ -2,12 +2,13 @@
 
 Every row trains the same network with the chapter's hyperparameters (SGD, lr 1.0, batch
 256, Xavier init) for the same number of epochs on the same data, one row after another in
-this one process, so the ratios are measured under the same conditions. ``examples/s`` counts
-every epoch's training time (a compile included); ``steady ex/s`` is the last epoch alone.
+this one process, in rounds, so the ratios are measured under the same conditions.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -15,14 +16,17 @@ import torch
 
 from bench.chapter_pipeline import train_chapter
 from models.data import FashionMNIST, load_fashion_mnist
-from models.training import TrainConfig, train
+from models.training import Progress, TrainConfig, train
 
 TITLE = "Training throughput (examples/sec)"
+CHAPTER = "chapter pipeline (DataLoader, ToTensor, 4 workers)"
 NOTES = (
-    "`x chapter` divides by the chapter pipeline (4 workers) of the same variant on the same "
-    "device, measured minutes apart in this run. Accuracies are the last epoch's, without "
-    "precise BN. The machine is shared with other jobs, so absolute numbers move between "
-    "runs by tens of percent; compare the ratios."
+    "Each round trains every row of a variant for one epoch, back to back; the table shows the "
+    "median over rounds of `examples/s` (whole epoch, compile included; the compile cache on "
+    "disk is warm after the first round, as it is for a long-lived worker), of `steady ex/s` "
+    "(from batch 50 to the end) and of `x chapter` (examples/s over the chapter pipeline's in "
+    "the same round). Accuracies are one epoch's, without precise BN. The machine is shared "
+    "with other jobs, so absolute numbers move between runs by tens of percent; compare the ratios."
 )
 
 # (row label, TrainConfig overrides): the engine configurations measured on each device.
@@ -44,11 +48,21 @@ def _subset(data: FashionMNIST, n_train: int) -> FashionMNIST:
 
 def _engine_row(label: str, variant: str, device: str, epochs: int, data: FashionMNIST,
                 overrides: dict[str, Any]) -> dict[str, Any]:
+    # Steady rate: from the first progress report (batch 50, after any compile) to the end.
+    marks: list[tuple[float, int]] = []
+
+    def mark(p: Progress) -> None:
+        marks.append((time.perf_counter(), (p.epoch - 1) * p.batches + p.batch))
+
     config = TrainConfig(variant=variant, epochs=epochs, device=device, progress_every=50, **overrides)
-    history = train(config, data).history
-    seen = len(data.train_images) * epochs
-    return _row(variant, label, device, epochs,
-                seen / sum(m.seconds for m in history), history[-1].examples_per_sec,
+    history = train(config, data, on_progress=mark).history
+    n = len(data.train_images)
+    seen = n * epochs
+    steady: float | str = "-"
+    if len(marks) >= 2 and marks[-1][0] > marks[0][0]:
+        batches = marks[-1][1] - marks[0][1]
+        steady = batches * config.batch_size / (marks[-1][0] - marks[0][0])
+    return _row(variant, label, device, epochs, seen / sum(m.seconds for m in history), steady,
                 history[-1].train_acc, history[-1].test_acc)
 
 
@@ -59,35 +73,52 @@ def _row(variant: str, label: str, device: str, epochs: int | str, ex_s: float |
             "train acc": train_acc, "test acc": test_acc}
 
 
+def _one_round(device: str, variant: str, epochs: int, data: FashionMNIST) -> list[dict[str, Any]]:
+    """Every pipeline once, back to back, for one variant on one device."""
+    chapter = train_chapter(variant, data, epochs=epochs, device=device)
+    rows = [_row(variant, CHAPTER, device, epochs, chapter.examples_per_sec, "-",
+                 chapter.train_acc, chapter.test_acc)]
+    if device == "cpu":
+        # The same code with the data loaded in-process: what the chapter's loop does on two
+        # cores once four worker processes stop fighting the training threads for them.
+        tuned = train_chapter(variant, data, epochs=epochs, device=device, num_workers=0)
+        rows.append(_row(variant, "chapter pipeline, 0 workers", device, epochs,
+                         tuned.examples_per_sec, "-", tuned.train_acc, tuned.test_acc))
+    for label, overrides in ENGINE_ROWS if device == "cpu" else GPU_ENGINE_ROWS:
+        rows.append(_engine_row(label, variant, device, epochs, data, overrides))
+    for row in rows:
+        row["x chapter"] = row["examples/s"] / chapter.examples_per_sec
+    return rows
+
+
+def _median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per row: the median over rounds of each rate and of the ratio; accuracies of the median round."""
+    merged = []
+    for same in zip(*rounds, strict=True):
+        row = dict(same[len(same) // 2])
+        for key in ("examples/s", "steady ex/s", "x chapter"):
+            values = [r[key] for r in same if isinstance(r[key], float)]
+            if values:
+                row[key] = statistics.median(values)
+        row["x chapter"] = f"{row['x chapter']:.1f}"
+        row["rounds"] = len(same)
+        merged.append(row)
+    return merged
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     data = load_fashion_mnist()
-    epochs = 1 if quick else 2
+    epochs, rounds = 1, (1 if quick else 3)
     if quick:
         data = _subset(data, 8192)
     rows: list[dict[str, Any]] = []
     for device in ("cpu", "cuda"):
         if device == "cuda" and not torch.cuda.is_available():
             for variant in ("builtin", "scratch"):
-                for label, _ in [("chapter pipeline (DataLoader, ToTensor, 4 workers)", {}), *GPU_ENGINE_ROWS]:
+                for label, _ in [(CHAPTER, {}), *GPU_ENGINE_ROWS]:
                     rows.append(_row(variant, label, "cuda", "-", "not measured: no GPU on this machine",
                                      "-", "-", "-"))
             continue
-        engine_rows = ENGINE_ROWS if device == "cpu" else GPU_ENGINE_ROWS
         for variant in ("builtin", "scratch"):
-            chapter = train_chapter(variant, data, epochs=epochs, device=device)
-            base = _row(variant, "chapter pipeline (DataLoader, ToTensor, 4 workers)", device, epochs,
-                        chapter.examples_per_sec, "-", chapter.train_acc, chapter.test_acc)
-            base["x chapter"] = "1.0"
-            rows.append(base)
-            if device == "cpu":
-                # The same code with the data loaded in-process: what the chapter's loop does
-                # on two cores once four workers stop fighting the training threads for them.
-                tuned = train_chapter(variant, data, epochs=epochs, device=device, num_workers=0)
-                rows.append(_row(variant, "chapter pipeline, 0 workers", device, epochs,
-                                 tuned.examples_per_sec, "-", tuned.train_acc, tuned.test_acc))
-            for label, overrides in engine_rows:
-                rows.append(_engine_row(label, variant, device, epochs, data, overrides))
-            for row in rows:
-                if row["variant"] == variant and row["device"] == device and isinstance(row["examples/s"], float):
-                    row["x chapter"] = f"{row['examples/s'] / chapter.examples_per_sec:.1f}"
+            rows.extend(_median_rows([_one_round(device, variant, epochs, data) for _ in range(rounds)]))
     return rows
