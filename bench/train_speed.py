@@ -34,6 +34,7 @@ ENGINE_ROWS: list[tuple[str, dict[str, Any]]] = [
     ("engine (default: eager, fp32)", {}),
     ("engine + bf16 autocast", {"bf16": True}),
     ("engine + torch.compile (compile counted)", {"compile": True}),
+    ("engine + torch.compile + bf16 (compile counted)", {"compile": True, "bf16": True}),
 ]
 GPU_ENGINE_ROWS: list[tuple[str, dict[str, Any]]] = [
     ("engine (default: eager, fp32, fused SGD)", {}),

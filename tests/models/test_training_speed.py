@@ -133,3 +133,9 @@ def test_compiled_scratch_batchnorm_equals_eager_and_keeps_book_ops(num_dims: in
     assert ops, "the recording backend saw no graph"
     assert not any("batch_norm" in op for op in ops), sorted(ops)
     assert any("mean" in op for op in ops) and any("sqrt" in op or "rsqrt" in op for op in ops), sorted(ops)
+
+
+def test_train_config_hyperparameters_record_bf16_but_not_compile() -> None:
+    hp = TrainConfig(bf16=True, compile=True).hyperparameters()
+    assert hp["bf16"] is True  # it changes the numbers, so the checkpoint says so
+    assert "compile" not in hp  # it only changes how fast the same function runs
