@@ -38,24 +38,32 @@ def batch_norm(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Normalize ``X`` and return ``(Y, new_moving_mean, new_moving_var)``.
 
-    In training mode the statistics of this batch are used and the moving averages are
-    updated; otherwise the moving averages are used and returned unchanged.
+    The book's arithmetic: ``Y = gamma * (X - mean) / sqrt(var + eps) + beta`` with the batch
+    mean and *biased* variance in training mode (then ``moving = momentum * moving +
+    (1 - momentum) * batch``), the moving averages otherwise (returned unchanged).
     """
     if not training:
-        X_hat = (X - moving_mean) / torch.sqrt(moving_var + eps)
-        return gamma * X_hat + beta, moving_mean, moving_var
-    if X.dim() == 2:
-        dims: tuple[int, ...] = (0,)  # (N, C): per feature over the batch
+        mean, var = moving_mean, moving_var
     else:
-        dims = (0, 2, 3)  # (N, C, H, W): per channel over batch, height and width
-    mean = X.mean(dim=dims, keepdim=True)
-    var = ((X - mean) ** 2).mean(dim=dims, keepdim=True)  # biased, as in the book
-    X_hat = (X - mean) / torch.sqrt(var + eps)
+        if X.dim() == 2:
+            dims: tuple[int, ...] = (0,)  # (N, C): per feature over the batch
+        else:
+            dims = (0, 2, 3)  # (N, C, H, W): per channel over batch, height and width
+        var, mean = torch.var_mean(X, dim=dims, keepdim=True, correction=0)  # biased, as in the book
+    # The same expression regrouped so the full-size tensor is touched once:
+    # gamma * (X - mean) / sqrt(var + eps) + beta == X * scale + (beta - mean * scale),
+    # with scale = gamma / sqrt(var + eps) of shape (1, C[, 1, 1]). Four passes over X (and
+    # their backward) become one, which is what makes this BN nearly as fast as the builtin's
+    # kernel on a CPU; autograd still differentiates the book's formula.
+    scale = gamma * torch.rsqrt(var + eps)
+    Y = torch.addcmul(beta - mean * scale, X, scale)
+    if not training:
+        return Y, moving_mean, moving_var
     # The running averages carry no gradient: they are statistics, not part of the graph.
     mean, var = mean.detach(), var.detach()
     new_mean = momentum * moving_mean + (1.0 - momentum) * mean
     new_var = momentum * moving_var + (1.0 - momentum) * var
-    return gamma * X_hat + beta, new_mean, new_var
+    return Y, new_mean, new_var
 
 
 class BatchNorm(nn.Module):

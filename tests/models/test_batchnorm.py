@@ -163,3 +163,12 @@ def test_batchnorm_state_gives_one_view_of_both_variants() -> None:
         assert all(t.shape == (3,) for t in state.values())
     with pytest.raises(TypeError):
         batchnorm_state(nn.Linear(2, 2))
+
+
+def test_batchnorm_pure_function_eval_mode_is_the_book_arithmetic() -> None:
+    X = _input(2)
+    gamma, beta = torch.full((1, 3), 1.5), torch.full((1, 3), -0.5)
+    mm, mv = torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([[0.25, 4.0, 1.0]])
+    Y, new_mean, new_var = batch_norm(X, gamma, beta, mm, mv, eps=1e-5, momentum=0.9, training=False)
+    torch.testing.assert_close(Y, 1.5 * (X - mm) / torch.sqrt(mv + 1e-5) - 0.5)
+    assert new_mean is mm and new_var is mv
