@@ -24,6 +24,7 @@ from bench.machine import describe
 SECTIONS: list[str] = [
     "train_speed",
     "quality",
+    "predict",
 ]
 
 

@@ -24,6 +24,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--precise-bn", action="store_true", help="recompute BN statistics as true averages after training")
     t.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the step (pays off on long runs and GPUs)")
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (AVX-512-bf16 CPUs, recent GPUs)")
     t.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: DATA_DIR or the usual places)")
     t.add_argument("--out", type=Path, default=None,
                    help="checkpoint path (default: a new model in CHECKPOINT_DIR, served by the API)")
@@ -38,7 +40,7 @@ def _build_parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint", type=Path)
     i.add_argument("--json", action="store_true")
 
-    u = sub.add_parser("up", help="start Redis (unless REDIS_URL is set), a Celery worker and the API")
+    u = sub.add_parser("up", help="start Redis (unless REDIS_URL is set), a Celery worker per GPU (or one on the CPU) and the API")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=8000)
     u.add_argument("--workers", type=int, default=None, help="API worker processes (default: one per core)")
@@ -60,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         variant=args.variant, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        seed=args.seed, precise_bn=args.precise_bn, device=args.device,
+        seed=args.seed, precise_bn=args.precise_bn, device=args.device, compile=args.compile, bf16=args.bf16,
     )
     settings = get_settings()
     data = load_fashion_mnist(args.data_dir or settings.DATA_DIR)

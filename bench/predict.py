@@ -1,0 +1,153 @@
+"""Predict latency and throughput over HTTP, with the server started as the README starts it.
+
+Starts ``bnlenet up`` (its own Redis, a worker and the API with one process per core) on a
+free port with one trained-shape checkpoint, then drives ``POST /predict`` with one 28x28
+PNG per request from wrk, a C load generator in its own process: concurrency 1 for latency
+percentiles, concurrency 16 for throughput.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TITLE = "Predict over HTTP: latency and throughput"
+NOTES = (
+    "One 28x28 PNG per request as multipart upload, from wrk (C, its own process) on the same machine; "
+    "the server is `bnlenet up` as the README runs it (one API process per core, one intra-op thread each)."
+)
+ROOT = Path(__file__).resolve().parent.parent
+BOUNDARY = "bnlenetbenchboundary"
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    arr = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _multipart(png: bytes) -> bytes:
+    return (
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def _lua_script(body: bytes) -> str:
+    escaped = "".join(f"\\{b}" for b in body)
+    return (
+        'wrk.method = "POST"\n'
+        f'wrk.body = "{escaped}"\n'
+        f'wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"\n'
+        "done = function(summary, latency, requests)\n"
+        '  io.write(string.format("RESULT p50=%d p90=%d p99=%d max=%d requests=%d errors=%d non2xx=%d\\n",\n'
+        "    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,\n"
+        "    summary.requests, summary.errors.connect + summary.errors.read + summary.errors.write\n"
+        "    + summary.errors.timeout, summary.errors.status))\n"
+        "end\n"
+    )
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def _wrk(url: str, script: Path, connections: int, threads: int, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-c", str(connections), "-t", str(threads), "-d", f"{seconds}s", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    m = re.search(r"RESULT p50=(\d+) p90=(\d+) p99=(\d+) max=(\d+) requests=(\d+) errors=(\d+) non2xx=(\d+)", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m or not rps:
+        raise RuntimeError(f"could not read wrk's output:\n{out}")
+    p50, p90, p99, mx, requests, errors, non2xx = (int(g) for g in m.groups())
+    return {"p50_ms": p50 / 1000, "p90_ms": p90 / 1000, "p99_ms": p99 / 1000, "max_ms": mx / 1000,
+            "requests": requests, "errors": errors + non2xx, "rps": float(rps.group(1))}
+
+
+def _write_model(checkpoint_dir: Path) -> None:
+    import torch
+
+    from models.checkpoint import save_checkpoint
+    from models.lenet import build_lenet
+
+    torch.manual_seed(0)
+    net = build_lenet("builtin")
+    net.train()
+    with torch.no_grad():  # give BN real running statistics
+        for _ in range(5):
+            net(torch.rand(64, 1, 28, 28))
+    save_checkpoint(checkpoint_dir / "bench-model.safetensors", net.eval(), {"variant": "builtin"})
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Rows of the predict table: latency at concurrency 1, throughput at 16."""
+    if shutil.which("wrk") is None:
+        return [{"benchmark": "predict", "result": "not measured: wrk is not installed (apt-get install wrk)"}]
+    from bnlenet.redis_server import free_port
+
+    seconds = 3 if quick else 10
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        (tmpdir / "ck").mkdir()
+        _write_model(tmpdir / "ck")
+        script = tmpdir / "predict.lua"
+        script.write_text(_lua_script(_multipart(_png())))
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        env.update(CHECKPOINT_DIR=str(tmpdir / "ck"), BNLENET_VAR_DIR=str(tmpdir / "var"))
+        stack = subprocess.Popen(
+            [sys.executable, "-m", "bnlenet.cli", "up", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_http(base + "/healthz", 120)
+            url = base + "/predict"
+            _wrk(url, script, 16, 2, 2)  # warm every API process: caches, allocator, model load
+            one = _wrk(url, script, 1, 1, seconds)
+            many = _wrk(url, script, 16, 2, seconds)
+        finally:
+            stack.send_signal(signal.SIGINT)
+            try:
+                stack.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(stack.pid, signal.SIGKILL)
+    return [
+        {"benchmark": "predict, concurrency 1", "p50 ms": one["p50_ms"], "p99 ms": one["p99_ms"],
+         "requests/sec": round(one["rps"]), "errors": one["errors"], "target": "p50 <= 1.5 ms, p99 <= 5 ms",
+         "met": one["p50_ms"] <= 1.5 and one["p99_ms"] <= 5 and one["errors"] == 0},
+        {"benchmark": "predict, concurrency 16", "p50 ms": many["p50_ms"], "p99 ms": many["p99_ms"],
+         "requests/sec": round(many["rps"]), "errors": many["errors"], "target": ">= 2,000 requests/sec",
+         "met": many["rps"] >= 2000 and many["errors"] == 0},
+    ]
+
+
+if __name__ == "__main__":
+    for row in run(quick="--quick" in sys.argv):
+        print(row)
