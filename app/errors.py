@@ -110,7 +110,7 @@ def _handler(status: int):  # type: ignore[no-untyped-def]
 
 def _plain_error(err: dict[str, Any]) -> dict[str, Any]:
     """A validation error without the offending input (it may be NaN, huge, or binary)."""
-    out = {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+    out: dict[str, Any] = {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
     if isinstance(err.get("ctx"), dict):
         out["ctx"] = {k: str(v) for k, v in err["ctx"].items()}
     return out

@@ -14,6 +14,7 @@ always agree. Any Redis failure surfaces as ``StoreUnavailable``.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 import uuid
@@ -144,7 +145,7 @@ class JobStore:
             raws = self.redis.mget([self._job_key(i.decode()) for i in ids]) if ids else []
         return [json.loads(r) for r in raws if r is not None], int(total)
 
-    def running(self) -> list[Record]:
+    def running(self) -> builtins.list[Record]:
         with self._errors():
             ids = self.redis.zrange(self._index_key("running"), 0, -1)
             raws = self.redis.mget([self._job_key(i.decode()) for i in ids]) if ids else []
@@ -188,8 +189,8 @@ class JobStore:
                         raw = pipe.get(key)
                         if raw is None:
                             raise JobNotFound(f"no job with id {job_id!r}")
-                        old = json.loads(raw)
-                        new = change(json.loads(raw))
+                        old = json.loads(raw)  # type: ignore[arg-type]  # a watched pipeline answers at once
+                        new = change(json.loads(raw))  # type: ignore[arg-type]
                         if new is None:
                             return old
                         pipe.multi()
@@ -351,7 +352,7 @@ class JobStore:
         with self._errors():
             self.redis.zadd(self._workers_key, {name: time.time()})
 
-    def live_workers(self, within: float) -> list[str]:
+    def live_workers(self, within: float) -> builtins.list[str]:
         """Workers seen in the last ``within`` seconds."""
         with self._errors():
             names = self.redis.zrangebyscore(self._workers_key, time.time() - within, "+inf")

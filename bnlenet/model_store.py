@@ -12,6 +12,7 @@ is cached by (mtime, size), and "the newest model" is recomputed at most once pe
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import re
@@ -196,5 +197,5 @@ class ModelStore:
                 self._loaded.popitem(last=False)
         return loaded
 
-    def cached_ids(self) -> list[str]:
+    def cached_ids(self) -> builtins.list[str]:
         return list(self._loaded)

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -97,14 +98,14 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         pass
 
 
-def gpu_ids(environ: dict[str, str] | None = None) -> list[str]:
+def gpu_ids(environ: Mapping[str, str] | None = None) -> list[str]:
     """The CUDA devices to run one worker each on, found without initializing CUDA here.
 
     ``CUDA_VISIBLE_DEVICES`` wins when set (empty or ``-1`` means none); otherwise ``nvidia-smi -L``.
     Initializing CUDA in this parent would be inherited, broken, by every forked child.
     """
-    environ = os.environ if environ is None else environ
-    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         ids = [d.strip() for d in visible.split(",") if d.strip()]
         # CUDA stops at the first invalid entry, and -1 is the usual way to hide all devices.

@@ -11,6 +11,6 @@ scripts/setup.sh embedded,dev
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"
-.venv/bin/mypy models bnlenet
+.venv/bin/mypy models bnlenet app worker
 echo "== pytest"
 exec .venv/bin/pytest "$@"
