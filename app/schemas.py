@@ -81,7 +81,8 @@ class JobOut(BaseModel):
                      "loss": 0.41, "train_acc": 0.85},
         "history": [{"epoch": 1, "loss": 0.58, "train_acc": 0.79, "test_acc": 0.83,
                      "examples_per_sec": 41000.0, "seconds": 1.46}],
-        "created_at": "2025-01-01T12:00:00Z", "started_at": "2025-01-01T12:00:01Z", "finished_at": None,
+        "created_at": "2025-01-01T12:00:00Z", "started_at": "2025-01-01T12:00:01Z",
+        "first_step_at": "2025-01-01T12:00:01.2Z", "finished_at": None,
         "worker": "gpu0@host:4242", "device": "cuda", "model_id": None, "error": None,
         "attempts": 1, "cancel_requested": False,
     }]})
@@ -93,6 +94,7 @@ class JobOut(BaseModel):
     history: list[EpochOut] = Field(default_factory=list)
     created_at: datetime
     started_at: datetime | None = None
+    first_step_at: datetime | None = Field(None, description="when the first training step finished")
     finished_at: datetime | None = None
     heartbeat_at: datetime | None = None
     worker: str | None = None

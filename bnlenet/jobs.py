@@ -75,6 +75,7 @@ def new_record(job_id: str, params: dict[str, Any], now: float) -> Record:
         "history": [],  # one entry per finished epoch
         "created_at": now,
         "started_at": None,
+        "first_step_at": None,  # when the first training step of the current attempt finished
         "finished_at": None,
         "heartbeat_at": None,
         "worker": None,
@@ -260,7 +261,8 @@ class JobStore:
                 }
             outcome.update(run=True, reason="")
             return {
-                **r, "status": "running", "attempts": attempts, "started_at": now, "heartbeat_at": now,
+                **r, "status": "running", "attempts": attempts, "started_at": now, "first_step_at": None,
+                "heartbeat_at": now,
                 "worker": worker, "worker_pid": pid, "task_id": task_id or r["task_id"], "error": None,
                 "progress": None, "history": [],
             }
@@ -287,6 +289,16 @@ class JobStore:
 
         self.update(job_id, change)
         return cancel
+
+    def first_step(self, job_id: str, *, worker: str, at: float, progress: dict[str, Any]) -> None:
+        """Note when the job's first training step finished (written at once, not throttled)."""
+
+        def change(r: Record) -> Record | None:
+            if r["status"] != "running" or r["worker"] != worker:
+                return None
+            return {**r, "first_step_at": at, "progress": progress, "heartbeat_at": time.time()}
+
+        self.update(job_id, change)
 
     def add_epoch(self, job_id: str, *, worker: str, metrics: dict[str, Any], progress: dict[str, Any]) -> None:
         def change(r: Record) -> Record | None:

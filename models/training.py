@@ -284,7 +284,9 @@ def train(
                 break  # a last batch of one example: BN cannot normalize it
             step(train_images[idx], train_labels[idx], loss_sum, correct)
             seen += len(idx)
-            if (b + 1) % config.progress_every == 0 or b + 1 == batches:
+            # Also after the first batch: it marks when training really started (the queueing
+            # benchmark measures POST /train to this report).
+            if b == 0 or (b + 1) % config.progress_every == 0 or b + 1 == batches:
                 mean_loss = loss_sum.item() / seen
                 _check_finite(mean_loss, config, epoch, b + 1)
                 if on_progress is not None:
