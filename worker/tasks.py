@@ -9,6 +9,9 @@ per batch.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 import os
 import socket
@@ -141,11 +144,43 @@ def _finish_reliably(job_id: str, status: str, **fields: Any) -> None:
 @app.task(name=TRAIN_TASK, bind=True)
 def train_job(self: Task, job_id: str) -> str:
     """Run training job ``job_id`` from its record; returns its final status."""
+    try:
+        return _run_job(job_id, self.request.id)
+    finally:
+        release_memory()
+
+
+def release_memory() -> None:
+    """Give a finished job's memory back to the system, so an idle worker returns to its idle size.
+
+    The job's model, optimizer and tensors are unreachable once ``_run_job`` returns; the
+    collector frees any cycles among them, and glibc's ``malloc_trim`` hands the freed pages
+    back (without it the heap keeps them, and the process stays at its peak). The data set
+    cache stays.
+    """
+    gc.collect()
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018  # glibc only: musl and macOS have none
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _load_libc()
+
+
+def _run_job(job_id: str, task_id: str | None) -> str:
     s = get_settings()
     store = job_store()
     me = worker_name()
     claim = store.claim(
-        job_id, worker=me, pid=os.getpid(), task_id=self.request.id, max_attempts=s.MAX_ATTEMPTS,
+        job_id, worker=me, pid=os.getpid(), task_id=task_id, max_attempts=s.MAX_ATTEMPTS,
         stale_after=s.JOB_STALE_AFTER_S, owner_gone=_pid_gone,
     )
     if not claim.run or claim.record is None:
@@ -226,6 +261,7 @@ def _preload_data(**_: Any) -> None:
             _warm_up(data)
         except Exception as exc:  # only speed is at stake
             log.warning("could not warm up the training engine: %s", exc)
+        release_memory()
 
     threading.Thread(target=load, name="preload-data", daemon=True).start()
 
