@@ -25,6 +25,8 @@ SECTIONS: list[str] = [
     "train_speed",
     "quality",
     "predict",
+    "queueing",
+    "memory",
 ]
 
 
