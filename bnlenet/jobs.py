@@ -143,13 +143,13 @@ class JobStore:
             pipe.zcard(key)
             pipe.zrevrange(key, offset, offset + limit - 1)
             total, ids = pipe.execute()
-            raws = self.redis.mget([self._job_key(i.decode()) for i in ids]) if ids else []
+            raws = self.redis.mget([self._job_key(_text(i)) for i in ids]) if ids else []
         return [json.loads(r) for r in raws if r is not None], int(total)
 
     def running(self) -> builtins.list[Record]:
         with self._errors():
             ids = self.redis.zrange(self._index_key("running"), 0, -1)
-            raws = self.redis.mget([self._job_key(i.decode()) for i in ids]) if ids else []
+            raws = self.redis.mget([self._job_key(_text(i)) for i in ids]) if ids else []
         return [json.loads(r) for r in raws if r is not None]
 
     # writes
@@ -368,7 +368,7 @@ class JobStore:
         """Workers seen in the last ``within`` seconds."""
         with self._errors():
             names = self.redis.zrangebyscore(self._workers_key, time.time() - within, "+inf")
-        return sorted(n.decode() for n in names)
+        return sorted(_text(n) for n in names)
 
 
 def _lost_message(attempts: int) -> str:
@@ -376,3 +376,8 @@ def _lost_message(attempts: int) -> str:
         f"the worker running this job was lost {attempts} time(s) (killed or crashed mid-training); "
         "giving up so that it cannot take down more workers"
     )
+
+
+def _text(value: Any) -> str:
+    """A Redis reply item as text (replies are bytes: the client does not decode)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
