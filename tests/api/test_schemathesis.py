@@ -94,7 +94,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(served_api: str,
         "--checks", CHECKS,
         "--max-examples", "30",
         "--phases", "examples,coverage,fuzzing",
-        "--workers", "2",
+        "--workers", "1",  # one at a time: schemathesis 4.32 can trip on its own caches with more
         "--seed", "4",
         "--request-timeout", "20",
         "--generation-database", "none",
