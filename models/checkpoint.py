@@ -177,18 +177,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[str, ...]) -> dict[str, Any]:
     """The metadata a checkpoint of a finished training run carries, for the CLI and the worker alike."""
-
     history = [asdict(m) for m in result.history]
     final = history[-1] if history else {}
     metrics: dict[str, Any] = {k: final[k] for k in ("loss", "train_acc", "test_acc", "examples_per_sec") if k in final}
     if result.precise_bn_test_acc is not None:
-        metrics["test_acc_before_precise_bn"] = metrics.get("test_acc")
-        metrics["test_acc"] = result.precise_bn_test_acc
+        metrics["test_acc"] = result.precise_bn_test_acc  # what the served model scores
     return {
         "variant": config.variant,
         "hyperparameters": config.hyperparameters(),
         "metrics": metrics,
         "history": history,
+        "test_acc": final.get("test_acc"),  # with the moving averages, as training ended
+        "precise_bn_test_acc": result.precise_bn_test_acc,
         "classes": list(classes),
         "device": result.device,
     }

@@ -26,6 +26,7 @@ from celery.app.task import Task
 from bnlenet.jobs import JobStore, Record, StoreUnavailable
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import get_settings
+from models.checkpoint import training_metadata
 from models.data import FashionMNIST, load_fashion_mnist
 from models.training import EpochMetrics, Progress, TrainConfig, TrainingCancelled, TrainingDiverged, train
 from worker.celery_app import TRAIN_TASK, app
@@ -217,17 +218,8 @@ def _run_job(job_id: str, task_id: str | None) -> str:
         )
         data = training_data()
         result = train(config, data, on_progress=on_progress, on_epoch=on_epoch, should_stop=beat.cancel.is_set)
-        history = [asdict(m) for m in result.history]
-        model_store().publish(job_id, result.model, {
-            "variant": config.variant,
-            "job_id": job_id,
-            "hyperparameters": config.hyperparameters(),
-            "history": history,
-            "test_acc": history[-1]["test_acc"] if history else None,
-            "precise_bn_test_acc": result.precise_bn_test_acc,
-            "device": result.device,
-            "classes": list(data.classes),
-        })
+        metadata = {**training_metadata(config, result, data.classes), "job_id": job_id}
+        model_store().publish(job_id, result.model, metadata)
         _finish_reliably(job_id, "succeeded", model_id=job_id, device=result.device)
         return "succeeded"
     except TrainingCancelled:

@@ -18,6 +18,7 @@ from app.main import create_app
 from bnlenet.model_store import ModelStore
 from bnlenet.redis_server import RedisServer, free_port
 from bnlenet.settings import Settings
+from models.checkpoint import training_metadata
 from models.data import load_fashion_mnist
 from models.training import TrainConfig, train
 
@@ -35,10 +36,7 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir:
         config = TrainConfig(variant, epochs=1, batch_size=64, lr=0.9, device="cpu")
         result = train(config, data)
         model_id = f"model-{variant}"
-        store.publish(model_id, result.model, {
-            "variant": variant, "job_id": model_id, "hyperparameters": config.hyperparameters(),
-            "history": [vars(m) for m in result.history], "device": "cpu",
-        })
+        store.publish(model_id, result.model, {**training_metadata(config, result, data.classes), "job_id": model_id})
         ids.append(model_id)
     return directory, ids
 
