@@ -254,6 +254,10 @@ def _preload_data(**_: Any) -> None:
         except Exception as exc:  # only speed is at stake
             log.warning("could not warm up the training engine: %s", exc)
         release_memory()
+        # What is alive now (modules, the data set) lives as long as the process: keep it out
+        # of the collector's sweeps, so the full collection after each job takes milliseconds
+        # instead of about 150 ms on these two cores.
+        gc.freeze()
 
     threading.Thread(target=load, name="preload-data", daemon=True).start()
 
