@@ -37,6 +37,7 @@ NOTES = (
 )
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = 1.0
+IDLE_PAUSE_S = 2.0
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -116,6 +117,7 @@ def one_trial(base: str) -> dict[str, float]:
         raise RuntimeError(f"job {job_id} ended without a first step: {record}")
     http("POST", f"{base}/jobs/{job_id}/cancel")
     wait_job_end(base, job_id)
+    time.sleep(IDLE_PAUSE_S)  # the record ends before the task returns: let the worker become idle
     first, started = unix(record["first_step_at"]), unix(record["started_at"])
     return {"delay": first - answered, "pickup": started - answered, "setup": first - started}
 
