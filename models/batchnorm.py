@@ -49,7 +49,8 @@ def batch_norm(
             dims: tuple[int, ...] = (0,)  # (N, C): per feature over the batch
         else:
             dims = (0, 2, 3)  # (N, C, H, W): per channel over batch, height and width
-        var, mean = torch.var_mean(X, dim=dims, keepdim=True, correction=0)  # biased, as in the book
+        mean = X.mean(dim=dims, keepdim=True)
+        var = ((X - mean) ** 2).mean(dim=dims, keepdim=True)  # biased, as in the book
     # The same expression regrouped so the full-size tensor is touched once:
     # gamma * (X - mean) / sqrt(var + eps) + beta == X * scale + (beta - mean * scale),
     # with scale = gamma / sqrt(var + eps) of shape (1, C[, 1, 1]). Four passes over X (and

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from models.batchnorm import BatchNorm, batchnorm_layers
 from models.data import FashionMNIST
 from models.lenet import VARIANTS, build_lenet
+from models.memory import keep_large_buffers
 
 __all__ = [
     "EpochMetrics",
@@ -252,6 +253,8 @@ def train(
     when ``should_stop`` returns True (checked between batches).
     """
     device = resolve_device(config.device)
+    if device.type == "cpu":
+        keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step
     torch.manual_seed(config.seed)  # the weight init
     model = build_lenet(config.variant).to(device)
     optimizer = _optimizer(model, config.lr, device)

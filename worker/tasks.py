@@ -9,8 +9,6 @@ per batch.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -28,6 +26,7 @@ from bnlenet.model_store import ModelStore
 from bnlenet.settings import get_settings
 from models.checkpoint import training_metadata
 from models.data import FashionMNIST, load_fashion_mnist
+from models.memory import release_memory
 from models.training import EpochMetrics, Progress, TrainConfig, TrainingCancelled, TrainingDiverged, train
 from worker.celery_app import TRAIN_TASK, app
 
@@ -149,31 +148,6 @@ def train_job(self: Task, job_id: str) -> str:
         return _run_job(job_id, self.request.id)
     finally:
         release_memory()
-
-
-def release_memory() -> None:
-    """Give a finished job's memory back to the system, so an idle worker returns to its idle size.
-
-    The job's model, optimizer and tensors are unreachable once ``_run_job`` returns; the
-    collector frees any cycles among them, and glibc's ``malloc_trim`` hands the freed pages
-    back (without it the heap keeps them, and the process stays at its peak). The data set
-    cache stays.
-    """
-    gc.collect()
-    if _libc is not None:
-        _libc.malloc_trim(0)
-
-
-def _load_libc() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # noqa: B018  # glibc only: musl and macOS have none
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_libc = _load_libc()
 
 
 def _run_job(job_id: str, task_id: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -155,10 +156,11 @@ def wait_for(check, timeout: float, message, interval: float = 0.05) -> None:
     raise AssertionError(message() if callable(message) else message)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Iterator[Stack]:
-    """A running stack with one worker, shared by a module's tests."""
-    s = Stack(tmp_path_factory.mktemp("stack"), synthetic_data_dir)
+@contextlib.contextmanager
+def running_stack(root: Path, data_dir: Path, **env: str) -> Iterator[Stack]:
+    """Redis, one worker and the API started (``env`` added to their environment), stopped on exit."""
+    s = Stack(root, data_dir)
+    s.env.update(env)
     try:
         s.redis.start()
         s.start_worker()
@@ -167,3 +169,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) ->
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Iterator[Stack]:
+    """A running stack with one worker, shared by a module's tests."""
+    with running_stack(tmp_path_factory.mktemp("stack"), synthetic_data_dir) as s:
+        yield s

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +31,8 @@ def _png(seed: int = 0) -> bytes:
 
 @pytest.fixture(scope="module")
 def restart_stack(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("restarts"), synthetic_data_dir)
-    try:
-        s.redis.start()
-        s.start_worker()
-        s.start_api()
-        s.wait_for_worker()
+    with running_stack(tmp_path_factory.mktemp("restarts"), synthetic_data_dir) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Stack, wait_for
+from tests.integration.conftest import Stack, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -19,16 +19,8 @@ LONG_JOB = {"epochs": 6, "batch_size": 8}  # long enough to be caught running
 
 @pytest.fixture(scope="module")
 def killer_stack(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("killer"), synthetic_data_dir)
-    s.env["MAX_ATTEMPTS"] = str(MAX_ATTEMPTS)
-    try:
-        s.redis.start()
-        s.start_worker()
-        s.start_api()
-        s.wait_for_worker()
+    with running_stack(tmp_path_factory.mktemp("killer"), synthetic_data_dir, MAX_ATTEMPTS=str(MAX_ATTEMPTS)) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _pid(job: dict) -> int:
