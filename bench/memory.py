@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.queueing import ROOT, http, running_stack, wait_for, wait_job_end
+from bench.queueing import wait_job_end
+from bench.service import http, running_stack, start, stop, wait_for
 
 TITLE = "Memory: the API with 8 models cached, a worker after a job"
 NOTES = (
@@ -92,11 +91,8 @@ def api_rows(settle_s: float) -> list[dict[str, Any]]:
         port = free_port()
         env = {**os.environ, "CHECKPOINT_DIR": str(Path(tmp) / "ck"),
                "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens: predict needs no Redis
-        api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
+        api = start([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+                     "--workers", "1"], env)
         base = f"http://127.0.0.1:{port}"
         try:
             wait_for(lambda: http("GET", base + "/healthz", timeout=1)[0] == 200, 120, "the API")
@@ -125,12 +121,7 @@ def api_rows(settle_s: float) -> list[dict[str, Any]]:
             sixteen = settled()
             rows.append(_row(f"after models 1-{MODELS} (LRU keeps 8)", sixteen, ref, process="API"))
         finally:
-            api.send_signal(signal.SIGINT)
-            try:
-                api.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(api.pid, signal.SIGKILL)
-                api.wait()
+            stop(api, timeout=30)
     return rows
 
 

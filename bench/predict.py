@@ -9,19 +9,17 @@ percentiles, concurrency 16 for throughput.
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.service import running_stack
 
 TITLE = "Predict over HTTP: latency and throughput"
 NOTES = (
@@ -63,19 +61,6 @@ def _lua_script(body: bytes) -> str:
     )
 
 
-def _wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
-
 def _wrk(url: str, script: Path, connections: int, threads: int, seconds: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-c", str(connections), "-t", str(threads), "-d", f"{seconds}s", "-s", str(script), url],
@@ -109,8 +94,6 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     """Rows of the predict table: latency at concurrency 1, throughput at 16."""
     if shutil.which("wrk") is None:
         return [{"benchmark": "predict", "result": "not measured: wrk is not installed (apt-get install wrk)"}]
-    from bnlenet.redis_server import free_port
-
     seconds = 3 if quick else 10
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
@@ -118,26 +101,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         _write_model(tmpdir / "ck")
         script = tmpdir / "predict.lua"
         script.write_text(_lua_script(_multipart(_png())))
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-        env.update(CHECKPOINT_DIR=str(tmpdir / "ck"), BNLENET_VAR_DIR=str(tmpdir / "var"))
-        stack = subprocess.Popen(
-            [sys.executable, "-m", "bnlenet.cli", "up", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_http(base + "/healthz", 120)
+        with running_stack(tmpdir) as (base, _stack):
             url = base + "/predict"
             _wrk(url, script, 16, 2, 2)  # warm every API process: caches, allocator, model load
             one = _wrk(url, script, 1, 1, seconds)
             many = _wrk(url, script, 16, 2, seconds)
-        finally:
-            stack.send_signal(signal.SIGINT)
-            try:
-                stack.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(stack.pid, signal.SIGKILL)
     return [
         {"benchmark": "predict, concurrency 1", "p50 ms": one["p50_ms"], "p99 ms": one["p99_ms"],
          "requests/sec": round(one["rps"]), "errors": one["errors"], "target": "p50 <= 1.5 ms, p99 <= 5 ms",

@@ -9,21 +9,15 @@ worker's clock, taken when the first batch's step finished), and cancels the job
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from bench.service import http, running_stack, wait_for
 
 TITLE = "Queueing: POST /train answered to the first training step"
 NOTES = (
@@ -35,68 +29,14 @@ NOTES = (
     "`queue pickup` is POST answered to the worker claiming the job (`started_at`), `setup + step 1` "
     "the rest."
 )
-ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = 1.0
 IDLE_PAUSE_S = 2.0
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-def http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> tuple[int, Any]:
-    """A JSON request; (status, parsed body)."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
-def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.2) -> Any:
-    """Poll ``predicate`` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except OSError:
-            value = None
-        if value:
-            return value
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def unix(iso: str) -> float:
     """An ISO timestamp from the API (UTC, ``Z``) as Unix seconds."""
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-@contextmanager
-def running_stack(tmpdir: Path, api_workers: int = 1) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``bnlenet up`` on a free port with its state in ``tmpdir``; (base URL, launcher), stopped on exit."""
-    from bnlenet.redis_server import free_port
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update(CHECKPOINT_DIR=str(tmpdir / "ck"), BNLENET_VAR_DIR=str(tmpdir / "var"),
-               BNLENET_API_WORKERS=str(api_workers))
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "bnlenet.cli", "up", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: http("GET", base + "/healthz", timeout=1)[0] == 200, 180, "the API")
-        wait_for(lambda: http("GET", base + "/readyz", timeout=2)[1].get("workers"), 120, "a worker to listen")
-        yield base, stack
-    finally:
-        stack.send_signal(signal.SIGINT)
-        try:
-            stack.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.pid, signal.SIGKILL)
-            stack.wait()
 
 
 def wait_job_end(base: str, job_id: str, timeout: float = 600) -> dict[str, Any]:
