@@ -5,13 +5,19 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 
 from bnlenet.jobs import JobFinished, JobStore
+from bnlenet.redis_server import RedisServer
+
+JOBS_DB = 9  # a database of its own on the shared test Redis, flushed before each test
 
 
 @pytest.fixture
-def store(redis_url) -> JobStore:
-    return JobStore.from_url(redis_url)
+def store(redis_server: RedisServer) -> JobStore:
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{JOBS_DB}"
+    redis.Redis.from_url(url).flushdb()
+    return JobStore.from_url(url)
 
 
 def _claim(store, job_id, worker="host:1", **kw):
