@@ -117,14 +117,12 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from models.batchnorm import batchnorm_layers, batchnorm_state
+    from models.batchnorm import batchnorm_report
     from models.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
-    layers = {
-        name: {k: v.tolist() for k, v in batchnorm_state(layer).items()}
-        for name, layer in batchnorm_layers(checkpoint.model)
-    }
+    stats = ("gamma", "beta", "running_mean", "running_var")
+    layers = {str(layer["name"]): {k: layer[k] for k in stats} for layer in batchnorm_report(checkpoint.model)}
     if args.json:
         _emit({"variant": checkpoint.metadata["variant"], "layers": layers})
         return 0

@@ -83,7 +83,11 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        return self.database_url(0)
+
+    def database_url(self, db: int) -> str:
+        """The URL of one of the server's numbered databases (tests give each suite its own)."""
+        return f"redis://{self.host}:{self.port}/{db}"
 
     def command(self) -> list[str]:
         args = [

@@ -14,6 +14,8 @@ Conventions, compared with PyTorch's ``nn.BatchNorm*d``:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -21,6 +23,7 @@ __all__ = [
     "BatchNorm",
     "batch_norm",
     "batchnorm_layers",
+    "batchnorm_report",
     "batchnorm_state",
     "is_batchnorm",
 ]
@@ -161,3 +164,16 @@ def batchnorm_state(layer: nn.Module) -> dict[str, Tensor]:
         raise TypeError(f"not a BatchNorm layer: {type(layer).__name__}")
     names = ("gamma", "beta", "running_mean", "running_var")
     return {name: t.detach().reshape(-1).clone() for name, t in zip(names, tensors, strict=True)}
+
+
+def batchnorm_report(model: nn.Module) -> list[dict[str, Any]]:
+    """Every BN layer of ``model`` as plain values: name, channel count, gamma, beta, running statistics.
+
+    The chapter's look at ``net[1].gamma`` and ``net[1].beta``, for both variants; what the
+    CLI's ``inspect`` prints and the API's ``/models/{id}/batchnorm`` answers.
+    """
+    report: list[dict[str, Any]] = []
+    for name, layer in batchnorm_layers(model):
+        state = {k: v.tolist() for k, v in batchnorm_state(layer).items()}
+        report.append({"name": name, "num_features": len(state["gamma"]), **state})
+    return report

@@ -51,7 +51,7 @@ def checkpoint_dir(trained_models: tuple[Path, list[str]], tmp_path: Path) -> Pa
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{API_DB}"
+    url = redis_server.database_url(API_DB)
     redis.Redis.from_url(url).flushdb()
     return url
 

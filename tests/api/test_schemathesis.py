@@ -45,7 +45,7 @@ def served_api(redis_server: RedisServer, trained_models: tuple[Path, list[str]]
     checkpoints.mkdir()
     model_id = trained_models[1][0]
     shutil.copy(trained_models[0] / f"{model_id}.safetensors", checkpoints)
-    redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{FUZZ_DB}"
+    redis_url = redis_server.database_url(FUZZ_DB)
     redis.Redis.from_url(redis_url).flushdb()
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "CHECKPOINT_DIR": str(checkpoints), "DATA_DOWNLOAD": "false",

@@ -15,7 +15,7 @@ JOBS_DB = 9  # a database of its own on the shared test Redis, flushed before ea
 
 @pytest.fixture
 def store(redis_server: RedisServer) -> JobStore:
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{JOBS_DB}"
+    url = redis_server.database_url(JOBS_DB)
     redis.Redis.from_url(url).flushdb()
     return JobStore.from_url(url)
 

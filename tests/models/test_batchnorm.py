@@ -172,3 +172,14 @@ def test_batchnorm_pure_function_eval_mode_is_the_book_arithmetic() -> None:
     Y, new_mean, new_var = batch_norm(X, gamma, beta, mm, mv, eps=1e-5, momentum=0.9, training=False)
     torch.testing.assert_close(Y, 1.5 * (X - mm) / torch.sqrt(mv + 1e-5) - 0.5)
     assert new_mean is mm and new_var is mv
+
+
+def test_batchnorm_report_lists_every_layer_as_plain_values() -> None:
+    from models.batchnorm import batchnorm_report
+    from models.lenet import build_lenet
+
+    for variant in ("scratch", "builtin"):
+        report = batchnorm_report(build_lenet(variant))
+        assert [(r["name"], r["num_features"]) for r in report] == [("1", 6), ("5", 16), ("10", 120), ("13", 84)]
+        assert report[0]["gamma"] == [1.0] * 6 and report[0]["running_var"] == [1.0] * 6
+        assert report[3]["beta"] == [0.0] * 84 and report[3]["running_mean"] == [0.0] * 84

@@ -10,7 +10,7 @@ from app.deps import ModelStoreDep, ReaderDep
 from app.errors import error_responses
 from app.schemas import BatchNormOut, ModelList, ModelOut
 from bnlenet.model_store import MODEL_ID_PATTERN
-from models.batchnorm import batchnorm_layers, batchnorm_state
+from models.batchnorm import batchnorm_report
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -66,8 +66,5 @@ def get_model(model_id: ModelId, store: ModelStoreDep) -> dict:
 )
 def get_batchnorm(model_id: ModelId, store: ModelStoreDep) -> dict:
     loaded = store.get(model_id)
-    layers = []
-    for name, layer in batchnorm_layers(loaded.model):
-        state = {k: v.detach().reshape(-1).tolist() for k, v in batchnorm_state(layer).items()}
-        layers.append({"name": name, "num_features": len(state["gamma"]), **state})
-    return {"model_id": loaded.model_id, "variant": loaded.metadata["variant"], "layers": layers}
+    return {"model_id": loaded.model_id, "variant": loaded.metadata["variant"],
+            "layers": batchnorm_report(loaded.model)}
