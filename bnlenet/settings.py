@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     REAPER_INTERVAL_S: float = Field(10.0, gt=0)  # how often a worker looks for such jobs
     MAX_ATTEMPTS: int = Field(3, ge=1)  # deliveries of one job before it is failed as a worker killer
     VISIBILITY_TIMEOUT_S: int = 12 * 3600  # longer than the longest job, or Redis redelivers running jobs
+    COMPILE_ON_CUDA: bool = True  # torch.compile jobs that train on a GPU (the worker compiles once, at start)
     REDIS_TIMEOUT_S: float = 2.0  # connect and read timeout: a down Redis answers 503 quickly, never hangs
 
     # Limits on POST /train, stated in the schema.

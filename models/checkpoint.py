@@ -191,4 +191,8 @@ def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[s
         "precise_bn_test_acc": result.precise_bn_test_acc,
         "classes": list(classes),
         "device": result.device,
+        # How it ran, not what it computes: compiled or not, replayed as a CUDA graph or not,
+        # and how many graphs this run had to compile (0 when a warm process reused them).
+        "engine": {"compile": config.compile, "cuda_graph": result.cuda_graph,
+                   "compiled_graphs": result.compiled_graphs},
     }

@@ -13,24 +13,35 @@ numbers tested against a plain loop in ``tests/models/test_training_speed.py``):
   cores, cached on disk between processes), so it pays off on long runs only; off by default.
 * ``bf16``: autocast to bfloat16 (CPU with AVX-512 bf16, or CUDA). Changes the arithmetic
   slightly; off by default.
-* On CUDA only: SGD's fused kernel, and with ``compile`` the "reduce-overhead" mode (CUDA
-  graphs), which removes the per-kernel launch cost that dominates a network this small.
+* On CUDA only: SGD's fused kernel, cuDNN's autotuner for the fixed shapes, and
+  ``cuda_graph``: the whole step (gather, forward, backward, SGD update, metric sums) is
+  captured once as one CUDA graph and replayed per batch, which removes the per-kernel launch
+  cost that dominates a network this small. With ``compile`` the captured step runs
+  inductor's fused kernels.
+
+The compiled forward is one per process and takes the model as an argument, so a second run
+(the next job on a warm worker) reuses the graphs compiled by the first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.batchnorm import BatchNorm, batchnorm_layers
 from models.data import FashionMNIST
 from models.lenet import VARIANTS, build_lenet
 from models.memory import keep_large_buffers
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EpochMetrics",
@@ -70,6 +81,7 @@ class TrainConfig:
     progress_every: int = 10  # batches between progress reports (and divergence checks)
     compile: bool = False  # torch.compile the forward; pays a compile for faster steps
     bf16: bool = False  # autocast to bfloat16: faster on AVX-512-bf16 CPUs and GPUs, slightly different numbers
+    cuda_graph: bool = True  # on CUDA, replay the whole step as one captured CUDA graph; ignored on the CPU
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -91,6 +103,7 @@ class TrainConfig:
         d.pop("device")
         d.pop("progress_every")
         d.pop("compile")  # how fast, not what: the compiled forward computes the same function
+        d.pop("cuda_graph")  # likewise: the replayed step is the same step
         return d
 
 
@@ -126,6 +139,8 @@ class TrainResult:
     history: list[EpochMetrics] = field(default_factory=list)
     device: str = "cpu"
     precise_bn_test_acc: float | None = None  # test accuracy after precise BN, if applied
+    compiled_graphs: int = 0  # graphs torch.compile compiled during this run (0: all reused)
+    cuda_graph: bool = False  # whether the step ran as a captured CUDA graph
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -255,10 +270,10 @@ def train(
     device = resolve_device(config.device)
     if device.type == "cpu":
         keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step
+    graphs_before = _compiled_graph_count()
     torch.manual_seed(config.seed)  # the weight init
     model = build_lenet(config.variant).to(device)
     optimizer = _optimizer(model, config.lr, device)
-    step = _train_step(model, optimizer, config, device)
     shuffle = torch.Generator().manual_seed(config.seed)
 
     train_images = data.train_images.to(device)  # (N, 28, 28) uint8
@@ -271,44 +286,49 @@ def train(
     batches = math.ceil(n / config.batch_size)
     result = TrainResult(model=model, device=str(device))
 
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        _sync(device)
-        started = time.perf_counter()
-        order = torch.randperm(n, generator=shuffle).to(device)
-        for b in range(batches):
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled(f"stopped in epoch {epoch}, batch {b}")
-            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-            if len(idx) < 2:
-                break  # a last batch of one example: BN cannot normalize it
-            step(train_images[idx], train_labels[idx], loss_sum, correct)
-            seen += len(idx)
-            # Also after the first batch: it marks when training really started (the queueing
-            # benchmark measures POST /train to this report).
-            if b == 0 or (b + 1) % config.progress_every == 0 or b + 1 == batches:
-                mean_loss = loss_sum.item() / seen
-                _check_finite(mean_loss, config, epoch, b + 1)
-                if on_progress is not None:
-                    on_progress(Progress(epoch, config.epochs, b + 1, batches, mean_loss, correct.item() / seen))
-        _sync(device)
-        seconds = time.perf_counter() - started
-        mean_loss = loss_sum.item() / seen
-        _check_finite(mean_loss, config, epoch, batches)
-        metrics = EpochMetrics(
-            epoch=epoch,
-            loss=mean_loss,
-            train_acc=correct.item() / seen,
-            test_acc=evaluate_accuracy(model, test_images, test_labels),
-            examples_per_sec=seen / seconds,
-            seconds=seconds,
-        )
-        result.history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics)
+    with _cudnn_autotune(device):
+        steps = _TrainSteps(model, optimizer, config, device, train_images, train_labels)
+        result.cuda_graph = steps.graph is not None
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            steps.loss_sum.zero_()
+            steps.correct.zero_()
+            seen = 0
+            _sync(device)
+            started = time.perf_counter()
+            order = torch.randperm(n, generator=shuffle).to(device)
+            for b in range(batches):
+                if should_stop is not None and should_stop():
+                    raise TrainingCancelled(f"stopped in epoch {epoch}, batch {b}")
+                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                if len(idx) < 2:
+                    break  # a last batch of one example: BN cannot normalize it
+                steps(idx)
+                seen += len(idx)
+                # Also after the first batch: it marks when training really started (the queueing
+                # benchmark measures POST /train to this report).
+                if b == 0 or (b + 1) % config.progress_every == 0 or b + 1 == batches:
+                    mean_loss = steps.loss_sum.item() / seen
+                    _check_finite(mean_loss, config, epoch, b + 1)
+                    if on_progress is not None:
+                        on_progress(Progress(epoch, config.epochs, b + 1, batches, mean_loss,
+                                             steps.correct.item() / seen))
+            _sync(device)
+            seconds = time.perf_counter() - started
+            mean_loss = steps.loss_sum.item() / seen
+            _check_finite(mean_loss, config, epoch, batches)
+            metrics = EpochMetrics(
+                epoch=epoch,
+                loss=mean_loss,
+                train_acc=steps.correct.item() / seen,
+                test_acc=evaluate_accuracy(model, test_images, test_labels),
+                examples_per_sec=seen / seconds,
+                seconds=seconds,
+            )
+            result.history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics)
+    result.compiled_graphs = _compiled_graph_count() - graphs_before
 
     if config.precise_bn:
         recompute_bn_statistics(
@@ -320,9 +340,6 @@ def train(
     return result
 
 
-TrainStep = Callable[[Tensor, Tensor, Tensor, Tensor], None]
-
-
 def _optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.SGD:
     # Plain SGD, the chapter's. On CUDA one fused kernel updates every parameter instead of
     # one launch per tensor; on the CPU the default per-tensor loop measured as fast.
@@ -330,40 +347,126 @@ def _optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim
     return torch.optim.SGD(model.parameters(), lr=lr, fused=fused)
 
 
-def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                device: torch.device) -> TrainStep:
-    """One SGD step on a uint8 batch; adds the batch's loss sum and correct count in place.
+def _forward_loss(model: nn.Module, images: Tensor, labels: Tensor, bf16: bool) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy loss and logits of a uint8 batch ``(B, 28, 28)``."""
+    X = to_model_input(images)  # (B, 1, 28, 28)
+    # No cast cache: the region is one step, and a cache is unsafe across CUDA graph capture.
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+        logits = model(X)  # (B, 10)
+        loss = F.cross_entropy(logits, labels)
+    return loss, logits
 
-    Nothing here reads a value back to the host, so on CUDA the steps queue up unhindered.
+
+ForwardLoss = Callable[[nn.Module, Tensor, Tensor, bool], tuple[Tensor, Tensor]]
+_compiled_forward: dict[str | None, ForwardLoss] = {}
+
+
+def compiled_forward_loss(mode: str | None = None) -> ForwardLoss:
+    """``_forward_loss`` under ``torch.compile``, one per mode and process.
+
+    The model is an argument, not a captured constant, so its parameters are graph inputs:
+    a new model of the same variant (the next job) reuses the compiled graph.
+    ``dynamic=False``: one graph per batch shape; the engine compiles the full batch only.
     """
-    loss_fn = nn.CrossEntropyLoss()
+    if mode not in _compiled_forward:
+        _compiled_forward[mode] = torch.compile(_forward_loss, mode=mode, dynamic=False)
+    return _compiled_forward[mode]
 
-    def forward_loss(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        X = to_model_input(images)  # (B, 1, 28, 28)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            logits = model(X)  # (B, 10)
-            loss = loss_fn(logits, labels)
-        return loss, logits
 
-    compiled = forward_loss
-    if config.compile:
-        # "reduce-overhead" adds CUDA graphs; on the CPU it means nothing, so use the default.
-        mode = "reduce-overhead" if device.type == "cuda" else None
-        # dynamic=False: one graph for the full batch size; the short last batch of an epoch
-        # runs the eager function instead of paying a second compile.
-        compiled = torch.compile(forward_loss, mode=mode, dynamic=False)
+def _compiled_graph_count() -> int:
+    from torch._dynamo.utils import counters
 
-    def step(images: Tensor, labels: Tensor, loss_sum: Tensor, correct: Tensor) -> None:
-        fn = compiled if len(images) == config.batch_size else forward_loss
-        loss, logits = fn(images, labels)
-        optimizer.zero_grad(set_to_none=True)
+    return int(counters["stats"]["unique_graphs"])
+
+
+class _TrainSteps:
+    """SGD steps on batches given as indices into the device-resident training set.
+
+    Each step adds the batch's loss sum and correct count to ``loss_sum`` and ``correct`` in
+    place; nothing reads a value back to the host, so on CUDA the steps queue up unhindered.
+    On CUDA with ``cuda_graph``, full batches replay one captured graph; the short last batch
+    of an epoch, and any run where capture fails, take the ordinary path.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                 device: torch.device, images: Tensor, labels: Tensor) -> None:
+        self.model, self.optimizer, self.config = model, optimizer, config
+        self.images, self.labels = images, labels
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.forward_full: ForwardLoss = _forward_loss
+        use_graph = device.type == "cuda" and config.cuda_graph and len(images) >= config.batch_size
+        if config.compile:
+            # Inside our own CUDA graph the compiled kernels are captured with the rest of the
+            # step; without it, "reduce-overhead" lets inductor graph the forward and backward.
+            mode = "reduce-overhead" if device.type == "cuda" and not use_graph else None
+            self.forward_full = compiled_forward_loss(mode)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_idx: Tensor | None = None
+        if use_graph:
+            try:
+                self._capture(device)
+            except Exception as exc:  # only speed is at stake: run the same step without the graph
+                log.warning("CUDA graph capture failed, training without it: %s: %s", type(exc).__name__, exc)
+                self.graph = None
+                self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, idx: Tensor) -> None:
+        """One SGD step on ``images[idx]``, without the graph."""
+        images, labels = self.images[idx], self.labels[idx]
+        fn = self.forward_full if len(idx) == self.config.batch_size else _forward_loss
+        loss, logits = fn(self.model, images, labels, self.config.bf16)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
         with torch.no_grad():
-            loss_sum.add_(loss.detach().float(), alpha=len(images))
-            correct.add_((logits.argmax(dim=1) == labels).sum())
+            self.loss_sum.add_(loss.detach().float(), alpha=len(idx))
+            self.correct.add_((logits.argmax(dim=1) == labels).sum())
 
-    return step
+    def __call__(self, idx: Tensor) -> None:
+        if self.graph is not None and self.static_idx is not None and len(idx) == len(self.static_idx):
+            self.static_idx.copy_(idx)
+            self.graph.replay()
+        else:
+            self.step(idx)
+
+    def _capture(self, device: torch.device) -> None:
+        """Record one full step as a CUDA graph, leaving the model, optimizer and sums as they were.
+
+        A few warm-up steps on a side stream come first (PyTorch's recipe for whole-network
+        capture): they run the compile, let cuDNN choose its algorithms and allocate the
+        gradients; the weights and BN statistics they changed are then put back.
+        """
+        self.static_idx = torch.zeros(self.config.batch_size, dtype=torch.int64, device=device)
+        saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.step(self.static_idx)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the gradients
+            with torch.cuda.graph(graph):
+                self.step(self.static_idx)
+            self.graph = graph
+        finally:
+            with torch.no_grad():  # capture runs nothing, but the warm-up steps did
+                self.model.load_state_dict(saved)
+                self.loss_sum.zero_()
+                self.correct.zero_()
+
+
+@contextlib.contextmanager
+def _cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """On CUDA, let cuDNN time its convolution algorithms once for the fixed shapes."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _check_finite(mean_loss: float, config: TrainConfig, epoch: int, batch: int) -> None:

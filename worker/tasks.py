@@ -27,7 +27,15 @@ from bnlenet.settings import get_settings
 from models.checkpoint import training_metadata
 from models.data import FashionMNIST, load_fashion_mnist
 from models.memory import release_memory
-from models.training import EpochMetrics, Progress, TrainConfig, TrainingCancelled, TrainingDiverged, train
+from models.training import (
+    EpochMetrics,
+    Progress,
+    TrainConfig,
+    TrainingCancelled,
+    TrainingDiverged,
+    resolve_device,
+    train,
+)
 from worker.celery_app import TRAIN_TASK, app
 
 __all__ = ["publish_train_job", "train_job"]
@@ -37,6 +45,7 @@ log = logging.getLogger(__name__)
 _store: JobStore | None = None
 _data: FashionMNIST | None = None
 _data_lock = threading.Lock()
+_engine_lock = threading.Lock()  # one training run at a time per process: the warm-up, then jobs
 
 
 def job_store() -> JobStore:
@@ -141,6 +150,20 @@ def _finish_reliably(job_id: str, status: str, **fields: Any) -> None:
             time.sleep(1)
 
 
+def job_config(params: dict[str, Any]) -> TrainConfig:
+    """The engine's configuration for a job's parameters, with this worker's speed options.
+
+    On CUDA the step is compiled (``COMPILE_ON_CUDA``): the pool process compiles once, in its
+    warm-up, and every job after reuses the graphs.
+    """
+    device = resolve_device(params.get("device"))  # in the pool process: CUDA is initialized here
+    return TrainConfig(
+        variant=params["variant"], epochs=params["epochs"], lr=params["lr"], batch_size=params["batch_size"],
+        seed=params["seed"], precise_bn=params["precise_bn"], device=params.get("device"),
+        compile=device.type == "cuda" and get_settings().COMPILE_ON_CUDA,
+    )
+
+
 @app.task(name=TRAIN_TASK, bind=True)
 def train_job(self: Task, job_id: str) -> str:
     """Run training job ``job_id`` from its record; returns its final status."""
@@ -186,12 +209,10 @@ def _run_job(job_id: str, task_id: str | None) -> str:
             log.warning("could not record epoch %d of job %s: %s", m.epoch, job_id, exc)
 
     try:
-        config = TrainConfig(
-            variant=params["variant"], epochs=params["epochs"], lr=params["lr"], batch_size=params["batch_size"],
-            seed=params["seed"], precise_bn=params["precise_bn"], device=params.get("device"),
-        )
+        config = job_config(params)
         data = training_data()
-        result = train(config, data, on_progress=on_progress, on_epoch=on_epoch, should_stop=beat.cancel.is_set)
+        with _engine_lock:  # after the warm-up, which compiles what this job reuses
+            result = train(config, data, on_progress=on_progress, on_epoch=on_epoch, should_stop=beat.cancel.is_set)
         metadata = {**training_metadata(config, result, data.classes), "job_id": job_id}
         model_store().publish(job_id, result.model, metadata)
         _finish_reliably(job_id, "succeeded", model_id=job_id, device=result.device)
@@ -237,16 +258,20 @@ def _preload_data(**_: Any) -> None:
 
 
 def _warm_up(data: FashionMNIST) -> None:
-    """Train each variant for two batches on a slice of the data, the way a job does.
+    """Train each variant for two batches on a slice of the data, the way a job with defaults does.
 
     The first step of a process pays one-off costs (lazy imports, the autograd engine's
     threads, the kernels' primitive caches for this batch shape): about a second on two CPU
-    cores. Paying it here keeps it out of the first job's queueing delay.
+    cores; on a GPU also the compile of each variant's step. Paying it here keeps it out of the
+    first job's queueing delay, and jobs wait for it rather than compile beside it.
     """
-    n = 2 * TrainConfig.batch_size
+    defaults = TrainConfig()
+    n = 2 * defaults.batch_size
     tiny = FashionMNIST(data.train_images[:n], data.train_labels[:n], data.test_images[:n], data.test_labels[:n])
-    for variant in ("scratch", "builtin"):
-        train(TrainConfig(variant=variant, epochs=1), tiny)
+    with _engine_lock:
+        for variant in ("scratch", "builtin"):
+            params = {**asdict(defaults), "variant": variant, "epochs": 1}
+            train(job_config(params), tiny)
 
 
 def reap_stale_jobs(store: JobStore) -> list[str]:

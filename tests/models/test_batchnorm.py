@@ -7,32 +7,42 @@ import torch
 from torch import nn
 
 from models.batchnorm import BatchNorm, batch_norm, batchnorm_state
+from tests.devices import DEVICES
 
 
-def _pair(num_features: int, num_dims: int) -> tuple[BatchNorm, nn.Module]:
-    ours = BatchNorm(num_features, num_dims=num_dims)
-    theirs = nn.BatchNorm2d(num_features) if num_dims == 4 else nn.BatchNorm1d(num_features)
+def _pair(num_features: int, num_dims: int, device: str = "cpu") -> tuple[BatchNorm, nn.Module]:
+    ours = BatchNorm(num_features, num_dims=num_dims).to(device)
+    theirs = (nn.BatchNorm2d(num_features) if num_dims == 4 else nn.BatchNorm1d(num_features)).to(device)
     return ours, theirs
 
 
-def _input(num_dims: int, seed: int = 0) -> torch.Tensor:
+def _input(num_dims: int, seed: int = 0, device: str = "cpu") -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     shape = (8, 3, 5, 5) if num_dims == 4 else (8, 3)
-    return torch.randn(shape, generator=gen) * 3 + 1
+    return (torch.randn(shape, generator=gen) * 3 + 1).to(device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("num_dims", [2, 4])
-def test_batchnorm_train_mode_matches_builtin(num_dims: int) -> None:
-    ours, theirs = _pair(3, num_dims)
+def test_batchnorm_train_mode_matches_builtin(num_dims: int, device: str) -> None:
+    ours, theirs = _pair(3, num_dims, device)
     for step in range(3):
-        X = _input(num_dims, seed=step)
-        torch.testing.assert_close(ours(X), theirs(X), rtol=1e-5, atol=1e-5)
+        X = _input(num_dims, seed=step, device=device).requires_grad_()
+        X2 = X.detach().clone().requires_grad_()
+        Y, Y2 = ours(X), theirs(X2)
+        torch.testing.assert_close(Y, Y2, rtol=1e-5, atol=1e-5)
+        weights = torch.linspace(-1, 1, Y.numel(), device=device).reshape(Y.shape)
+        (Y * weights).sum().backward()
+        (Y2 * weights).sum().backward()
+        assert X.grad is not None and X2.grad is not None
+        torch.testing.assert_close(X.grad, X2.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("num_dims", [2, 4])
-def test_batchnorm_running_statistics_match_builtin_up_to_variance_convention(num_dims: int) -> None:
-    ours, theirs = _pair(3, num_dims)
-    X = _input(num_dims)
+def test_batchnorm_running_statistics_match_builtin_up_to_variance_convention(num_dims: int, device: str) -> None:
+    ours, theirs = _pair(3, num_dims, device)
+    X = _input(num_dims, device=device)
     ours(X)
     theirs(X)
     m = X.numel() // X.shape[1]  # values per channel
@@ -44,17 +54,18 @@ def test_batchnorm_running_statistics_match_builtin_up_to_variance_convention(nu
     torch.testing.assert_close(biased_ours, biased_theirs, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("num_dims", [2, 4])
-def test_batchnorm_eval_mode_matches_builtin(num_dims: int) -> None:
-    ours, theirs = _pair(3, num_dims)
-    X = _input(num_dims)
+def test_batchnorm_eval_mode_matches_builtin(num_dims: int, device: str) -> None:
+    ours, theirs = _pair(3, num_dims, device)
+    X = _input(num_dims, device=device)
     ours(X)
     theirs(X)
     with torch.no_grad():  # give both the same running statistics
         theirs.running_var.copy_(ours.moving_var.reshape(-1))
     ours.eval()
     theirs.eval()
-    X2 = _input(num_dims, seed=5)
+    X2 = _input(num_dims, seed=5, device=device)
     torch.testing.assert_close(ours(X2), theirs(X2), rtol=1e-5, atol=1e-5)
 
 

@@ -21,6 +21,7 @@ from models.batchnorm import BatchNorm
 from models.data import FashionMNIST, load_fashion_mnist
 from models.lenet import build_lenet
 from models.training import Progress, TrainConfig, train
+from tests.devices import DEVICES
 
 # 512 synthetic images in batches of 48: ten full batches and a short last one (32).
 RUN = dict(epochs=2, batch_size=48, lr=1.0, seed=3, progress_every=1)
@@ -95,12 +96,13 @@ def test_engine_compiled_scratch_matches_plain_loop(data: FashionMNIST) -> None:
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3, msg=f"{name} differs")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("num_dims", [2, 4])
-def test_compiled_scratch_batchnorm_equals_eager_and_keeps_book_ops(num_dims: int) -> None:
+def test_compiled_scratch_batchnorm_equals_eager_and_keeps_book_ops(num_dims: int, device: str) -> None:
     torch.manual_seed(0)
     shape = (64, 6) if num_dims == 2 else (64, 6, 8, 8)
-    X = torch.randn(shape) * 3 + 1
-    eager, compiled_bn = BatchNorm(6, num_dims), BatchNorm(6, num_dims)
+    X = (torch.randn(shape) * 3 + 1).to(device)
+    eager, compiled_bn = BatchNorm(6, num_dims).to(device), BatchNorm(6, num_dims).to(device)
     with torch.no_grad():
         for bn in (eager, compiled_bn):
             bn.gamma.copy_(torch.linspace(0.5, 2.0, 6).reshape(bn.gamma.shape))
@@ -115,13 +117,14 @@ def test_compiled_scratch_batchnorm_equals_eager_and_keeps_book_ops(num_dims: in
     recorder = aot_autograd(fw_compiler=recording_compiler, bw_compiler=recording_compiler)
     for backend in ("inductor", recorder):
         torch._dynamo.reset()
-        bn = BatchNorm(6, num_dims)
+        bn = BatchNorm(6, num_dims).to(device)
         bn.load_state_dict(compiled_bn.state_dict())
         fn = torch.compile(bn, backend=backend)
         Xc, Xe = X.clone().requires_grad_(), X.clone().requires_grad_()
         Yc, Ye = fn(Xc), eager(Xe)
-        (Yc * torch.arange(Yc.numel()).reshape(Yc.shape).sin()).sum().backward()
-        (Ye * torch.arange(Ye.numel()).reshape(Ye.shape).sin()).sum().backward()
+        weights = torch.arange(Yc.numel(), device=device).reshape(Yc.shape).sin()
+        (Yc * weights).sum().backward()
+        (Ye * weights).sum().backward()
         torch.testing.assert_close(Yc, Ye, rtol=1e-5, atol=1e-5)
         assert Xc.grad is not None and Xe.grad is not None
         torch.testing.assert_close(Xc.grad, Xe.grad, rtol=1e-4, atol=1e-5)
