@@ -19,19 +19,12 @@ from tests.integration.test_service import _bnlenet_predict, _png
 pytestmark = [*needs_cuda, pytest.mark.integration]
 
 
-def cuda_loaded(pid: int) -> bool:
-    """Whether process ``pid`` has loaded the CUDA driver (what initializing CUDA does first)."""
-    maps = Path(f"/proc/{pid}/maps").read_text()
-    return "libcuda.so" in maps
-
-
-def gpu_processes() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"nvidia-smi: {exc}"
+def gpu_processes() -> dict[int, str]:
+    """Processes holding a CUDA context on the GPU, with the memory each uses (nvidia-smi's view)."""
+    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
+                         capture_output=True, text=True, timeout=30, check=True)
+    rows = [line.split(",", 1) for line in out.stdout.strip().splitlines() if line.strip()]
+    return {int(pid): memory.strip() for pid, memory in rows}
 
 
 def test_gpu_jobs_end_to_end(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path,
@@ -48,16 +41,19 @@ def test_gpu_jobs_end_to_end(tmp_path_factory: pytest.TempPathFactory, synthetic
             assert job["device"].startswith("cuda"), job
             jobs.append(job)
             metadata.append(read_metadata(stack.checkpoint_dir / f"{job['job_id']}.safetensors"))
-        print("GPU processes (pid, memory):", gpu_processes())
         print("engines:", [m["engine"] for m in metadata])
         assert all(m["engine"]["compile"] and m["engine"]["cuda_graph"] for m in metadata), metadata
         assert metadata[1]["engine"]["compiled_graphs"] == 0, "the second job compiled again"
 
-        # CUDA lives in the pool process that trains; the parent that forks it never touched it.
+        # CUDA lives in the pool process that trains; the parent that forks it holds no CUDA
+        # context. (On the H100 image the parent's address space does map the driver library,
+        # with no context: the pool process it forks initializes CUDA and trains, as shown.)
         pool_pid = int(jobs[1]["worker"].rsplit(":", 1)[1])
+        contexts = gpu_processes()
+        print("GPU processes (pid: memory):", contexts, "worker parent:", worker.pid, "pool:", pool_pid)
         assert pool_pid != worker.pid
-        assert cuda_loaded(pool_pid)
-        assert not cuda_loaded(worker.pid), "the worker's parent process initialized CUDA"
+        assert pool_pid in contexts, contexts
+        assert worker.pid not in contexts, "the worker's parent process holds a CUDA context"
 
         # The GPU-trained model serves on the API's CPU exactly as the command line predicts.
         image = tmp_path / "item.png"
