@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10, help="epochs per engine row (default: 10)")
     parser.add_argument("--chapter-epochs", type=int, default=2, help="epochs of the chapter's pipeline (default: 2)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds; the table shows medians (default: 1)")
+    parser.add_argument("--rows", type=int, nargs="+", metavar="N",
+                        help="only these engine rows (indices into bench.train_speed.GPU_ENGINE_ROWS)")
     parser.add_argument("--quick", action="store_true", help="8192 training images, 1 epoch, 1 round")
     parser.add_argument("--allow-cpu", action="store_true", help="without CUDA, write the report with no rows")
     args = parser.parse_args(argv)
@@ -113,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_report(args, info, len(data.train_images), rows)  # each variant's rows are added as they come,
     if info["gpu"]:                                          # so a run cut short keeps what it measured
         for variant in ("builtin", "scratch"):
-            rows.extend(run_cuda(args.epochs, args.rounds, args.chapter_epochs, data, variants=(variant,)))
+            rows.extend(run_cuda(args.epochs, args.rounds, args.chapter_epochs, data, variants=(variant,),
+                                 gpu_rows=args.rows))
             write_report(args, info, len(data.train_images), rows)
     print((args.out / "gpu_check.md").read_text(), flush=True)
     return 0

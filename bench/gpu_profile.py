@@ -24,16 +24,16 @@ from torch.profiler import ProfilerActivity, profile
 
 from models.data import load_fashion_mnist
 from models.lenet import build_lenet
-from models.training import TrainConfig, _cudnn_autotune, _optimizer, _TrainSteps, compiled_forward_loss
+from models.training import TrainConfig, _optimizer, _TrainSteps, compiled_forward_loss, cuda_settings
 
-# (label, TrainConfig overrides, channels_last, float32 matmul precision)
-CANDIDATES: list[tuple[str, dict[str, Any], bool, str]] = [
-    ("compile, graph (the engine's best fp32)", {"compile": True}, False, "highest"),
-    ("+ channels_last", {"compile": True}, True, "highest"),
-    ("+ TF32 matmuls", {"compile": True}, False, "high"),
-    ("+ bf16 autocast", {"compile": True, "bf16": True}, False, "highest"),
-    ("+ bf16 autocast + channels_last", {"compile": True, "bf16": True}, True, "highest"),
-    ("eager, graph", {}, False, "highest"),
+# (label, TrainConfig overrides, channels_last, cuDNN benchmark limit: 0 tries every algorithm)
+CANDIDATES: list[tuple[str, dict[str, Any], bool, int]] = [
+    ("compile, graph, fp32 matmuls", {"compile": True, "tf32": False}, False, 10),
+    ("compile, graph, TF32 matmuls (the worker's default)", {"compile": True}, False, 10),
+    ("+ cuDNN tries every algorithm", {"compile": True}, False, 0),
+    ("+ channels_last", {"compile": True}, True, 10),
+    ("+ bf16 autocast", {"compile": True, "bf16": True}, False, 10),
+    ("eager, graph", {}, False, 10),
 ]
 
 
@@ -107,23 +107,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_profile", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--steps", type=int, default=300, help="timed steps per candidate (default: 300)")
+    parser.add_argument("--variants", nargs="+", default=["builtin", "scratch"], choices=["builtin", "scratch"])
+    parser.add_argument("--no-kernels", action="store_true", help="time the candidates only, skip the kernel list")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench.gpu_profile: needs CUDA", file=sys.stderr)
         return 2
     device = torch.device("cuda")
+    torch._dynamo.config.recompile_limit = 64  # every candidate is another graph of the same function
     args.out.mkdir(parents=True, exist_ok=True)
     data = load_fashion_mnist(download=False)
     images, labels = data.train_images.to(device), data.train_labels.to(device)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).to(device)
     batches = [order[i:i + 256] for i in range(0, len(order) - 255, 256)]
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "variants": {}}
-    with _cudnn_autotune(device):
-        for variant in ("builtin", "scratch"):
-            entry: dict[str, Any] = {"profile": profile_variant(variant, images, labels, batches, device, args.out)}
+    with cuda_settings(device, tf32=False):
+        for variant in args.variants:
+            entry: dict[str, Any] = {} if args.no_kernels else {
+                "profile": profile_variant(variant, images, labels, batches, device, args.out)}
             rates = []
-            for label, overrides, channels_last, precision in CANDIDATES:
-                torch.set_float32_matmul_precision(precision)
+            for label, overrides, channels_last, limit in CANDIDATES:
+                torch.backends.cuda.matmul.allow_tf32 = overrides.get("tf32", True)
+                torch.backends.cudnn.benchmark_limit = limit
                 try:
                     steps = _steps(variant, overrides, channels_last, images, labels, device)
                     per_sec = _rate(steps, batches, args.steps, device)
@@ -133,11 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except Exception as exc:  # report and go on: one candidate must not cost the others
                     rates.append({"candidate": label, "error": f"{type(exc).__name__}: {exc}"[:300]})
                 finally:
-                    torch.set_float32_matmul_precision("highest")
+                    torch.backends.cuda.matmul.allow_tf32 = False
+                    torch.backends.cudnn.benchmark_limit = 10
                 print(variant, rates[-1], flush=True)
             entry["candidates"] = rates
             report["variants"][variant] = entry
             (args.out / "gpu_profile.json").write_text(json.dumps(report, indent=2) + "\n")
+            if args.no_kernels:
+                continue
             p = entry["profile"]
             print(f"{variant}: {p['kernels_per_step']:.0f} kernels/step, {p['kernel_us_per_step']:.0f} us kernel "
                   f"time/step; top: " + "; ".join(f"{k['name'][:60]} {k['us_per_step']:.1f}us"

@@ -37,9 +37,10 @@ ENGINE_ROWS: list[tuple[str, dict[str, Any]]] = [
     ("engine + torch.compile + bf16 (compile counted)", {"compile": True, "bf16": True}),
 ]
 GPU_ENGINE_ROWS: list[tuple[str, dict[str, Any]]] = [
-    ("engine, eager steps (fp32, fused SGD)", {"cuda_graph": False}),
-    ("engine, eager steps in a CUDA graph (default)", {}),
-    ("engine + torch.compile, in a CUDA graph", {"compile": True}),
+    ("engine, eager steps (fused SGD), no graph", {"cuda_graph": False}),
+    ("engine, eager steps in a CUDA graph", {}),
+    ("engine + torch.compile in a CUDA graph, fp32 matmuls", {"compile": True, "tf32": False}),
+    ("engine + torch.compile in a CUDA graph (the worker's default)", {"compile": True}),
     ("engine + torch.compile + bf16, in a CUDA graph", {"compile": True, "bf16": True}),
     ("engine + torch.compile reduce-overhead, no whole-step graph", {"compile": True, "cuda_graph": False}),
 ]
@@ -91,7 +92,7 @@ def _row(variant: str, label: str, device: str, epochs: int | str, ex_s: float |
 
 
 def one_round(device: str, variant: str, epochs: int, data: FashionMNIST,
-              chapter_epochs: int | None = None) -> list[dict[str, Any]]:
+              chapter_epochs: int | None = None, gpu_rows: list[int] | None = None) -> list[dict[str, Any]]:
     """Every pipeline once, back to back, for one variant on one device.
 
     ``chapter_epochs`` (default ``epochs``) shortens the chapter pipeline's run, whose rate
@@ -107,7 +108,9 @@ def one_round(device: str, variant: str, epochs: int, data: FashionMNIST,
         tuned = train_chapter(variant, data, epochs=epochs, device=device, num_workers=0)
         rows.append(_row(variant, "chapter pipeline, 0 workers", device, epochs,
                          tuned.examples_per_sec, "-", tuned.train_acc, tuned.test_acc))
-    for label, overrides in ENGINE_ROWS if device == "cpu" else GPU_ENGINE_ROWS:
+    engine_rows = ENGINE_ROWS if device == "cpu" else [
+        row for i, row in enumerate(GPU_ENGINE_ROWS) if gpu_rows is None or i in gpu_rows]
+    for label, overrides in engine_rows:
         rows.append(_engine_row(label, variant, device, epochs, data, overrides))
     for row in rows:
         row["x chapter"] = row["examples/s"] / chapter.examples_per_sec
@@ -152,10 +155,12 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 
 def run_cuda(epochs: int, rounds: int, chapter_epochs: int, data: FashionMNIST,
-             variants: tuple[str, ...] = ("builtin", "scratch")) -> list[dict[str, Any]]:
-    """The CUDA rows alone (the GPU check's measurement), medians over ``rounds``."""
+             variants: tuple[str, ...] = ("builtin", "scratch"), gpu_rows: list[int] | None = None,
+             ) -> list[dict[str, Any]]:
+    """The CUDA rows alone (the GPU check's measurement; ``gpu_rows`` picks from ``GPU_ENGINE_ROWS``),
+    medians over ``rounds``."""
     rows: list[dict[str, Any]] = []
     for variant in variants:
-        rounds_rows = [one_round("cuda", variant, epochs, data, chapter_epochs) for _ in range(rounds)]
+        rounds_rows = [one_round("cuda", variant, epochs, data, chapter_epochs, gpu_rows) for _ in range(rounds)]
         rows.extend(_median_rows(rounds_rows))
     return rows

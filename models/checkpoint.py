@@ -194,5 +194,6 @@ def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[s
         # How it ran, not what it computes: compiled or not, replayed as a CUDA graph or not,
         # and how many graphs this run had to compile (0 when a warm process reused them).
         "engine": {"compile": config.compile, "cuda_graph": result.cuda_graph,
+                   "tf32": config.tf32 and result.device.startswith("cuda"),
                    "compiled_graphs": result.compiled_graphs},
     }

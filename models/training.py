@@ -82,6 +82,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the forward; pays a compile for faster steps
     bf16: bool = False  # autocast to bfloat16: faster on AVX-512-bf16 CPUs and GPUs, slightly different numbers
     cuda_graph: bool = True  # on CUDA, replay the whole step as one captured CUDA graph; ignored on the CPU
+    tf32: bool = True  # on CUDA, TensorFloat-32 for fp32 matmuls too, as PyTorch's cuDNN already does for convolutions
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -104,6 +105,7 @@ class TrainConfig:
         d.pop("progress_every")
         d.pop("compile")  # how fast, not what: the compiled forward computes the same function
         d.pop("cuda_graph")  # likewise: the replayed step is the same step
+        d.pop("tf32")  # CUDA only: the checkpoint's engine metadata says whether it applied
         return d
 
 
@@ -286,7 +288,7 @@ def train(
     batches = math.ceil(n / config.batch_size)
     result = TrainResult(model=model, device=str(device))
 
-    with _cudnn_autotune(device):
+    with cuda_settings(device, tf32=config.tf32):
         steps = _TrainSteps(model, optimizer, config, device, train_images, train_labels)
         result.cuda_graph = steps.graph is not None
         for epoch in range(1, config.epochs + 1):
@@ -459,14 +461,21 @@ class _TrainSteps:
 
 
 @contextlib.contextmanager
-def _cudnn_autotune(device: torch.device) -> Iterator[None]:
-    """On CUDA, let cuDNN time its convolution algorithms once for the fixed shapes."""
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = previous or device.type == "cuda"
+def cuda_settings(device: torch.device, *, tf32: bool) -> Iterator[None]:
+    """While training on CUDA: cuDNN times its algorithms once for the fixed shapes, and fp32
+    matmuls use TF32 tensor cores when ``tf32`` (PyTorch's default already does so for
+    convolutions). Both are process-wide switches, restored on exit; nothing changes on the CPU.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = previous
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def _check_finite(mean_loss: float, config: TrainConfig, epoch: int, batch: int) -> None:

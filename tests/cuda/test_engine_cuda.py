@@ -50,8 +50,8 @@ def assert_same_state(a: torch.nn.Module, b: torch.nn.Module, rtol: float, atol:
 @pytest.mark.usefixtures("full_fp32")
 @pytest.mark.parametrize("variant", ["scratch", "builtin"])
 def test_cuda_graph_step_equals_eager_step(data: FashionMNIST, variant: str) -> None:
-    eager_losses, eager = cuda_run(data, variant, cuda_graph=False)
-    graph_losses, graphed = cuda_run(data, variant)
+    eager_losses, eager = cuda_run(data, variant, cuda_graph=False, tf32=False)
+    graph_losses, graphed = cuda_run(data, variant, tf32=False)
     assert graphed.cuda_graph and not eager.cuda_graph
     assert len(graph_losses) == len(eager_losses) == 22  # ten full batches replayed, one short one eager
     # cuDNN may time its way to other algorithms in each run: float reordering, compounded by lr 1.0.
@@ -64,7 +64,7 @@ def test_cuda_graph_step_equals_eager_step(data: FashionMNIST, variant: str) -> 
 @pytest.mark.parametrize("variant", ["scratch", "builtin"])
 def test_cuda_compiled_graph_engine_matches_cpu_plain_loop(data: FashionMNIST, variant: str) -> None:
     expected, plain_model = plain_loop(variant, data, **{k: RUN[k] for k in ("epochs", "batch_size", "lr", "seed")})
-    got, result = cuda_run(data, variant, compile=True)
+    got, result = cuda_run(data, variant, compile=True, tf32=False)
     assert result.cuda_graph and result.device.startswith("cuda")
     # Fused kernels and the GPU's reduction order: the compiled CPU test's tolerances.
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-3, atol=1e-4)
@@ -75,6 +75,15 @@ def test_cuda_second_run_reuses_the_compiled_graphs(data: FashionMNIST) -> None:
     cuda_run(data, "scratch", compile=True)
     _, second = cuda_run(data, "scratch", compile=True)
     assert second.compiled_graphs == 0 and second.cuda_graph
+
+
+def test_cuda_tf32_tracks_fp32_and_leaves_the_switch_as_it_was(data: FashionMNIST) -> None:
+    before = torch.backends.cuda.matmul.allow_tf32
+    fp32, _ = cuda_run(data, "builtin", compile=True, tf32=False)
+    tf32, result = cuda_run(data, "builtin", compile=True)
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    # TF32 keeps 10 bits of mantissa: the bf16 test's tolerance, comfortably.
+    assert max(abs(a - b) for a, b in zip(tf32, fp32, strict=True)) < 0.1
 
 
 def test_cuda_bf16_graph_tracks_fp32(data: FashionMNIST) -> None:
