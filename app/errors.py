@@ -22,8 +22,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from bnlenet.jobs import JobFinished, JobNotFound, StoreUnavailable
 from bnlenet.model_store import ModelUnusable, NoModelYet, UnknownModel
@@ -130,8 +131,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return await http_exception_handler(request, exc)  # type: ignore[return-value]
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed the connection before its body arrived: nobody reads the answer, and
+    # it is no error of the service's, so no traceback in the log either.
+    return Response(status_code=400)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     for exc_type, status in STATUS.items():
         app.add_exception_handler(exc_type, _handler(status))
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)

@@ -3,11 +3,18 @@
 Fashion-MNIST images are 28x28 grayscale, scaled to [0, 1]. Any image PIL can decode is
 converted to grayscale (alpha composited onto black, the data set's background) and resized
 to 28x28; pixel arrays must already be 28x28 values in [0, 1].
+
+The network sees 28x28 pixels, so decoding has a budget (``MAX_DECODED_PIXELS``, a 1024x1024
+image): a file that declares more is decoded at a reduced scale where the format allows it
+(JPEG decodes at 1/2, 1/4 or 1/8 scale for the price of the smaller image) and refused
+otherwise, before any pixel is decoded. A 75 KB PNG can declare 4096x4096 RGBA pixels that take
+a second to decode; here it costs reading its header.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -18,17 +25,17 @@ from torch import Tensor
 
 from models.lenet import IMAGE_SIZE
 
-__all__ = ["MAX_IMAGE_PIXELS", "ImageError", "image_to_tensor", "load_image", "pixels_to_tensor"]
+__all__ = ["MAX_DECODED_PIXELS", "ImageError", "image_to_tensor", "load_image", "pixels_to_tensor"]
 
-MAX_IMAGE_PIXELS = 4096 * 4096  # larger declared sizes are refused before decoding (bombs)
+MAX_DECODED_PIXELS = 1024 * 1024  # the most pixels decoded for one image (28x28 is what the network sees)
 
 
 class ImageError(ValueError):
     """Input that is not a usable image or pixel array."""
 
 
-def load_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode image bytes to a 28x28 grayscale PIL image, refusing oversize and broken files."""
+def load_image(data: bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
+    """Decode image bytes to a 28x28 grayscale PIL image within the pixel budget, refusing broken files."""
     if not data:
         raise ImageError("the image is empty")
     try:
@@ -37,9 +44,14 @@ def load_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Imag
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(
-                    f"the image declares {width}x{height} pixels; at most {max_pixels} pixels are accepted"
-                )
+                # JPEG can decode at 1/2, 1/4 or 1/8 scale; other formats decode whole or not at all.
+                img.draft(img.mode, _within_budget(width, height, max_pixels))
+                if img.size[0] * img.size[1] > max_pixels:
+                    raise ImageError(
+                        f"the image declares {width}x{height} pixels; at most {max_pixels} pixels (for example "
+                        f"{math.isqrt(max_pixels)}x{math.isqrt(max_pixels)}) are decoded, and the model sees "
+                        f"{IMAGE_SIZE}x{IMAGE_SIZE}: scale it down before sending (JPEG is reduced while decoding)"
+                    )
             img.load()
     except ImageError:
         raise
@@ -50,6 +62,19 @@ def load_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Imag
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"the image is truncated or corrupt: {exc}") from exc
     return _to_grayscale_28(img)
+
+
+def _within_budget(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The size JPEG's reduced decoding (1/2, 1/4, 1/8) should give: the first within the budget.
+
+    ``draft`` picks the largest scale that is at least the size asked for, so asking for a
+    reduced size exactly gets that reduction.
+    """
+    for reduction in (2, 4, 8):
+        w, h = -(-width // reduction), -(-height // reduction)
+        if w * h <= max_pixels:
+            return w, h
+    return -(-width // 8), -(-height // 8)
 
 
 def _to_grayscale_28(img: Image.Image) -> Image.Image:
@@ -69,7 +94,7 @@ def _to_grayscale_28(img: Image.Image) -> Image.Image:
     return img
 
 
-def image_to_tensor(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
+def image_to_tensor(data: bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Tensor:
     """Image bytes to the network input ``(1, 1, 28, 28)`` float32 in [0, 1]."""
     img = load_image(data, max_pixels=max_pixels)
     arr = np.asarray(img, dtype=np.uint8)  # (28, 28)

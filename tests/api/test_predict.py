@@ -235,3 +235,33 @@ def test_predict_is_eval_mode_under_concurrency(client, trained_models):
     for k in before:
         assert torch.equal(before[k], after[k]), k
     assert not store.get(model_id).model.training
+
+
+def test_predict_slow_decode_never_stalls_other_requests(client, monkeypatch):
+    # An upload whose decode takes a second (a big image within the budget, a slow codec):
+    # it runs off the event loop, so /healthz answers at once meanwhile.
+    import time
+
+    import app.api.routes.predict as predict_route
+
+    def slow_decode(data: bytes) -> torch.Tensor:
+        time.sleep(1.0)
+        return image_to_tensor(data)
+
+    monkeypatch.setattr(predict_route, "image_to_tensor", slow_decode)
+    with ThreadPoolExecutor(1) as pool:
+        upload = pool.submit(_upload, client, png_bytes(sample_image()))
+        time.sleep(0.2)  # the decode is under way
+        started = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        waited = time.perf_counter() - started
+        assert upload.result().status_code == 200
+    assert waited < 0.5, f"/healthz waited {waited:.2f} s behind a decode"
+
+
+def test_predict_cheap_file_declaring_a_huge_image_is_refused(client):
+    buf = io.BytesIO()
+    Image.new("RGBA", (4096, 4096), (0, 0, 0, 0)).save(buf, format="PNG")
+    r = _upload(client, buf.getvalue())
+    assert r.status_code == 422
+    assert "4096x4096" in r.json()["detail"] and "1024x1024" in r.json()["detail"]

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from models.preprocess import ImageError, image_to_tensor, pixels_to_tensor
+from models.preprocess import ImageError, image_to_tensor, load_image, pixels_to_tensor
 
 
 def _encode(img: Image.Image, fmt: str = "PNG") -> bytes:
@@ -91,3 +92,36 @@ def test_preprocess_pixels() -> None:
 def test_preprocess_bad_pixels_are_errors(pixels: object, message: str) -> None:
     with pytest.raises(ImageError, match=message):
         pixels_to_tensor(pixels)  # type: ignore[arg-type]
+
+
+def _noise(width: int, height: int, mode: str) -> Image.Image:
+    rng = np.random.default_rng(0)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    arr = rng.integers(0, 255, (height, width, channels), dtype=np.uint8)
+    return Image.fromarray(arr.squeeze(-1) if channels == 1 else arr, mode=mode)
+
+
+def test_preprocess_cheap_file_declaring_a_big_image_is_refused_before_decoding() -> None:
+    # The reported attack: a small PNG of 4096x4096 RGBA pixels that takes a second to decode.
+    data = _encode(Image.new("RGBA", (4096, 4096), (0, 0, 0, 0)))
+    assert len(data) < 200_000
+    started = time.perf_counter()
+    with pytest.raises(ImageError, match="4096x4096 pixels.*1024x1024"):
+        image_to_tensor(data)
+    assert time.perf_counter() - started < 0.1  # the header only; decoding would take about a second
+
+
+def test_preprocess_big_jpeg_decodes_at_a_reduced_scale() -> None:
+    big = _noise(3000, 2000, "RGB")
+    big.paste((255, 255, 255), (1000, 600, 2000, 1400))  # a bright object in the middle
+    data = _encode(big, "JPEG")
+    decoded = load_image(data)
+    assert decoded.size == (28, 28)
+    x = image_to_tensor(data)
+    assert float(x[0, 0, 14, 14]) > 0.9  # the object survives the reduced decode
+
+
+def test_preprocess_image_at_the_budget_is_accepted() -> None:
+    assert image_to_tensor(_encode(_noise(1024, 1024, "L"))).shape == (1, 1, 28, 28)
+    with pytest.raises(ImageError, match="at most 1048576 pixels"):
+        image_to_tensor(_encode(_noise(1025, 1024, "L")))

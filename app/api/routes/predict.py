@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from PIL import UnidentifiedImageError
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from torch import Tensor
 
@@ -111,7 +112,9 @@ async def _read_upload(request: Request, settings: Settings) -> tuple[Tensor, st
     finally:
         await form.close()
     try:
-        return image_to_tensor(data), model_id or None
+        # Decoding takes milliseconds to tens of them: off the event loop, so one upload never
+        # holds up the other requests (or /healthz) of this process.
+        return await run_in_threadpool(image_to_tensor, data), model_id or None
     except ImageError as exc:
         if isinstance(exc.__cause__, UnidentifiedImageError):
             raise UnsupportedMedia(f"the upload is not an image PIL can read (PNG, JPEG, ...): {exc}") from exc
