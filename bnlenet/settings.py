@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     COMPILE_ON_CUDA: bool = True  # torch.compile jobs that train on a GPU (the worker compiles once, at start)
     REDIS_TIMEOUT_S: float = 2.0  # connect and read timeout: a down Redis answers 503 quickly, never hangs
 
+    # The HTTP edge (app/edge.py): what a client may send, and how slowly.
+    HTTP_HEADER_TIMEOUT_S: float = Field(10.0, gt=0)  # to send a whole request head (and a first request)
+    HTTP_BODY_TIMEOUT_S: float = Field(30.0, gt=0)  # to send a body once the head is in (2 MiB at 70 KB/s)
+    HTTP_MAX_HEADER_BYTES: int = Field(16 * 1024, ge=1024)  # the request line and headers together
+    HTTP_MAX_HEADERS: int = Field(100, ge=10)
+    HTTP_KEEP_ALIVE_S: int = Field(5, ge=1)  # an idle kept-alive connection is closed after this
+    HTTP_MAX_CONNECTIONS: int = Field(900, ge=1)  # per API process; more get 503 (under a 1024 fd limit)
+
     # Limits on POST /train, stated in the schema.
     MAX_EPOCHS: int = Field(100, ge=1)
     MAX_LR: float = Field(100.0, gt=0)

@@ -1,0 +1,170 @@
+"""The HTTP edge: uvicorn with limits and timeouts on what clients send, and its entry point.
+
+uvicorn bounds neither how long a client may take to send a request's head or body nor how
+large the head may grow with its fast parser (httptools): a client sending one byte every few
+seconds holds a connection and a file descriptor forever, and an unfinished 100 MB header is
+buffered whole. ``GuardedHttpToolsProtocol`` is uvicorn's httptools protocol plus:
+
+* a deadline for the request head (``HTTP_HEADER_TIMEOUT_S``, from the connection's first
+  byte or a new request's first byte): a client that has not sent a whole head by then gets
+  408 and the connection is closed; a connection that sends nothing is closed as well;
+* a deadline for the body (``HTTP_BODY_TIMEOUT_S``, from the end of the head): the connection
+  is closed, and the app sees the client leave;
+* at most ``HTTP_MAX_HEADER_BYTES`` bytes of head and ``HTTP_MAX_HEADERS`` header lines: 431.
+
+The parser stays httptools, so the hot path (``/predict``) costs what it did. Run the API with
+``python -m app.edge`` (``bnlenet up``, the containers and the tests do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from bnlenet.settings import get_settings
+
+__all__ = ["GuardedHttpToolsProtocol", "main"]
+
+log = logging.getLogger("uvicorn.error")
+
+_RESPONSES = {
+    408: b"HTTP/1.1 408 Request Timeout\r\n",
+    431: b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+}
+
+
+class _TooManyHeaders(Exception):
+    """Raised from the parser's header callback to stop parsing an oversized head."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with deadlines for a request's head and body and a bounded head."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = get_settings()
+        self.header_timeout = settings.HTTP_HEADER_TIMEOUT_S
+        self.body_timeout = settings.HTTP_BODY_TIMEOUT_S
+        self.max_header_bytes = settings.HTTP_MAX_HEADER_BYTES
+        self.max_headers = settings.HTTP_MAX_HEADERS
+        self._deadline: asyncio.TimerHandle | None = None
+        self._reading_head = True  # between requests or inside a head: what arrives is head
+        self._head_bytes = 0
+        self._head_lines = 0
+        self._refused = False
+
+    # Connection events ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout, 408, "sent no request")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._reading_head:
+            if self._deadline is None:  # the first byte of the next request on a kept-alive connection
+                self._arm(self.header_timeout, 408, "did not finish sending the request head")
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                self._refuse(431, f"request head over {self.max_header_bytes} bytes")
+                return
+        super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        # The parent answers every parser error with 400; a head refused by on_header is a 431.
+        if self._head_lines > self.max_headers:
+            self._refuse(431, f"more than {self.max_headers} header lines")
+        else:
+            super().send_400_response(msg)
+
+    # Parser callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_lines = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_lines += 1
+        if self._head_lines > self.max_headers:
+            raise _TooManyHeaders  # the parser stops and reports an error: send_400_response above
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._disarm()
+        self._arm(self.body_timeout, None, "did not finish sending the request body")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._reading_head, self._head_bytes = True, 0
+        super().on_message_complete()
+
+    # Deadlines -------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, status: int | None, what: str) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expire, status, what)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self, status: int | None, what: str) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if status is None or (self.cycle is not None and not self.cycle.response_complete):
+            # The app is (or may be) reading the body: closing tells it the client left.
+            log.info("closing a connection from %s that %s in time", _client(self.client), what)
+            self.transport.close()
+            return
+        self._refuse(status, what + " in time")
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self._refused = True
+        self._disarm()
+        log.info("refused a request from %s (%d): %s", _client(self.client), status, reason)
+        self.transport.write(_RESPONSES[status] + b"content-length: 0\r\nconnection: close\r\n\r\n")
+        self.transport.close()
+
+
+def _client(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "a client"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve ``app.main:app`` with the guarded protocol: ``python -m app.edge --host H --port P``."""
+    parser = argparse.ArgumentParser(prog="python -m app.edge", description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    uvicorn.run(
+        "app.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+        http=GuardedHttpToolsProtocol,
+        timeout_keep_alive=settings.HTTP_KEEP_ALIVE_S,
+        # Past this many open connections (or running requests) a process answers 503 at once
+        # instead of running out of file descriptors.
+        limit_concurrency=settings.HTTP_MAX_CONNECTIONS,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The HTTP edge over real sockets: slow and oversized requests are cut off, normal ones are untouched.
+
+The API runs as ``python -m app.edge`` (uvicorn with the guarded protocol) with one-second
+deadlines, so each case takes about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bnlenet.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """The API under the guarded server on a free port; yields (port, log file)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("edge") / "api.log"
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "CHECKPOINT_DIR": str(log.parent),
+           "HTTP_HEADER_TIMEOUT_S": "1", "HTTP_BODY_TIMEOUT_S": "1", "HTTP_MAX_HEADERS": "100",
+           "HTTP_MAX_HEADER_BYTES": "16384", "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app.edge", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        yield port, log
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes the connection."""
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_edge_slow_request_head_gets_408_and_closed(edge: tuple[int, Path]) -> None:
+    with _connect(edge[0]) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # ... and never the blank line
+        started = time.monotonic()
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert 0.8 < time.monotonic() - started < 5
+
+
+def test_edge_silent_connection_is_closed(edge: tuple[int, Path]) -> None:
+    with _connect(edge[0]) as sock:
+        started = time.monotonic()
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 5
+
+
+def test_edge_slow_body_is_closed_quietly(edge: tuple[int, Path]) -> None:
+    port, log = edge
+    with _connect(port) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n{\"pixels\": [")
+        started = time.monotonic()
+        _read_all(sock)
+    assert time.monotonic() - started < 5
+    time.sleep(0.5)
+    text = log.read_text()
+    assert "Traceback" not in text and "ClientDisconnect" not in text, text[-3000:]
+
+
+def test_edge_oversized_head_is_431(edge: tuple[int, Path]) -> None:
+    with _connect(edge[0]) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(64):  # up to 8 MiB of one unfinished header
+                sock.sendall(b"a" * 131072)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server has answered and closed
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+
+
+def test_edge_too_many_headers_is_431(edge: tuple[int, Path]) -> None:
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"x-%d: 1\r\n" % i for i in range(150)) + b"\r\n"
+    assert len(head) < 16384  # under the byte limit: the line count refuses it
+    with _connect(edge[0]) as sock:
+        sock.sendall(head)
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+
+
+def test_edge_normal_requests_keep_working(edge: tuple[int, Path]) -> None:
+    port = edge[0]
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:  # one kept-alive connection
+        for _ in range(5):
+            assert client.get("/healthz").status_code == 200
+        time.sleep(1.5)  # idle past the head deadline between requests: a kept-alive connection is fine
+        assert client.get("/healthz").status_code == 200
+    with _connect(port) as sock:  # a head in two parts, well within the deadline
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.3)
+        sock.sendall(b"Connection: close\r\n\r\n")
+        assert _read_all(sock).startswith(b"HTTP/1.1 200")
