@@ -19,7 +19,9 @@ How BN ends up in the exports:
   either; the pt2 program keeps ``aten.batch_norm`` with ``training=False``.
 
 Exports are deterministic: the same checkpoint gives the same bytes (no timestamps), so they
-can be cached per (model id, format). Files are written atomically, as checkpoints are.
+can be cached per (model id, format). Files are written atomically, as checkpoints are, so two
+writers of one export leave one whole file. Exports in one process take turns (a lock):
+``torch.export`` is not thread-safe.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +73,9 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 _BATCH = torch.export.Dim("batch", min=1)  # any batch size; BN in eval mode does not care
 _EXAMPLE_BATCH = 4  # the trace's example; not 0 or 1, which export would specialize on
+# torch.export keeps tracing state per process: two exports at once in threads fail
+# ("Trying to pop empty mode stack"), so exports in one process take turns.
+_EXPORT_LOCK = threading.Lock()
 
 
 class ProbabilitiesModel(nn.Module):
@@ -155,7 +161,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 def onnx_bytes(model: nn.Module, metadata: Mapping[str, Any], *, model_id: str | None = None) -> bytes:
     """The model in eval mode as an ONNX file (opset ``ONNX_OPSET``, dynamic batch), metadata in ``metadata_props``."""
-    with _eval_mode(model):
+    with _EXPORT_LOCK, _eval_mode(model):
         program = torch.onnx.export(
             ProbabilitiesModel(model).eval(),
             (_example_input(model),),
@@ -190,7 +196,7 @@ def pt2_bytes(model: nn.Module, metadata: Mapping[str, Any], *, model_id: str | 
     """
     buffer = io.BytesIO()
     meta = json.dumps(export_metadata(metadata, model_id=model_id), sort_keys=True)
-    with _eval_mode(model):
+    with _EXPORT_LOCK, _eval_mode(model):
         program = _exported_program(model)
     torch.export.save(program, buffer, extra_files={EXPORT_METADATA_FILE: meta})
     return buffer.getvalue()

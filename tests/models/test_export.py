@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,11 @@ from models.export import (
     export_checkpoint,
     export_filename,
     export_model,
+    onnx_bytes,
+    pt2_bytes,
 )
 from models.inference import predict_probabilities
+from models.lenet import build_lenet
 from models.training import TrainConfig, to_model_input, train
 
 VARIANTS = ["scratch", "builtin"]
@@ -174,8 +178,6 @@ def test_export_builtin_bn_in_onnx_is_folded_into_conv_and_gemm(tmp_path: Path) 
     # The exporter's optimizer (onnxscript's rewriter) folds eval-mode BatchNormalization into
     # the preceding Conv/Gemm weights: no BN op, and no Mul/Add left over either.
     torch.manual_seed(0)
-    from models.lenet import build_lenet
-
     path = export_model(build_lenet("builtin"), {"variant": "builtin"}, "onnx", tmp_path / "m.onnx")
     assert (
         " ".join(ops(path))
@@ -255,3 +257,27 @@ def test_export_pt2_loads_from_a_file_object(exported: Exported, images: Tensor)
     with torch.inference_mode():
         got = program.module()(images[:5]).numpy()
     np.testing.assert_allclose(got, eager(exported, images[:5]), rtol=0, atol=ATOL)
+
+
+def test_export_from_several_threads_at_once_gives_the_serial_bytes() -> None:
+    # torch.export is not thread-safe; the exports take turns, as an API's thread pool would need.
+    torch.manual_seed(0)
+    model = build_lenet("builtin").eval()
+    metadata = {"variant": "builtin"}
+    expected = {"onnx": onnx_bytes(model, metadata), "pt2": pt2_bytes(model, metadata)}
+    got: dict[tuple[str, int], bytes] = {}
+    errors: list[BaseException] = []
+
+    def work(fmt: str, i: int) -> None:
+        try:
+            got[(fmt, i)] = (onnx_bytes if fmt == "onnx" else pt2_bytes)(model, metadata)
+        except BaseException as exc:  # the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(fmt, i)) for fmt in expected for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(got) == 4
+    assert all(payload == expected[fmt] for (fmt, _), payload in got.items())
