@@ -33,12 +33,11 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import Tensor, nn
 
-from models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from models.checkpoint import PREPROCESSING, load_checkpoint, save_checkpoint, write_atomically
 from models.data import CLASS_NAMES
 from models.lenet import IMAGE_SIZE, NUM_CLASSES
@@ -66,8 +65,8 @@ EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 EXPORT_SUFFIXES: dict[str, str] = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}
 EXPORT_METADATA_FILE = "bnlenet.json"  # the pt2 archive's extra file with export_metadata()
 EXPORT_FORMAT_TAG = "bnlenet-export/1"
-# The ai.onnx opset the exporter writes natively in torch 2.14 (its torchlib's opset): no
-# version conversion, and onnxruntime >= 1.14, TensorRT 8.6+ and OpenVINO read it.
+# The ai.onnx opset the exporter writes natively in torch 2.14 (its torchlib's opset, so no
+# version conversion); onnxruntime has run it since 1.14.
 ONNX_OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -93,7 +92,7 @@ def check_export_format(fmt: str) -> ExportFormat:
     """``fmt`` if it is an export format, else a ValueError that lists them."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    return fmt  # type: ignore[return-value]  # checked against the Literal's values above
+    return cast(ExportFormat, fmt)
 
 
 def export_filename(model_id: str, fmt: str) -> str:
@@ -125,7 +124,7 @@ def export_metadata(metadata: Mapping[str, Any], *, model_id: str | None = None)
         "class_names": classes,
         "batchnorm": "eval mode: running statistics (constants); batching never changes an image's answer",
         "onnx_opset": ONNX_OPSET,
-        "checkpoint_format": metadata.get("format", CHECKPOINT_FORMAT),
+        "checkpoint_format": metadata.get("format"),
         "checkpoint_checksum": metadata.get("checksum"),
         "checkpoint_created_at": metadata.get("created_at"),
         "hyperparameters": metadata.get("hyperparameters"),
