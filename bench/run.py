@@ -27,6 +27,7 @@ SECTIONS: list[str] = [
     "predict",
     "queueing",
     "memory",
+    "export",
 ]
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "read_metadata",
     "save_checkpoint",
     "training_metadata",
+    "write_atomically",
 ]
 
 FORMAT = "bnlenet-checkpoint/1"
@@ -94,9 +95,15 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, metadata: di
     }
     meta["checksum"] = _checksum(tensors, meta)
     payload = safetensors_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+    return write_atomically(path, payload)
+
+
+def write_atomically(path: str | os.PathLike[str], payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` so that readers see the old file or the whole new one; returns the path."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Temporary file in the same directory, then rename: readers see the old file or the
-    # whole new one, never a partial write. The leading dot keeps it out of listings.
+    # Temporary file in the same directory, then rename: never a partial write under the
+    # final name. The leading dot keeps it out of listings.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

