@@ -19,6 +19,13 @@ PACKAGES=(
     "uplot@1.6.32 dist/uPlot.esm.js dist/uPlot.min.css LICENSE"
 )
 
+# Offline patches, file by file: "file|from|to". ReDoc 2 draws the Redocly logo in its sidebar
+# from a CDN, which offline is a failed request and a console error; an empty inline SVG
+# takes its place (the "API docs by Redocly" link stays).
+PATCHES=(
+    "redoc/redoc.standalone.js|https://cdn.redoc.ly/redoc/logo-mini.svg|data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' width='1' height='1'/%3E"
+)
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -27,7 +34,8 @@ versions="$work/VERSIONS.md"
     echo "# Vendored front-end packages"
     echo
     echo "Written by \`scripts/vendor_assets.sh\` (do not edit by hand): each package fetched with"
-    echo "\`npm pack NAME@VERSION\` from the npm registry, its built files copied unchanged."
+    echo "\`npm pack NAME@VERSION\` from the npm registry, its built files copied unchanged except where a"
+    echo "patch is listed (only to keep a page from reaching the internet)."
     echo
 } > "$versions"
 
@@ -55,12 +63,22 @@ for entry in "${PACKAGES[@]}"; do
         echo "|---|---|---|"
     } >> "$versions"
     mkdir -p "$DEST.new/$name"
+    patched=""
     for file in $files; do
         base=$(basename "$file")
-        cp "$root/$file" "$DEST.new/$name/$base"
-        echo "| \`$name/$base\` | $(stat -c %s "$root/$file") | \`$(sha256sum "$root/$file" | cut -d' ' -f1)\` |" >> "$versions"
+        target="$DEST.new/$name/$base"
+        cp "$root/$file" "$target"
+        for patch in "${PATCHES[@]}"; do
+            IFS='|' read -r pfile from to <<< "$patch"
+            [ "$pfile" = "$name/$base" ] || continue
+            grep -qF "$from" "$target" || { echo "vendor: patch target '$from' not in $pfile" >&2; exit 1; }
+            FROM="$from" TO="$to" perl -0pi -e 's/\Q$ENV{FROM}\E/$ENV{TO}/g' "$target"
+            patched+="- patched \`$name/$base\` (npm's sha256 \`$(sha256sum "$root/$file" | cut -d' ' -f1)\`): \`$from\` → \`$to\`"$'\n'
+        done
+        echo "| \`$name/$base\` | $(stat -c %s "$target") | \`$(sha256sum "$target" | cut -d' ' -f1)\` |" >> "$versions"
     done
     echo >> "$versions"
+    [ -z "$patched" ] || printf '%s\n' "$patched" >> "$versions"
 done
 cp "$versions" "$DEST.new/VERSIONS.md"
 rm -rf "$DEST" && mv "$DEST.new" "$DEST"
