@@ -45,6 +45,7 @@ def test_dashboard_starts_a_job_and_its_curves_grow_live(browser, stack):
 
     progress = browser.wait("#chart-progress", check=lambda e: points(e) >= 2, timeout=60)
     seen = points(progress)
+    browser.screenshot("job-live")
     status = browser.find("#job-status").text
     assert status in ("running", "succeeded"), status
     # more points arrive without reloading the page

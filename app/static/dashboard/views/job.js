@@ -84,8 +84,9 @@ export function render(main, jobId) {
   }
 
   async function finish() {
-    if (resultShownFor === job.status) return;
-    resultShownFor = job.status;
+    const key = `${job.status}:${job.model_id}`;
+    if (resultShownFor === key) return;
+    resultShownFor = key;
     stopLive();
     live.textContent = `The job ended: ${job.status}.`;
     const last = job.history?.[job.history.length - 1];
@@ -125,20 +126,21 @@ export function render(main, jobId) {
 
   function startStream() {
     let opened = false;
-    stream = new EventSource(`/jobs/${jobId}/events`);
-    stream.addEventListener("open", () => {
+    const source = new EventSource(`/jobs/${jobId}/events`);
+    stream = source;
+    source.addEventListener("open", () => {
       opened = true;
       live.textContent = "Live: server-sent events.";
       live.dataset.mode = "stream";
     });
     const parse = (event) => { try { return JSON.parse(event.data); } catch { return null; } };
-    stream.addEventListener("progress", (event) => {
+    source.addEventListener("progress", (event) => {
       const data = parse(event);
       if (!data || !job) return;
       if (data.job_id) return show(data);
       show({ ...job, progress: data.progress ?? data, status: data.status ?? (job.status === "queued" ? "running" : job.status) });
     });
-    stream.addEventListener("epoch", (event) => {
+    source.addEventListener("epoch", (event) => {
       const data = parse(event);
       if (!data || !job) return;
       if (data.job_id) return show(data);
@@ -147,20 +149,20 @@ export function render(main, jobId) {
       const history = (job.history || []).filter((h) => h.epoch !== epoch).concat([entry]).sort((a, b) => a.epoch - b.epoch);
       show({ ...job, history });
     });
-    stream.addEventListener("status", (event) => {
+    source.addEventListener("status", (event) => {
       const data = parse(event);
       if (!data) return;
-      if (data.job_id && data.created_at) show(data);
-      else if (job) show({ ...job, ...data });
       if (TERMINAL.has(data.status)) {
-        stream.close();
-        fetchJob(); // the final record: model id, finish time, error
-      }
+        source.close(); // the stream ends here; the final record has the model id, finish time, error
+        stream = null;
+        fetchJob();
+      } else if (data.job_id && data.created_at) show(data);
+      else if (job) show({ ...job, ...data });
     });
-    stream.addEventListener("error", () => {
-      if (stream.readyState === EventSource.CLOSED || !opened) {
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED || !opened) {
         // refused (404, 401 with protected reads, ...) or gone: polling always works
-        stream.close();
+        source.close();
         stream = null;
         if (!job || !TERMINAL.has(job.status)) startPolling(opened ? "the event stream closed" : "the event stream is not available");
       }
