@@ -88,6 +88,8 @@ def test_dashboard_cancels_a_job_with_its_button(browser, stack):
     job_id = stack.client.get("/jobs", params={"limit": 1}).json()["data"][0]["job_id"]
     wait_for(lambda: stack.job(job_id)["status"] == "running", 60, "the long job never ran")
     button = browser.wait(f'tr[data-job-id="{job_id}"] button[data-cancel]', check=lambda e: e.is_displayed())
+    browser.wait(f'tr[data-job-id="{job_id}"]', check=lambda e: e.get_attribute("data-status") == "running")
+    assert "No jobs yet" not in browser.find("#jobs-table").text
     browser.screenshot("jobs-running")
     button.click()
     browser.wait(f'tr[data-job-id="{job_id}"]', check=lambda e: e.get_attribute("data-status") == "cancelled",
@@ -100,7 +102,8 @@ def test_dashboard_cancels_a_job_with_its_button(browser, stack):
     assert all(r.get_attribute("data-status") == "cancelled" for r in browser.find_all("tr[data-job-id]"))
 
 
-def test_dashboard_draws_a_models_batchnorm_layers(browser, stack, trained):
+def test_dashboard_draws_a_models_batchnorm_layers(browser, stack, trained, tmp_path):
+    browser.driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
     browser.open("/#/models")
     browser.wait(f'tr[data-model-id="{trained}"]')
     browser.wait("#chart-overlay", check=lambda e: points(e) >= 2)
@@ -115,10 +118,13 @@ def test_dashboard_draws_a_models_batchnorm_layers(browser, stack, trained):
         assert [f.get_attribute("data-param") for f in figures] == ["gamma", "beta", "running_mean", "running_var"]
         assert all(points(f) == layer["num_features"] for f in figures)
         assert f"net[{layer['name']}]" in section.text
+    browser.screenshot("model-batchnorm")
     link = browser.find("#model-download")
     assert link.get_attribute("href").endswith(f"/models/{trained}/checkpoint")
-    assert stack.client.get(f"/models/{trained}/checkpoint").status_code == 200
-    browser.screenshot("model-batchnorm")
+    link.click()
+    saved = tmp_path / f"{trained}.safetensors"
+    wait_for(saved.exists, 20, f"the checkpoint was not downloaded: {list(tmp_path.iterdir())}")
+    wait_for(lambda: saved.read_bytes() == (stack.checkpoint_dir / saved.name).read_bytes(), 10, "partial download")
 
 
 def test_dashboard_predicts_an_uploaded_image(browser, stack, trained, tmp_path):

@@ -42,9 +42,8 @@ function describe(status, detail) {
   return `${text} (HTTP ${status})`;
 }
 
-// One token prompt at a time; a person who cancels it is not asked again by background polling.
+// One token prompt at a time. Background polling never prompts (it passes interactive: false).
 let pendingAsk = null;
-let declined = false;
 
 export function askToken(reason) {
   if (pendingAsk) return pendingAsk;
@@ -59,14 +58,13 @@ export function askToken(reason) {
       const action = dialog.returnValue;
       if (action === "save" && input.value.trim()) {
         setToken(input.value.trim());
-        declined = false;
         resolve(getToken());
       } else {
         if (action === "forget") setToken("");
-        declined = action !== "save";
         resolve(null);
       }
     }, { once: true });
+    dialog.returnValue = ""; // Escape closes it without an action; never reuse the last one
     dialog.showModal();
     input.focus();
   });
@@ -105,7 +103,7 @@ export async function api(path, { method = "GET", json, form, interactive = true
       detail = (await response.json()).detail;
     } catch { /* not JSON: keep the status text */ }
     const error = new ApiError(response.status, detail);
-    if ((response.status === 401 || response.status === 403) && interactive && attempt === 0 && !(declined && !interactive)) {
+    if ((response.status === 401 || response.status === 403) && interactive && attempt === 0) {
       const reason = response.status === 401
         ? "This action needs the API token (the server has API_TOKEN set). It is kept in this tab only."
         : "The server refused that token (403). Enter the right one.";
@@ -113,10 +111,6 @@ export async function api(path, { method = "GET", json, form, interactive = true
     }
     throw error;
   }
-}
-
-export function wasDeclined() {
-  return declined;
 }
 
 let openapi = null;

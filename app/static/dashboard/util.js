@@ -32,6 +32,7 @@ export function num(x, digits = 3) {
 export function when(iso) {
   if (!iso) return "—";
   const d = new Date(iso);
+  if (d.toDateString() === new Date().toDateString()) return d.toLocaleTimeString(); // today: the time says it
   return d.toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
 }
 

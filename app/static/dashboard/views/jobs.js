@@ -62,7 +62,8 @@ export function render(main) {
     }
     const order = list.map((j) => rows.get(j.job_id).tr);
     const current = Array.from(tbody.children);
-    if (order.length !== current.length || order.some((tr, i) => tr !== current[i])) tbody.append(...order);
+    // re-placed only when the order changed: moving a row would take the focus off its button
+    if (order.length !== current.length || order.some((tr, i) => tr !== current[i])) tbody.replaceChildren(...order);
     if (!list.length) tbody.replaceChildren(el("tr", {}, el("td.muted", { colspan: 9 }, "No jobs yet: start one.")));
   }
 
