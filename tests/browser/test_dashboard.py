@@ -27,9 +27,10 @@ def fill(browser, field: str, value: str) -> None:
 
 @pytest.fixture(scope="module")
 def trained(stack) -> str:
-    """A small model trained through the API, for the model and predict pages."""
-    job_id = stack.client.post("/train", json={"variant": "scratch", "epochs": 2, "batch_size": 64}).json()["job_id"]
-    assert stack.wait_job(job_id, {"succeeded", "failed", "cancelled"})["status"] == "succeeded"
+    """Two small models trained through the API (so there is something to compare); the newest's id."""
+    for variant in ("builtin", "scratch"):
+        job_id = stack.client.post("/train", json={"variant": variant, "epochs": 2, "batch_size": 64}).json()["job_id"]
+        assert stack.wait_job(job_id, {"succeeded", "failed", "cancelled"})["status"] == "succeeded"
     return job_id
 
 
@@ -107,6 +108,12 @@ def test_dashboard_draws_a_models_batchnorm_layers(browser, stack, trained, tmp_
     browser.open("/#/models")
     browser.wait(f'tr[data-model-id="{trained}"]')
     browser.wait("#chart-overlay", check=lambda e: points(e) >= 2)
+    ticked = [box for box in browser.find_all("#models-table input[type=checkbox]") if box.is_selected()]
+    assert len(ticked) >= 2  # the newest models start selected
+    legend = browser.find_all("#chart-overlay .u-legend .u-series")
+    assert len(legend) == 1 + len(ticked)  # x, then one curve per model
+    ticked[0].click()
+    browser.wait("#chart-overlay .u-legend", check=lambda e: len(e.find_elements(By.CSS_SELECTOR, ".u-series")) == len(ticked))
     browser.screenshot("models")
     browser.find(f'tr[data-model-id="{trained}"] a').click()
     browser.wait(".bn-layer figure.chart", check=lambda e: points(e) > 0)

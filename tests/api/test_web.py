@@ -58,7 +58,7 @@ def _loaded_files(client) -> set[str]:
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_pages_are_html_without_external_urls(client, page):
+def test_web_pages_are_html_without_external_urls(client, page):
     r = client.get(page)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
@@ -66,12 +66,12 @@ def test_pages_are_html_without_external_urls(client, page):
     assert all(ref.startswith(("/", "#")) for ref in _refs(r.text)), _refs(r.text)
 
 
-def test_pages_dashboard_links_to_the_docs(client):
+def test_web_dashboard_links_to_the_docs(client):
     refs = _refs(client.get("/").text)
     assert "/docs" in refs and "/static/dashboard/app.js" in refs
 
 
-def test_pages_every_file_they_load_is_served_with_its_type(client):
+def test_web_every_file_the_pages_load_is_served_with_its_type(client):
     files = _loaded_files(client)
     assert {"/static/vendor/swagger-ui-dist/swagger-ui-bundle.js", "/static/vendor/swagger-ui-dist/swagger-ui.css",
             "/static/vendor/redoc/redoc.standalone.js", "/static/vendor/uplot/uPlot.esm.js",
@@ -84,7 +84,7 @@ def test_pages_every_file_they_load_is_served_with_its_type(client):
         assert r.content == (STATIC_DIR / path.removeprefix("/static/")).read_bytes()
 
 
-def test_pages_dashboard_modules_import_nothing_from_another_origin(client):
+def test_web_dashboard_modules_import_nothing_from_another_origin(client):
     for path in _loaded_files(client):
         if path.startswith("/static/dashboard/") and path.endswith(".js"):
             specs = IMPORT.findall(client.get(path).text)
@@ -92,13 +92,13 @@ def test_pages_dashboard_modules_import_nothing_from_another_origin(client):
             assert not re.search(r"https?://", client.get(path).text), path
 
 
-def test_pages_bundled_samples_are_served(client):
+def test_web_bundled_samples_are_served(client):
     meta = client.get("/static/samples/fashion-mnist-test.json").json()
     assert len(meta["classes"]) == 10 and all(len(row) == meta["per_class"] for row in meta["test_indices"])
     assert client.get("/static/samples/fashion-mnist-test.png").headers["content-type"] == "image/png"
 
 
-def test_pages_vendored_files_match_versions_md(client):
+def test_web_vendored_files_match_versions_md(client):
     versions = (STATIC_DIR / "vendor" / "VERSIONS.md").read_text()
     listed = dict(re.findall(r"^\| `([^`]+)` \| \d+ \| `([0-9a-f]{64})` \|$", versions, re.M))
     on_disk = {p.relative_to(STATIC_DIR / "vendor").as_posix(): p for p in (STATIC_DIR / "vendor").rglob("*")
@@ -110,12 +110,12 @@ def test_pages_vendored_files_match_versions_md(client):
         assert f"{package}/LICENSE" in listed
 
 
-def test_pages_keep_openapi_json_and_stay_out_of_it(client):
+def test_web_pages_stay_out_of_openapi_json(client):
     spec = client.get("/openapi.json").json()
     assert not {"/", "/docs", "/redoc", "/docs/oauth2-redirect"} & set(spec["paths"])
     assert client.get("/docs/oauth2-redirect").headers["content-type"].startswith("text/html")
 
 
-def test_pages_static_files_cannot_escape_the_directory(client):
+def test_web_static_files_cannot_escape_the_directory(client):
     for path in ("/static/../web.py", "/static/%2e%2e/web.py", "/static/..%2fweb.py"):
         assert client.get(path).status_code == 404, path
