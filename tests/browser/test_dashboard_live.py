@@ -111,7 +111,8 @@ def test_dashboard_asks_for_the_token_and_says_when_it_is_missing_or_wrong(brows
     browser.find("#token-input").clear()
     browser.find("#token-input").send_keys(TOKEN)
     browser.find("#token-save").click()
-    assert browser.driver.execute_script("return sessionStorage.getItem('bnlenet.apiToken')") == TOKEN
+    wait_for(lambda: browser.driver.execute_script("return sessionStorage.getItem('bnlenet.apiToken')") == TOKEN, 5,
+             "the token was not stored")  # the dialog's close event comes as a task of its own
     browser.find("#train-submit").click()
     browser.wait("#train-follow")
     job_id = browser.find("#train-follow").get_attribute("href").rsplit("/", 1)[-1]
