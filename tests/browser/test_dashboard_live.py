@@ -1,0 +1,135 @@
+"""The dashboard with an API token, and following a job by server-sent events where the server offers them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from bnlenet.redis_server import free_port
+from tests.integration.conftest import Proc, wait_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+TOKEN = "browser-test-token"
+
+# Until the API has GET /jobs/{id}/events, the page's stream path is driven by a stand-in:
+# /openapi.json gains the path, and EventSource becomes a source that turns the job's record
+# into the events the stream will send (progress, epoch, status; JSON data).
+STREAM_STANDIN = """
+(() => {
+  const realFetch = window.fetch.bind(window);
+  window.__jobFetches = 0;
+  window.fetch = async (input, init) => {
+    const url = String(input);
+    if (/\\/jobs\\/[A-Za-z0-9_-]+$/.test(url)) window.__jobFetches++;
+    const response = await realFetch(input, init);
+    if (url.endsWith("/openapi.json")) {
+      const spec = await response.json();
+      spec.paths["/jobs/{job_id}/events"] = { get: { summary: "stand-in" } };
+      return new Response(JSON.stringify(spec), { headers: { "content-type": "application/json" } });
+    }
+    return response;
+  };
+  class StandInEventSource extends EventTarget {
+    constructor(url) {
+      super();
+      this.url = url;
+      this.readyState = 0;
+      const id = url.split("/")[2];
+      let lastEpoch = 0, lastProgress = "";
+      setTimeout(() => { this.readyState = 1; this.dispatchEvent(new Event("open")); }, 10);
+      this.timer = setInterval(async () => {
+        const job = await (await realFetch("/jobs/" + id)).json();
+        if (job.progress && JSON.stringify(job.progress) !== lastProgress) {
+          lastProgress = JSON.stringify(job.progress);
+          this.emit("progress", job.progress);
+        }
+        for (const h of job.history.filter((h) => h.epoch > lastEpoch)) { lastEpoch = h.epoch; this.emit("epoch", h); }
+        if (["succeeded", "failed", "cancelled"].includes(job.status)) this.emit("status", { status: job.status });
+      }, 250);
+    }
+    emit(type, data) { this.dispatchEvent(new MessageEvent(type, { data: JSON.stringify(data) })); }
+    close() { this.readyState = 2; clearInterval(this.timer); }
+  }
+  StandInEventSource.CONNECTING = 0; StandInEventSource.OPEN = 1; StandInEventSource.CLOSED = 2;
+  window.EventSource = StandInEventSource;
+})();
+"""
+
+
+@pytest.fixture(scope="module")
+def token_api(stack) -> Iterator[str]:
+    """A second API process on the same Redis, with API_TOKEN set."""
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning"]
+    proc = Proc("api-token", args, {**stack.env, "API_TOKEN": TOKEN}, stack.root).start()
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, 60, lambda: f"the token API did not come up:\n{proc.tail()}")
+        yield url
+    finally:
+        proc.stop()
+
+
+def test_dashboard_asks_for_the_token_and_says_when_it_is_missing_or_wrong(browser, token_api, stack):
+    browser.base_url = token_api
+    browser.expect_error("/train - Failed to load resource: the server responded with a status of 401")
+    browser.expect_error("/train - Failed to load resource: the server responded with a status of 403")
+    browser.open("/")
+    browser.wait("#train-form")
+    browser.find("#train-epochs").clear()
+    browser.find("#train-epochs").send_keys("1")
+    browser.find("#train-submit").click()
+
+    # no token: the page asks; declining says why nothing happened
+    browser.wait("#token-dialog[open]")
+    browser.screenshot("token-dialog", full_page=False)
+    browser.find("#token-cancel").click()
+    assert "needs the API token" in browser.wait("#train-error", check=lambda e: e.is_displayed()).text
+
+    # a wrong token: refused, and said so
+    browser.find("#train-submit").click()
+    browser.wait("#token-dialog[open]")
+    browser.find("#token-input").send_keys("wrong")
+    browser.find("#token-save").click()
+    browser.wait("#train-error", check=lambda e: "refused" in e.text)
+
+    # the right one, set once through the header button, is sent from then on
+    browser.find("#token-button").click()
+    browser.wait("#token-dialog[open]")
+    browser.find("#token-input").clear()
+    browser.find("#token-input").send_keys(TOKEN)
+    browser.find("#token-save").click()
+    wait_for(lambda: browser.driver.execute_script("return sessionStorage.getItem('bnlenet.apiToken')") == TOKEN, 5,
+             "the token was not stored")  # the dialog's close event comes as a task of its own
+    browser.find("#train-submit").click()
+    browser.wait("#train-follow")
+    job_id = browser.find("#train-follow").get_attribute("href").rsplit("/", 1)[-1]
+    assert stack.job(job_id)["params"]["epochs"] == 1
+    stack.wait_job(job_id, {"succeeded", "failed", "cancelled"})
+
+
+def test_dashboard_follows_a_job_by_its_event_stream_without_polling(browser, stack):
+    browser.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": STREAM_STANDIN})
+    job_id = stack.client.post("/train", json={"epochs": 3, "batch_size": 16, "lr": 0.5}).json()["job_id"]
+    browser.open(f"/#/jobs/{job_id}")
+    live = browser.wait("#job-live", check=lambda e: e.get_attribute("data-mode") == "stream")
+    assert "server-sent events" in live.text
+    browser.wait("#chart-progress", check=lambda e: int(e.get_attribute("data-points")) >= 2, timeout=60)
+    browser.wait("#job-final", timeout=90)
+    assert int(browser.find("#chart-epochs").get_attribute("data-points")) == 3
+    assert "succeeded" in browser.find("#job-status").text
+    assert "Final test accuracy" in browser.find("#job-final").text
+    # the record once at the start and once at the end: everything else came by events
+    assert browser.driver.execute_script("return window.__jobFetches") <= 2
