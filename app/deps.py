@@ -12,23 +12,33 @@ from app.errors import Forbidden, Unauthorized
 from bnlenet.jobs import JobStore
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings
+from bnlenet.training_queue import Publisher
 
 
 def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def get_job_store(request: Request) -> JobStore:
-    return request.app.state.job_store
+    store: JobStore = request.app.state.job_store
+    return store
 
 
 def get_model_store(request: Request) -> ModelStore:
-    return request.app.state.model_store
+    store: ModelStore = request.app.state.model_store
+    return store
+
+
+def get_publisher(request: Request) -> Publisher:
+    publisher: Publisher = request.app.state.publisher
+    return publisher
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 
 
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the server sets one")

@@ -16,6 +16,7 @@ from app.errors import PayloadTooLarge, install_error_handlers
 from bnlenet.jobs import JobStore
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings, get_settings
+from bnlenet.training_queue import Publisher
 
 
 class BodyLimit:
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One intra-op thread per API process: requests are tiny, processes give parallelism.
         torch.set_num_threads(1)
         yield
+        app.state.publisher.close()
         app.state.job_store.redis.close()
 
     app = FastAPI(
@@ -77,8 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_store = ModelStore(
         settings.CHECKPOINT_DIR, cache_size=settings.MODEL_CACHE_SIZE, refresh_s=settings.NEWEST_MODEL_REFRESH_S
     )
+    app.state.publisher = Publisher(settings)  # one long-lived broker connection, opened on first use
     install_error_handlers(app)
-    app.include_router(api_router)
+    app.include_router(api_router(settings))
     if settings.CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.CORS_ORIGINS, allow_methods=["GET", "POST"],
@@ -88,4 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+def __getattr__(name: str) -> FastAPI:
+    """``app.main:app`` for uvicorn, built from the environment's settings on first access, not at import."""
+    if name == "app":
+        app = create_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,7 @@ from models.preprocess import image_to_tensor
 
 def _bnlenet(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bnlenet.cli", *args],
+        [sys.executable, "-m", "bnlenet.local.cli", *args],
         capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}, cwd=cwd,
     )
 

@@ -28,7 +28,7 @@ def _png(seed: int) -> bytes:
 
 def _bnlenet_predict(checkpoint, image) -> dict:
     exe = shutil.which("bnlenet", path=str(ROOT / ".venv" / "bin")) or shutil.which("bnlenet")
-    cmd = [exe] if exe else [sys.executable, "-m", "bnlenet.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "bnlenet.local.cli"]
     out = subprocess.run([*cmd, "predict", str(checkpoint), str(image), "--json"], capture_output=True, text=True,
                          check=True, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1])

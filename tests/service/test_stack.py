@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bnlenet import redis_server
-from bnlenet.redis_server import RedisNotFound, find_redis_server, free_port
-from bnlenet.stack import api_child, gpu_ids, worker_children
+from bnlenet.local import redis_server
+from bnlenet.local.redis_server import RedisNotFound, find_redis_server, free_port
+from bnlenet.local.stack import api_child, gpu_ids, worker_children
 
 START_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 60
@@ -25,12 +25,8 @@ PROC = Path("/proc")
 
 
 def launcher_argv(port: int) -> list[str]:
-    """``bnlenet up`` once the CLI has it, else the function it calls."""
-    cli = Path(__file__).resolve().parents[2] / "bnlenet" / "cli.py"
-    if cli.exists() and '"up"' in cli.read_text():
-        return [sys.executable, "-m", "bnlenet.cli", "up", "--host", "127.0.0.1", "--port", str(port)]
-    return [sys.executable, "-c",
-            f"import sys; from bnlenet.stack import run_stack; sys.exit(run_stack('127.0.0.1', {port}))"]
+    """``bnlenet up`` on ``port``."""
+    return [sys.executable, "-m", "bnlenet.local.cli", "up", "--host", "127.0.0.1", "--port", str(port)]
 
 
 def children_of(pid: int) -> dict[int, str]:
