@@ -290,3 +290,15 @@ def test_api_child_runs_uvicorn_with_the_asked_worker_count() -> None:
     assert api.argv[1:4] == ["-m", "uvicorn", "app.main:app"]
     assert api.argv[api.argv.index("--workers") + 1] == "3"
     assert api.argv[api.argv.index("--port") + 1] == "8123"
+
+
+def test_stack_banner_says_where_the_data_was_found(synthetic_data_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnlenet.local.stack import data_note
+    from bnlenet.settings import Settings
+
+    assert data_note(Settings(DATA_DIR=synthetic_data_dir)) == f"Fashion-MNIST in {synthetic_data_dir}"
+    monkeypatch.setattr("models.data.SYSTEM_DIRS", ())
+    missing = data_note(Settings(DATA_DIR=tmp_path, DATA_DOWNLOAD=False))
+    assert "not found" in missing and str(tmp_path) in missing and "DATA_DOWNLOAD" in missing
+    assert "downloads it" in data_note(Settings(DATA_DIR=tmp_path))
