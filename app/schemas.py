@@ -75,7 +75,7 @@ def _request_field(f: ParamField, cap: float | None) -> tuple[Any, Any]:
     description = p.help + _range_text(p.ge, p.gt, le)
     annotation: Any = f.type
     if p.choices is not None:
-        annotation = Literal[p.choices]  # type: ignore[valid-type]
+        annotation = Literal[p.choices]
         del constraints["strict"]  # a literal matches exactly anyway
     if p.pattern is not None:
         annotation = Annotated[str, Field(pattern=f"^({p.pattern})$")] | None

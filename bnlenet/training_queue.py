@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 from celery import Celery
-from kombu import Connection
+from kombu.connection import Connection
 
 from bnlenet.settings import Settings
 
@@ -76,7 +76,7 @@ class Publisher:
     def _drop(self) -> None:
         if self._connection is not None:
             try:
-                self._connection.release()
+                self._connection.release()  # type: ignore[no-untyped-call]  # kombu is untyped
             except Exception:  # closing a broken connection may fail the same way; nothing to keep
                 pass
             self._connection = None

@@ -53,7 +53,7 @@ def param(
     """A dataclass field with ``default`` and its ``Param`` (typed as the default, like ``field``)."""
     meta = Param(help, ge=ge, gt=gt, le=le, choices=choices, pattern=pattern, api=api, cli=cli,
                  describes_run=describes_run)
-    return typing.cast(T, dataclasses.field(default=default, metadata={_KEY: meta}))
+    return dataclasses.field(default=default, metadata={_KEY: meta})
 
 
 @dataclass(frozen=True)

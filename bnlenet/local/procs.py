@@ -115,7 +115,7 @@ def wait_until(
         try:
             value = check()
         except ignore:
-            value = None  # type: ignore[assignment]
+            value = None
         if value:
             return value
         if time.monotonic() >= deadline:
