@@ -42,6 +42,7 @@ def test_cli_train_prints_one_json_object_per_epoch_and_the_checkpoint(trained: 
         assert set(line) == {"epoch", "loss", "train_acc", "test_acc", "examples_per_sec"}
     assert lines[-1]["checkpoint"] == str(out)
     meta = load_checkpoint(out).metadata
+    assert lines[-1]["final_test_acc"] == meta["final_test_acc"] and 0 <= meta["final_test_acc"] <= 1
     assert meta["variant"] == "scratch" and meta["hyperparameters"]["precise_bn"] is True
     assert [h["epoch"] for h in meta["history"]] == [1, 2] and meta["classes"][0] == "T-shirt/top"
 
@@ -83,6 +84,15 @@ def test_cli_inspect_shows_every_bn_layer(trained: tuple[Path, list[dict[str, ob
     state = load_checkpoint(out).model[1]
     assert np.allclose(layers["1"]["running_var"], state.moving_var.reshape(-1).numpy())
     assert "running_mean" in _bnlenet("inspect", str(out)).stdout
+
+
+def test_cli_help_shows_defaults_and_no_markup() -> None:
+    top = _bnlenet("--help")
+    assert top.returncode == 0 and "``" not in top.stdout
+    train = _bnlenet("train", "--help")
+    assert train.returncode == 0 and "``" not in train.stdout
+    assert "--no-precise-bn" in train.stdout and "(default: True)" in train.stdout
+    assert "(default: 256)" in train.stdout and "(default: 1.0)" in train.stdout
 
 
 def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
