@@ -34,7 +34,11 @@ _JOB_PARAMS = frozenset(f.name for f in params_of(TrainConfig) if f.param.api)
 
 
 def job_config(params: dict[str, Any], settings: Settings) -> TrainConfig:
-    """The run a job's stored parameters describe (a job takes exactly the API's parameters)."""
+    """The run a job's stored parameters describe (a job takes exactly the API's parameters).
+
+    ``settings`` are the worker's: a setting that decides how this worker runs a job (not what
+    it computes) is applied here.
+    """
     return TrainConfig(**{k: v for k, v in params.items() if k in _JOB_PARAMS})
 
 
