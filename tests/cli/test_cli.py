@@ -86,13 +86,17 @@ def test_cli_inspect_shows_every_bn_layer(trained: tuple[Path, list[dict[str, ob
     assert "running_mean" in _bnlenet("inspect", str(out)).stdout
 
 
-def test_cli_help_shows_defaults_and_no_markup() -> None:
-    top = _bnlenet("--help")
-    assert top.returncode == 0 and "``" not in top.stdout
-    train = _bnlenet("train", "--help")
-    assert train.returncode == 0 and "``" not in train.stdout
-    assert "--no-precise-bn" in train.stdout and "(default: True)" in train.stdout
-    assert "(default: 256)" in train.stdout and "(default: 1.0)" in train.stdout
+def test_cli_help_shows_defaults_and_no_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    from bnlenet.local.cli import main
+
+    for argv in (["--help"], ["train", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text
+    assert "--no-precise-bn" in text and "(default: True)" in text
+    assert "(default: 256)" in text and "(default: 1.0)" in text
 
 
 def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:

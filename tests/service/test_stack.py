@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bnlenet.local import redis_server
+from bnlenet.local import procs, redis_server
 from bnlenet.local.redis_server import RedisNotFound, find_redis_server, free_port
 from bnlenet.local.stack import api_child, gpu_ids, worker_children
 
@@ -86,16 +86,14 @@ def get_json(url: str) -> tuple[int, dict]:
 
 
 def wait_for(predicate, timeout: float, launcher: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def check() -> bool:
         assert launcher.poll() is None, f"the launcher exited with {launcher.returncode}:\n{log.read_text()[-4000:]}"
-        try:
-            if predicate():
-                return
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s:\n{log.read_text()[-4000:]}")
+        return bool(predicate())
+
+    try:
+        procs.wait_until(check, timeout, "", interval=0.5, ignore=(urllib.error.URLError, OSError, ValueError))
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s:\n{log.read_text()[-4000:]}") from None
 
 
 def worker_listening(body: dict) -> bool:
