@@ -11,8 +11,10 @@ over all 60,000 training images.
 from __future__ import annotations
 
 import statistics
+import sys
 from typing import Any
 
+from bnlenet.settings import Settings
 from models.data import load_fashion_mnist
 from models.training import TrainConfig, evaluate_accuracy, recompute_bn_statistics, train
 
@@ -32,7 +34,7 @@ LABELS = ("moving averages", "stored model (precise BN, 4,096 images)", "precise
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    data = load_fashion_mnist()
+    data = load_fashion_mnist(Settings().DATA_DIR)
     epochs, seeds = (1, (0, 1)) if quick else (TrainConfig.epochs, (0, 1, 2, 3, 4))
     rows: list[dict[str, Any]] = []
     for variant in ("scratch", "builtin"):
@@ -48,6 +50,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
                                     num_images=len(images), seed=seed)
             accs[LABELS[2]].append(evaluate_accuracy(result.model, data.test_images.to(result.device),
                                                      data.test_labels.to(result.device)))
+            print(f"quality: {variant} seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accs.items()),
+                  file=sys.stderr, flush=True)  # progress: a full run takes a while on a CPU
         for label, values in accs.items():
             mean = statistics.fmean(values)
             met = mean >= TARGET_MEAN and min(values) >= TARGET_EACH
