@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -12,23 +12,38 @@ from app.errors import Forbidden, Unauthorized
 from bnlenet.jobs import JobStore
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings
+from bnlenet.training_queue import Publisher
+
+T = TypeVar("T")
+
+
+def _state(request: Request, name: str, kind: type[T]) -> T:
+    """What ``create_app`` put on ``app.state`` under ``name``."""
+    value = getattr(request.app.state, name)
+    assert isinstance(value, kind)
+    return value
 
 
 def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
+    return _state(request, "settings", Settings)
 
 
 def get_job_store(request: Request) -> JobStore:
-    return request.app.state.job_store
+    return _state(request, "job_store", JobStore)
 
 
 def get_model_store(request: Request) -> ModelStore:
-    return request.app.state.model_store
+    return _state(request, "model_store", ModelStore)
+
+
+def get_publisher(request: Request) -> Publisher:
+    return _state(request, "publisher", Publisher)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 
 
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the server sets one")

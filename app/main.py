@@ -17,6 +17,7 @@ from app.web import install_pages
 from bnlenet.jobs import JobStore
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings, get_settings
+from bnlenet.training_queue import Publisher
 
 
 class BodyLimit:
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One intra-op thread per API process: requests are tiny, processes give parallelism.
         torch.set_num_threads(1)
         yield
+        app.state.publisher.close()
         app.state.job_store.redis.close()
 
     app = FastAPI(
@@ -80,8 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_store = ModelStore(
         settings.CHECKPOINT_DIR, cache_size=settings.MODEL_CACHE_SIZE, refresh_s=settings.NEWEST_MODEL_REFRESH_S
     )
+    app.state.publisher = Publisher(settings)  # one long-lived broker connection, opened on first use
     install_error_handlers(app)
-    app.include_router(api_router)
+    app.include_router(api_router(settings))
     install_pages(app)
     if settings.CORS_ORIGINS:
         app.add_middleware(
@@ -92,4 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+def __getattr__(name: str) -> FastAPI:
+    """``app.main:app`` for uvicorn, built from the environment's settings on first access, not at import."""
+    if name == "app":
+        app = create_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,74 +1,103 @@
-"""Request and response bodies, in families per resource, each with examples for /docs."""
+"""Request and response bodies, in families per resource, each with examples for /docs.
+
+The training request is not written here: ``train_request_model`` derives it from the
+declarations on ``models.training.TrainConfig`` (names, defaults, help, lower limits) and the
+settings' ``MAX_<NAME>`` caps. Job and model shapes reuse the engine's ``Progress`` and
+``EpochMetrics`` and the job store's ``JobStatus``.
+"""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from bnlenet.jobs import STATUSES
-from bnlenet.settings import get_settings
+from bnlenet.jobs import JobStatus
+from bnlenet.settings import Settings
 from models.data import CLASS_NAMES
-
-_limits = get_settings()  # limits are fixed when the app starts
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-assert set(JobStatus.__args__) == set(STATUSES)  # type: ignore[attr-defined]
+from models.params import ParamField, params_of
+from models.training import EpochMetrics, Progress, TrainConfig
 
 _EXAMPLE_ID = "3f2b8c1d9a7e4f60b1c2d3e4f5a6b7c8"
+
+HISTORY_DESCRIPTION = (
+    "one entry per finished epoch; its test_acc uses the BN moving averages as that epoch ended "
+    "(before any precise BN), so it is not the stored model's accuracy: see final_test_acc"
+)
+FINAL_TEST_ACC_DESCRIPTION = (
+    "test accuracy of the model as stored and served (with precise BN when it is on); "
+    "null until the job succeeds"
+)
 
 
 # train -------------------------------------------------------------------------------------
 
-class TrainRequest(BaseModel):
-    """Hyperparameters of a training job; the defaults are the chapter's."""
+def job_params() -> list[ParamField]:
+    """The parameters a training job takes, as declared on ``TrainConfig``."""
+    return [f for f in params_of(TrainConfig) if f.param.api]
 
-    model_config = ConfigDict(
-        extra="forbid",
-        allow_inf_nan=False,
-        json_schema_extra={"examples": [{"variant": "scratch", "epochs": 10, "lr": 1.0, "batch_size": 256}]},
-    )
 
-    variant: Literal["scratch", "builtin"] = Field(
-        "scratch", description="BN written from scratch (the chapter's) or PyTorch's builtin layers"
+def train_request_model(settings: Settings) -> type[BaseModel]:
+    """``TrainRequest``: the body of POST /train, with this service's caps (``MAX_<NAME>``).
+
+    Strict: ``"epochs": "3"`` or ``"precise_bn": 0`` is a 422, not a guess.
+    """
+    fields: dict[str, Any] = {}
+    for f in job_params():
+        cap = getattr(settings, f"MAX_{f.name.upper()}", None)
+        fields[f.name] = _request_field(f, cap)
+    defaults = {f.name: f.default for f in job_params()}
+    model: type[BaseModel] = create_model(
+        "TrainRequest",
+        __config__=ConfigDict(
+            extra="forbid",
+            allow_inf_nan=False,
+            json_schema_extra={"examples": [defaults]},
+        ),
+        __doc__="Parameters of a training job; the defaults are the chapter's, with precise BN on.",
+        **fields,
     )
-    epochs: int = Field(10, ge=1, le=_limits.MAX_EPOCHS, description=f"1 to {_limits.MAX_EPOCHS}")
-    lr: float = Field(
-        1.0, gt=0, le=_limits.MAX_LR, allow_inf_nan=False,
-        description=f"learning rate, a finite number in (0, {_limits.MAX_LR:g}]",
-    )
-    batch_size: int = Field(
-        256, ge=2, le=_limits.MAX_BATCH_SIZE,
-        description=f"2 to {_limits.MAX_BATCH_SIZE}: BN learns nothing from one example",
-    )
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="weight init and shuffling")
-    precise_bn: bool = Field(False, description="recompute BN statistics as true averages after training")
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")] | None = Field(
-        None, description="auto (default: CUDA when the worker has it), cpu, cuda or cuda:N"
-    )
+    return model
+
+
+def _request_field(f: ParamField, cap: float | None) -> tuple[Any, Any]:
+    p = f.param
+    le = p.le if cap is None else cap if p.le is None else min(p.le, cap)
+    constraints: dict[str, Any] = {"strict": True}
+    if p.ge is not None:
+        constraints["ge"] = p.ge
+    if p.gt is not None:
+        constraints["gt"] = p.gt
+    if le is not None:
+        constraints["le"] = le
+    description = p.help + _range_text(p.ge, p.gt, le)
+    annotation: Any = f.type
+    if p.choices is not None:
+        annotation = Literal[p.choices]
+        del constraints["strict"]  # a literal matches exactly anyway
+    if p.pattern is not None:
+        annotation = Annotated[str, Field(pattern=f"^({p.pattern})$")] | None
+    if f.type is float:
+        constraints["allow_inf_nan"] = False
+    return annotation, Field(f.default, description=description, **constraints)
+
+
+def _range_text(ge: float | None, gt: float | None, le: float | None) -> str:
+    if ge is None and gt is None and le is None:
+        return ""
+    low = f"[{_num(ge)}" if ge is not None else f"({_num(gt)}" if gt is not None else "(-inf"
+    high = f"{_num(le)}]" if le is not None else "inf)"
+    return f"; {low}, {high}"
+
+
+def _num(x: float | None) -> str:
+    assert x is not None
+    return str(x) if isinstance(x, int) or not math.isfinite(x) else f"{x:g}"
 
 
 # jobs --------------------------------------------------------------------------------------
-
-class ProgressOut(BaseModel):
-    epoch: int
-    epochs: int
-    batch: int
-    batches: int
-    fraction: float = Field(description="of the whole job, 0 to 1")
-    loss: float | None = None
-    train_acc: float | None = None
-
-
-class EpochOut(BaseModel):
-    epoch: int
-    loss: float | None
-    train_acc: float
-    test_acc: float
-    examples_per_sec: float
-    seconds: float
-
 
 class JobOut(BaseModel):
     """A training job as the store holds it."""
@@ -76,11 +105,12 @@ class JobOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "job_id": _EXAMPLE_ID, "status": "running",
         "params": {"variant": "scratch", "epochs": 10, "lr": 1.0, "batch_size": 256, "seed": 0,
-                   "precise_bn": False, "device": None},
+                   "precise_bn": True, "device": None},
         "progress": {"epoch": 2, "epochs": 10, "batch": 120, "batches": 235, "fraction": 0.151,
                      "loss": 0.41, "train_acc": 0.85},
         "history": [{"epoch": 1, "loss": 0.58, "train_acc": 0.79, "test_acc": 0.83,
                      "examples_per_sec": 41000.0, "seconds": 1.46}],
+        "final_test_acc": None,
         "created_at": "2025-01-01T12:00:00Z", "started_at": "2025-01-01T12:00:01Z",
         "first_step_at": "2025-01-01T12:00:01.2Z", "finished_at": None,
         "worker": "gpu0@host:4242", "device": "cuda", "model_id": None, "error": None,
@@ -89,9 +119,10 @@ class JobOut(BaseModel):
 
     job_id: str
     status: JobStatus
-    params: dict[str, Any]
-    progress: ProgressOut | None = None
-    history: list[EpochOut] = Field(default_factory=list)
+    params: dict[str, Any] = Field(description="the job's parameters, as POST /train took them (TrainRequest)")
+    progress: Progress | None = None
+    history: list[EpochMetrics] = Field(default_factory=list, description=HISTORY_DESCRIPTION)
+    final_test_acc: float | None = Field(None, description=FINAL_TEST_ACC_DESCRIPTION)
     created_at: datetime
     started_at: datetime | None = None
     first_step_at: datetime | None = Field(None, description="when the first training step finished")
@@ -148,17 +179,17 @@ class PredictOut(BaseModel):
 # models ------------------------------------------------------------------------------------
 
 class ModelOut(BaseModel):
-    """A trained model: how it was trained and how well it did."""
+    """A trained model: how it was trained and how well it does."""
 
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={"examples": [{
             "model_id": _EXAMPLE_ID, "variant": "scratch",
             "hyperparameters": {"variant": "scratch", "epochs": 10, "lr": 1.0, "batch_size": 256, "seed": 0,
-                                "precise_bn": False, "precise_bn_images": 4096},
-            "metrics": [{"epoch": 10, "loss": 0.25, "train_acc": 0.91, "test_acc": 0.88,
+                                "precise_bn": True, "precise_bn_images": 4096, "bf16": False},
+            "history": [{"epoch": 10, "loss": 0.25, "train_acc": 0.91, "test_acc": 0.85,
                          "examples_per_sec": 41000.0, "seconds": 1.4}],
-            "test_acc": 0.88, "precise_bn_test_acc": None, "device": "cuda",
+            "final_test_acc": 0.886, "device": "cuda",
             "created_at": "2025-01-01T12:01:00Z", "job_id": _EXAMPLE_ID,
         }]},
     )
@@ -166,9 +197,8 @@ class ModelOut(BaseModel):
     model_id: str
     variant: str
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    metrics: list[dict[str, Any]] = Field(default_factory=list, description="per-epoch history")
-    test_acc: float | None = None
-    precise_bn_test_acc: float | None = None
+    history: list[EpochMetrics] = Field(default_factory=list, description=HISTORY_DESCRIPTION)
+    final_test_acc: float | None = Field(None, description="test accuracy of this model as stored and served")
     device: str | None = None
     created_at: datetime | None = None
     job_id: str | None = None

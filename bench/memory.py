@@ -83,7 +83,7 @@ def _row(stage: str, now: dict[str, float], ref: dict[str, float] | None = None,
 
 
 def api_rows(settle_s: float) -> list[dict[str, Any]]:
-    from bnlenet.redis_server import free_port
+    from bnlenet.local.redis_server import free_port
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

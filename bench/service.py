@@ -7,13 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from bnlenet.local import procs
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,34 +33,19 @@ def http(method: str, url: str, body: dict[str, Any] | None = None, timeout: flo
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.2) -> Any:
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float = 0.2) -> T:
     """Poll ``predicate`` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except OSError:
-            value = None
-        if value:
-            return value
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return procs.wait_until(predicate, timeout, what, interval=every)
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     """Ctrl-C a server started in its own session; kill its whole group if it lingers."""
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    procs.stop(process, timeout, sig=signal.SIGINT)
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """A server process in its own session, quiet, from the repository root."""
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return procs.start(args, env=env, cwd=ROOT)
 
 
 @contextmanager
@@ -67,14 +55,14 @@ def running_stack(tmpdir: Path, api_workers: int | None = None) -> Iterator[tupl
     Checkpoints live in ``tmpdir / "ck"``. ``api_workers`` None: one API process per core, as
     the README runs it.
     """
-    from bnlenet.redis_server import free_port
+    from bnlenet.local.redis_server import free_port
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(CHECKPOINT_DIR=str(tmpdir / "ck"), BNLENET_VAR_DIR=str(tmpdir / "var"))
     if api_workers is not None:
         env["BNLENET_API_WORKERS"] = str(api_workers)
-    stack = start([sys.executable, "-m", "bnlenet.cli", "up", "--host", "127.0.0.1", "--port", str(port)], env)
+    stack = start([sys.executable, "-m", "bnlenet.local.cli", "up", "--host", "127.0.0.1", "--port", str(port)], env)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: http("GET", base + "/healthz", timeout=1)[0] == 200, 180, "the API")

@@ -7,9 +7,10 @@ The one place that knows the key formats:
   creation time, for listing newest first, filtered by status, with a total;
 - ``bnlenet:workers``: a sorted set of worker names scored by when each was last seen.
 
-Every change to a record is a read-modify-write inside ``WATCH``/``MULTI``, so a cancel, a
-heartbeat and a status change never overwrite one another, and a record and its indexes
-always agree. Any Redis failure surfaces as ``StoreUnavailable``.
+Every change to a record is a read-modify-write inside ``WATCH``/``MULTI`` (redis-py's
+``Redis.transaction``), so a cancel, a heartbeat and a status change never overwrite one
+another, and a record and its indexes always agree. Any Redis failure surfaces as
+``StoreUnavailable``. Every change a worker makes is conditional on still owning the job.
 """
 
 from __future__ import annotations
@@ -21,27 +22,57 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypedDict, get_args
 
 import redis
+from redis.client import Pipeline
 
 __all__ = [
-    "ACTIVE",
     "STATUSES",
     "TERMINAL",
     "Claim",
     "JobFinished",
     "JobNotFound",
+    "JobRecord",
+    "JobStatus",
     "JobStore",
     "StoreUnavailable",
+    "is_stale",
 ]
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-ACTIVE = frozenset({"queued", "running"})
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+TERMINAL: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
 
 _PREFIX = "bnlenet"
-Record = dict[str, Any]
+
+
+class JobRecord(TypedDict):
+    """A training job as stored (JSON); times are Unix seconds."""
+
+    job_id: str
+    status: JobStatus
+    params: dict[str, Any]  # the job's TrainConfig fields, as POST /train validated them
+    progress: dict[str, Any] | None  # the latest models.training.Progress, as a dict
+    history: list[dict[str, Any]]  # one models.training.EpochMetrics per finished epoch, as dicts
+    final_test_acc: float | None  # of the model as stored and served, once it succeeded
+    created_at: float
+    started_at: float | None
+    first_step_at: float | None  # when the first training step of the current attempt finished
+    finished_at: float | None
+    heartbeat_at: float | None
+    worker: str | None
+    worker_pid: int | None
+    device: str | None
+    model_id: str | None
+    error: str | None
+    note: str | None  # why the job was requeued, if it was
+    attempts: int
+    task_id: str | None
+    cancel_requested: bool
+
+
+Record = JobRecord  # the short name used in this module's signatures
 
 
 class StoreUnavailable(RuntimeError):
@@ -66,28 +97,30 @@ class Claim:
 
 
 def new_record(job_id: str, params: dict[str, Any], now: float) -> Record:
-    """A fresh queued record; times are Unix seconds."""
+    """A fresh queued record."""
     return {
-        "job_id": job_id,
-        "status": "queued",
-        "params": params,
-        "progress": None,  # {epoch, epochs, batch, batches, fraction, loss, train_acc}
-        "history": [],  # one entry per finished epoch
-        "created_at": now,
-        "started_at": None,
-        "first_step_at": None,  # when the first training step of the current attempt finished
-        "finished_at": None,
-        "heartbeat_at": None,
-        "worker": None,
-        "worker_pid": None,
-        "device": None,
-        "model_id": None,
-        "error": None,
-        "note": None,  # why the job was requeued, if it was
-        "attempts": 0,
-        "task_id": None,
+        "job_id": job_id, "status": "queued", "params": params, "progress": None, "history": [],
+        "final_test_acc": None, "created_at": now, "started_at": None, "first_step_at": None,
+        "finished_at": None, "heartbeat_at": None, "worker": None, "worker_pid": None, "device": None,
+        "model_id": None, "error": None, "note": None, "attempts": 0, "task_id": None,
         "cancel_requested": False,
     }
+
+
+def is_stale(record: Record, stale_after: float, now: float | None = None) -> bool:
+    """The one rule: a running job whose worker sent no heartbeat for ``stale_after`` seconds lost it."""
+    if record["status"] != "running":
+        return False
+    now = time.time() if now is None else now
+    beat = record["heartbeat_at"]
+    return beat is None or now - beat >= stale_after
+
+
+def _load(raw: Any) -> Record:
+    """A stored record; records written before a field existed get its empty value."""
+    record: Record = json.loads(raw)
+    record.setdefault("final_test_acc", None)
+    return record
 
 
 class JobStore:
@@ -133,7 +166,7 @@ class JobStore:
             raw = self.redis.get(self._job_key(job_id))
         if raw is None:
             raise JobNotFound(f"no job with id {job_id!r}")
-        return json.loads(raw)
+        return _load(raw)
 
     def list(self, *, status: str | None = None, offset: int = 0, limit: int = 50) -> tuple[list[Record], int]:
         """Records newest first, optionally of one status; and how many there are in all."""
@@ -144,13 +177,13 @@ class JobStore:
             pipe.zrevrange(key, offset, offset + limit - 1)
             total, ids = pipe.execute()
             raws = self.redis.mget([self._job_key(_text(i)) for i in ids]) if ids else []
-        return [json.loads(r) for r in raws if r is not None], int(total)
+        return [_load(r) for r in raws if r is not None], int(total)
 
     def running(self) -> builtins.list[Record]:
         with self._errors():
             ids = self.redis.zrange(self._index_key("running"), 0, -1)
             raws = self.redis.mget([self._job_key(_text(i)) for i in ids]) if ids else []
-        return [json.loads(r) for r in raws if r is not None]
+        return [_load(r) for r in raws if r is not None]
 
     # writes
     def create(self, params: dict[str, Any]) -> Record:
@@ -182,27 +215,28 @@ class JobStore:
         have side effects; it may raise to abort.
         """
         key = self._job_key(job_id)
+        result: Record | None = None
+
+        def transaction(pipe: Pipeline) -> None:  # retried by redis-py while another writer gets in first
+            nonlocal result
+            raw = pipe.get(key)  # a watched pipeline answers at once
+            if raw is None:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            old = _load(raw)
+            new = change(_load(raw))
+            result = old if new is None else new
+            if new is None:
+                return
+            pipe.multi()
+            pipe.set(key, json.dumps(new))
+            if new["status"] != old["status"]:
+                pipe.zrem(self._index_key(old["status"]), job_id)
+                pipe.zadd(self._index_key(new["status"]), {job_id: new["created_at"]})
+
         with self._errors():
-            while True:
-                with self.redis.pipeline(transaction=True) as pipe:
-                    try:
-                        pipe.watch(key)
-                        raw = pipe.get(key)
-                        if raw is None:
-                            raise JobNotFound(f"no job with id {job_id!r}")
-                        old = json.loads(raw)  # type: ignore[arg-type]  # a watched pipeline answers at once
-                        new = change(json.loads(raw))  # type: ignore[arg-type]
-                        if new is None:
-                            return old
-                        pipe.multi()
-                        pipe.set(key, json.dumps(new))
-                        if new["status"] != old["status"]:
-                            pipe.zrem(self._index_key(old["status"]), job_id)
-                            pipe.zadd(self._index_key(new["status"]), {job_id: new["created_at"]})
-                        pipe.execute()
-                        return new
-                    except redis.WatchError:
-                        continue
+            self.redis.transaction(transaction, key)
+        assert result is not None
+        return result
 
     def set_task_id(self, job_id: str, task_id: str) -> Record:
         return self.update(job_id, lambda r: {**r, "task_id": task_id})
@@ -248,8 +282,7 @@ class JobStore:
                 outcome.update(run=False, reason="cancelled before it started")
                 return {**r, "status": "cancelled", "finished_at": now}
             if r["status"] == "running":
-                fresh = r["heartbeat_at"] is not None and now - r["heartbeat_at"] < stale_after
-                if fresh and not owner_gone(r):
+                if not is_stale(r, stale_after, now) and not owner_gone(r):
                     outcome.update(run=False, reason=f"running under another live worker ({r['worker']})")
                     return None
             attempts = int(r["attempts"]) + 1
@@ -273,16 +306,18 @@ class JobStore:
             return Claim(False, None, "no such job")
         return Claim(bool(outcome["run"]), record, outcome["reason"])
 
-    def heartbeat(self, job_id: str, *, worker: str, progress: dict[str, Any] | None = None) -> bool:
+    def heartbeat(
+        self, job_id: str, *, worker: str, attempt: int | None = None, progress: dict[str, Any] | None = None
+    ) -> bool:
         """Note that the job's worker is alive (and where it is); returns whether a cancel was asked."""
         cancel = False
 
         def change(r: Record) -> Record | None:
             nonlocal cancel
             cancel = bool(r["cancel_requested"])
-            if r["status"] != "running" or r["worker"] != worker:
+            if not _owned(r, worker, attempt):
                 return None  # not ours any more: never resurrect a finished or requeued job
-            new = {**r, "heartbeat_at": time.time()}
+            new: Record = {**r, "heartbeat_at": time.time()}
             if progress is not None:
                 new["progress"] = progress
             return new
@@ -290,39 +325,43 @@ class JobStore:
         self.update(job_id, change)
         return cancel
 
-    def first_step(self, job_id: str, *, worker: str, at: float, progress: dict[str, Any]) -> None:
+    def first_step(
+        self, job_id: str, *, worker: str, attempt: int | None = None, at: float, progress: dict[str, Any]
+    ) -> None:
         """Note when the job's first training step finished (written at once, not throttled)."""
 
         def change(r: Record) -> Record | None:
-            if r["status"] != "running" or r["worker"] != worker:
+            if not _owned(r, worker, attempt):
                 return None
             return {**r, "first_step_at": at, "progress": progress, "heartbeat_at": time.time()}
 
         self.update(job_id, change)
 
-    def add_epoch(self, job_id: str, *, worker: str, metrics: dict[str, Any], progress: dict[str, Any]) -> None:
+    def add_epoch(
+        self, job_id: str, *, worker: str, attempt: int | None = None, metrics: dict[str, Any],
+        progress: dict[str, Any],
+    ) -> None:
         def change(r: Record) -> Record | None:
-            if r["status"] != "running" or r["worker"] != worker:
+            if not _owned(r, worker, attempt):
                 return None
             return {**r, "history": [*r["history"], metrics], "progress": progress, "heartbeat_at": time.time()}
 
         self.update(job_id, change)
 
-    def set_device(self, job_id: str, device: str) -> None:
-        self.update(job_id, lambda r: {**r, "device": device})
-
     def finish(
-        self, job_id: str, status: str, *, model_id: str | None = None, error: str | None = None,
-        device: str | None = None,
+        self, job_id: str, status: JobStatus, *, worker: str | None = None, attempt: int | None = None,
+        model_id: str | None = None, error: str | None = None, device: str | None = None,
+        final_test_acc: float | None = None,
     ) -> Record:
-        """Record how the job ended."""
+        """Record how the job ended; with ``worker``, only while that worker (and ``attempt``) owns it."""
         if status not in TERMINAL:
             raise ValueError(f"{status!r} is not a final status")
 
         def change(r: Record) -> Record | None:
-            if r["status"] in TERMINAL:
+            if r["status"] in TERMINAL or (worker is not None and not _owned(r, worker, attempt)):
                 return None
-            new = {**r, "status": status, "finished_at": time.time(), "model_id": model_id, "error": error}
+            new: Record = {**r, "status": status, "finished_at": time.time(), "model_id": model_id, "error": error,
+                           "final_test_acc": final_test_acc}
             if device is not None:
                 new["device"] = device
             return new
@@ -341,7 +380,7 @@ class JobStore:
             nonlocal requeued
             requeued = False
             now = time.time()
-            if r["status"] != "running" or (r["heartbeat_at"] or 0) > now - stale_after:
+            if not is_stale(r, stale_after, now):
                 return None
             silent = now - (r["heartbeat_at"] or r["created_at"])
             if r["cancel_requested"]:
@@ -369,6 +408,12 @@ class JobStore:
         with self._errors():
             names = self.redis.zrangebyscore(self._workers_key, time.time() - within, "+inf")
         return sorted(_text(n) for n in names)
+
+
+def _owned(record: Record, worker: str, attempt: int | None) -> bool:
+    """Whether ``worker`` (on ``attempt``, the fencing token, when given) still runs the job."""
+    return (record["status"] == "running" and record["worker"] == worker
+            and (attempt is None or record["attempts"] == attempt))
 
 
 def _lost_message(attempts: int) -> str:

@@ -12,7 +12,6 @@ is cached by (mtime, size), and "the newest model" is recomputed at most once pe
 
 from __future__ import annotations
 
-import builtins
 import logging
 import os
 import re
@@ -196,6 +195,3 @@ class ModelStore:
             while len(self._loaded) > self.cache_size:
                 self._loaded.popitem(last=False)
         return loaded
-
-    def cached_ids(self) -> builtins.list[str]:
-        return list(self._loaded)

@@ -1,12 +1,19 @@
-"""The one settings object shared by the API and the worker, read from the environment."""
+"""The one settings object shared by the API, the worker and the local launcher, read from the environment.
+
+Nothing reads the environment at import: ``create_app(settings)``, ``make_celery(settings)``
+and ``run_stack(settings, ...)`` take one, and ``get_settings()`` reads the process's once,
+on first use.
+"""
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
 
@@ -24,7 +31,8 @@ class Settings(BaseSettings):
     # Access control: with a token, writes need `Authorization: Bearer <token>`.
     API_TOKEN: str | None = None
     PROTECT_READS: bool = False  # also close reads and /predict behind the token
-    CORS_ORIGINS: list[str] = Field(default_factory=list)  # empty: no CORS headers at all
+    # Empty: no CORS headers at all. A comma-separated list or a JSON list.
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     MAX_UPLOAD_BYTES: int = 1 << 20  # one uploaded image
     MAX_BODY_BYTES: int = 2 << 20  # any request body (a JSON pixel array is ~20 KB)
@@ -49,10 +57,30 @@ class Settings(BaseSettings):
     HTTP_KEEP_ALIVE_S: int = Field(5, ge=1)  # an idle kept-alive connection is closed after this
     HTTP_MAX_CONNECTIONS: int = Field(900, ge=1)  # per API process; more get 503 (under a 1024 fd limit)
 
-    # Limits on POST /train, stated in the schema.
+    # Caps on POST /train, stated in its schema: ``MAX_<NAME>`` caps the job parameter ``<name>``
+    # (declared with its default and lower limit on ``models.training.TrainConfig``).
     MAX_EPOCHS: int = Field(100, ge=1)
     MAX_LR: float = Field(100.0, gt=0)
     MAX_BATCH_SIZE: int = Field(8192, ge=2)
+
+    # `bnlenet up`, the local launcher only.
+    BNLENET_VAR_DIR: Path = Path("var")  # Redis data, the lock, and checkpoints unless CHECKPOINT_DIR is set
+    BNLENET_REDIS_PORT: int | None = None  # None: a free port
+    BNLENET_API_WORKERS: int | None = Field(None, ge=1)  # API processes; None: one per core
+    BNLENET_START_TIMEOUT: float = Field(180.0, gt=0)  # for the API to answer
+    # A warm shutdown waits for the running task; past this the worker is killed and its job,
+    # acknowledged late, goes back to the queue for the next worker.
+    BNLENET_WORKER_STOP_TIMEOUT: float = Field(30.0, gt=0)
+
+    @field_validator("CORS_ORIGINS", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
 
 
 @lru_cache

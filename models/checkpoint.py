@@ -32,6 +32,7 @@ __all__ = [
     "CheckpointError",
     "load_checkpoint",
     "read_metadata",
+    "final_test_acc",
     "save_checkpoint",
     "training_metadata",
     "write_atomically",
@@ -183,19 +184,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[str, ...]) -> dict[str, Any]:
-    """The metadata a checkpoint of a finished training run carries, for the CLI and the worker alike."""
-    history = [asdict(m) for m in result.history]
-    final = history[-1] if history else {}
-    metrics: dict[str, Any] = {k: final[k] for k in ("loss", "train_acc", "test_acc", "examples_per_sec") if k in final}
-    if result.precise_bn_test_acc is not None:
-        metrics["test_acc"] = result.precise_bn_test_acc  # what the served model scores
+    """The metadata a checkpoint of a finished training run carries, for the CLI and the worker alike.
+
+    ``final_test_acc`` is the accuracy of the model as stored (after precise BN when it ran);
+    ``history`` keeps the per-epoch figures, whose ``test_acc`` uses the moving averages.
+    """
     return {
         "variant": config.variant,
         "hyperparameters": config.hyperparameters(),
-        "metrics": metrics,
-        "history": history,
-        "test_acc": final.get("test_acc"),  # with the moving averages, as training ended
-        "precise_bn_test_acc": result.precise_bn_test_acc,
+        "history": [asdict(m) for m in result.history],
+        "final_test_acc": result.final_test_acc,
         "classes": list(classes),
         "device": result.device,
         # How it ran, not what it computes: compiled or not, replayed as a CUDA graph or not,
@@ -204,3 +202,13 @@ def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[s
                    "tf32": config.tf32 and result.device.startswith("cuda"),
                    "compiled_graphs": result.compiled_graphs},
     }
+
+
+def final_test_acc(metadata: dict[str, Any]) -> float | None:
+    """The stored model's test accuracy from a checkpoint's metadata (also from checkpoints
+    written before ``final_test_acc`` existed, which kept it in ``metrics``)."""
+    if "final_test_acc" in metadata:
+        value = metadata["final_test_acc"]
+    else:
+        value = (metadata.get("metrics") or {}).get("test_acc")
+    return None if value is None else float(value)

@@ -1,8 +1,9 @@
 """Fashion-MNIST from its original IDX files, kept as uint8 tensors.
 
-Looks in ``DATA_DIR`` (argument or environment), then the usual places: the directory that
-Debian's and Ubuntu's ``dataset-fashion-mnist`` package fills, and torchvision's
-``<root>/FashionMNIST/raw/``. Falls back to torchvision's downloader when allowed.
+Looks in the directory it is given (the callers pass the ``DATA_DIR`` setting; nothing here
+reads the environment), then the usual places: the directory that Debian's and Ubuntu's
+``dataset-fashion-mnist`` package fills, and torchvision's ``<root>/FashionMNIST/raw/``. Falls
+back to torchvision's downloader when allowed.
 """
 
 from __future__ import annotations
@@ -59,10 +60,7 @@ class FashionMNIST:
 
 def candidate_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """Where the IDX files are looked for, in order."""
-    roots: list[Path] = []
-    for root in (data_dir, os.environ.get("DATA_DIR")):
-        if root:
-            roots.append(Path(root))
+    roots = [Path(data_dir)] if data_dir else []
     roots.extend(SYSTEM_DIRS)
     dirs: list[Path] = []
     for root in roots:
@@ -159,11 +157,11 @@ def load_fashion_mnist(
     """Load the four IDX files from the first place that has them all.
 
     With ``download``, falls back to torchvision's downloader into ``data_dir`` (or
-    ``DATA_DIR``, or ``~/.cache/bnlenet``) when no place has them.
+    ``~/.cache/bnlenet``) when no place has them.
     """
     directory = find_data_dir(data_dir)
     if directory is None and download:
-        root = Path(data_dir or os.environ.get("DATA_DIR") or Path.home() / ".cache" / "bnlenet")
+        root = Path(data_dir or Path.home() / ".cache" / "bnlenet")
         directory = _download(root)
     if directory is None:
         looked = ", ".join(str(d) for d in candidate_dirs(data_dir))

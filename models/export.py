@@ -184,7 +184,7 @@ def onnx_bytes(model: nn.Module, metadata: Mapping[str, Any], *, model_id: str |
     del proto.metadata_props[:]
     for key, value in export_metadata(metadata, model_id=model_id).items():
         proto.metadata_props.add(key=key, value=value)
-    return proto.SerializeToString()
+    return bytes(proto.SerializeToString())
 
 
 def pt2_bytes(model: nn.Module, metadata: Mapping[str, Any], *, model_id: str | None = None) -> bytes:

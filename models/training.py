@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ from models.batchnorm import BatchNorm, batchnorm_layers
 from models.data import FashionMNIST
 from models.lenet import VARIANTS, build_lenet
 from models.memory import keep_large_buffers
+from models.params import check_params, describes_run, param
 
 log = logging.getLogger(__name__)
 
@@ -66,55 +67,66 @@ class TrainingCancelled(RuntimeError):
     """The stop check asked training to stop."""
 
 
+DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]{1,2})?"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of one run; the defaults are the chapter's."""
+    """Parameters of one run; the defaults are the chapter's, except precise BN (on: a better model).
 
-    variant: str = "scratch"
-    epochs: int = 10
-    lr: float = 1.0  # far larger than without BN; the chapter's value
-    batch_size: int = 256
-    seed: int = 0
-    precise_bn: bool = False  # recompute BN statistics as true averages after training
-    precise_bn_images: int = 4096  # "a few thousand" (Wu and Johnson 2021)
-    device: str | None = None  # None: CUDA when present, else CPU
-    progress_every: int = 10  # batches between progress reports (and divergence checks)
-    compile: bool = False  # torch.compile the forward; pays a compile for faster steps
-    bf16: bool = False  # autocast to bfloat16: faster on AVX-512-bf16 CPUs and GPUs, slightly different numbers
-    cuda_graph: bool = True  # on CUDA, replay the whole step as one captured CUDA graph; ignored on the CPU
-    tf32: bool = True  # on CUDA, TensorFloat-32 for fp32 matmuls too, as PyTorch's cuDNN already does for convolutions
+    Each field is declared once, with ``param``: its default, help text and limits. The API's
+    request schema, the CLI's options, the checks below and the checkpoint's hyperparameters
+    are derived from these declarations (``models.params``).
+    """
+
+    variant: str = param("scratch", "BN written from scratch (the chapter's) or PyTorch's builtin layers",
+                         choices=VARIANTS)
+    epochs: int = param(10, "passes over the training set", ge=1)
+    lr: float = param(1.0, "SGD learning rate; far larger than without BN (the chapter's value)", gt=0)
+    batch_size: int = param(256, "examples per SGD step; BN learns nothing from one example", ge=2)
+    seed: int = param(0, "weight init and shuffling", ge=0, le=2**63 - 1)
+    # On by default: with lr 1.0 the moving averages lag the weights, and the model as stored
+    # scores several points lower and swings between seeds (bench/quality.py).
+    precise_bn: bool = param(
+        True,
+        "after training, recompute every BN layer's running statistics as a true average over "
+        "training batches with the weights frozen (Wu and Johnson 2021); the moving averages lag "
+        "the weights at lr 1.0, so this stores a better and steadier model. Off: the chapter's "
+        "moving averages",
+    )
+    precise_bn_images: int = param(4096, "training images precise BN averages over (\"a few thousand\")",
+                                   ge=2, api=False, cli=False)
+    device: str | None = param(None, "auto, cpu, cuda or cuda:N; unset or auto: CUDA when present",
+                               pattern=DEVICE_PATTERN, describes_run=False)
+    progress_every: int = param(10, "batches between progress reports (and divergence checks)",
+                                ge=1, api=False, cli=False, describes_run=False)
+    # How fast, not what: the compiled forward computes the same function.
+    compile: bool = param(False, "torch.compile the step: pays a compile for faster steps (long runs, GPUs)",
+                          api=False, describes_run=False)
+    bf16: bool = param(False, "bfloat16 autocast: faster on AVX-512-bf16 CPUs and recent GPUs, slightly "
+                       "different numbers", api=False)
+    # CUDA only, and again how fast, not what (the checkpoint's "engine" metadata records both).
+    cuda_graph: bool = param(True, "on CUDA, replay the whole step as one captured CUDA graph",
+                             api=False, cli=False, describes_run=False)
+    tf32: bool = param(True, "on CUDA, TensorFloat-32 for fp32 matmuls too, as PyTorch's cuDNN already does "
+                       "for convolutions", api=False, cli=False, describes_run=False)
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2 (BN learns nothing from one example), got {self.batch_size}")
-        if self.precise_bn_images < 2:
-            raise ValueError(f"precise_bn_images must be at least 2, got {self.precise_bn_images}")
-        if self.progress_every < 1:
-            raise ValueError(f"progress_every must be at least 1, got {self.progress_every}")
+        check_params(self)
 
     def hyperparameters(self) -> dict[str, object]:
-        """The fields that describe the run (not where it ran)."""
-        d = asdict(self)
-        d.pop("device")
-        d.pop("progress_every")
-        d.pop("compile")  # how fast, not what: the compiled forward computes the same function
-        d.pop("cuda_graph")  # likewise: the replayed step is the same step
-        d.pop("tf32")  # CUDA only: the checkpoint's engine metadata says whether it applied
-        return d
+        """The fields that describe the run (not where or how fast it ran)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if describes_run(f)}
 
 
 @dataclass(frozen=True)
 class EpochMetrics:
+    """One finished epoch. ``test_acc`` uses the BN moving averages as the epoch ended."""
+
     epoch: int
-    loss: float
-    train_acc: float
-    test_acc: float
+    loss: float  # mean training loss over the epoch
+    train_acc: float  # on the training batches, in training mode
+    test_acc: float  # eval mode with the moving averages, before any precise BN
     examples_per_sec: float
     seconds: float
 
@@ -129,10 +141,12 @@ class Progress:
     batches: int  # batches per epoch
     loss: float  # mean loss so far in this epoch
     train_acc: float
+    # Of the whole run, 0 to 1; always computed from the fields above (a field, not a
+    # property, so that it is part of the record, the API's schema and ``asdict``).
+    fraction: float = 0.0
 
-    @property
-    def fraction(self) -> float:
-        return ((self.epoch - 1) + self.batch / self.batches) / self.epochs
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fraction", ((self.epoch - 1) + self.batch / self.batches) / self.epochs)
 
 
 @dataclass
@@ -143,6 +157,13 @@ class TrainResult:
     precise_bn_test_acc: float | None = None  # test accuracy after precise BN, if applied
     compiled_graphs: int = 0  # graphs torch.compile compiled during this run (0: all reused)
     cuda_graph: bool = False  # whether the step ran as a captured CUDA graph
+
+    @property
+    def final_test_acc(self) -> float | None:
+        """The test accuracy of the model as returned (and stored, and served)."""
+        if self.precise_bn_test_acc is not None:
+            return self.precise_bn_test_acc
+        return self.history[-1].test_acc if self.history else None
 
 
 ProgressCallback = Callable[[Progress], None]

@@ -49,7 +49,7 @@ print("python", sys.version.split()[0], sys.executable)
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
 if torch.cuda.is_available():
     print("device", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
-from bnlenet.redis_server import find_redis_server
+from bnlenet.local.redis_server import find_redis_server
 from models.data import find_data_dir
 import subprocess
 print("redis-server", find_redis_server(), subprocess.run([find_redis_server(), "--version"],

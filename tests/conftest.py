@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnlenet.redis_server import RedisServer
+from bnlenet.local.redis_server import RedisServer
 from models.data import FILES, write_idx
 
 SYNTHETIC_TRAIN = 512

@@ -12,31 +12,34 @@ never in the parent that forks the pool.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
-from bnlenet.settings import get_settings
+from bnlenet.settings import Settings, get_settings
+from bnlenet.training_queue import TRAIN_TASK, queue_config
 
-__all__ = ["TRAIN_TASK", "app"]
+__all__ = ["TRAIN_TASK", "app", "make_celery"]
 
-TRAIN_TASK = "bnlenet.train_job"  # the name the API publishes to; routed to the training queue
+# Long GPU jobs: acknowledge only after the job ends, put it back when a worker dies,
+# and take one job at a time so a second never waits behind a running one.
+WORKER_CONFIG: dict[str, Any] = {
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
+    "broker_connection_retry_on_startup": True,
+    "worker_hijack_root_logger": False,
+    "worker_send_task_events": False,
+}
 
-_settings = get_settings()
 
-app = Celery("bnlenet", broker=_settings.REDIS_URL, backend=_settings.REDIS_URL, include=["worker.tasks"])
-app.conf.update(
-    task_routes={TRAIN_TASK: {"queue": _settings.TRAINING_QUEUE}},
-    task_default_queue=_settings.TRAINING_QUEUE,
-    # Long GPU jobs: acknowledge only after the job ends, put it back when a worker dies,
-    # and take one job at a time so a second never waits behind a running one.
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    # Redis redelivers unacknowledged messages after this long: it must outlast any job.
-    broker_transport_options={"visibility_timeout": _settings.VISIBILITY_TIMEOUT_S},
-    broker_connection_retry_on_startup=True,
-    task_ignore_result=True,  # results live in the job store
-    task_serializer="json",
-    accept_content=["json"],
-    worker_hijack_root_logger=False,
-    worker_send_task_events=False,
-)
+def make_celery(settings: Settings | None = None) -> Celery:
+    """The worker's Celery app; its configuration is read from ``settings`` (default: the
+    environment's) when first needed, not at import."""
+    celery = Celery("bnlenet", include=["worker.tasks"])
+    celery.add_defaults(lambda: {**queue_config(settings or get_settings()), **WORKER_CONFIG,
+                                 "result_backend": (settings or get_settings()).REDIS_URL})
+    return celery
+
+
+app = make_celery()

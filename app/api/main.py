@@ -3,11 +3,16 @@
 from fastapi import APIRouter
 
 from app.api.routes import checkpoints, health, jobs, models, predict, train
+from bnlenet.settings import Settings
 
-api_router = APIRouter()
-api_router.include_router(train.router)
-api_router.include_router(jobs.router)
-api_router.include_router(predict.router)
-api_router.include_router(models.router)
-api_router.include_router(checkpoints.router)
-api_router.include_router(health.router)
+
+def api_router(settings: Settings) -> APIRouter:
+    """Every route; POST /train's body carries ``settings``' caps."""
+    router = APIRouter()
+    router.include_router(train.make_router(settings))
+    router.include_router(jobs.router)
+    router.include_router(predict.router)
+    router.include_router(models.router)
+    router.include_router(checkpoints.router)
+    router.include_router(health.router)
+    return router

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
+from bnlenet.local.redis_server import RedisServer, free_port
 from bnlenet.model_store import ModelStore
-from bnlenet.redis_server import RedisServer, free_port
 from bnlenet.settings import Settings
 from models.checkpoint import training_metadata
 from models.data import load_fashion_mnist

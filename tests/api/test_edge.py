@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bnlenet.redis_server import free_port
+from bnlenet.local.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration

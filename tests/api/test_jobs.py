@@ -6,7 +6,7 @@ import tempfile
 
 from app.main import create_app
 from bnlenet.jobs import JobStore
-from bnlenet.redis_server import RedisServer, free_port
+from bnlenet.local.redis_server import RedisServer, free_port
 from bnlenet.settings import Settings
 
 

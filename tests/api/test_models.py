@@ -38,7 +38,8 @@ def test_models_get_describes_the_model(client, trained_models):
     body = r.json()
     assert body["variant"] == "builtin"
     assert body["hyperparameters"]["batch_size"] == 64
-    assert len(body["metrics"]) == 1 and "test_acc" in body["metrics"][0]
+    assert len(body["history"]) == 1 and "test_acc" in body["history"][0]  # jobs and models: one name
+    assert 0 <= body["final_test_acc"] <= 1 and body["hyperparameters"]["precise_bn"] is True
     assert body["created_at"]
 
 

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import httpx
 import pytest
 import redis
 
-from bnlenet.redis_server import RedisServer, free_port
+from bnlenet.local import procs
+from bnlenet.local.redis_server import RedisServer, free_port
 
 FUZZ_DB = 8  # the session Redis's database for this test, flushed before and after
 CHECKS = (
@@ -53,32 +53,21 @@ def served_api(redis_server: RedisServer, trained_models: tuple[Path, list[str]]
     env.pop("API_TOKEN", None)
     env.pop("PROTECT_READS", None)
     log = tmp_path / "api.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    proc = procs.start([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+                        "--log-level", "warning"], env=env, cwd=ROOT, log=log)
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the API exited:\n{log.read_text(errors='replace')[-3000:]}")
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the API did not come up:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.1)
+        procs.wait_until(healthy, 60, lambda: f"the API did not come up:\n{log.read_text(errors='replace')[-3000:]}",
+                         interval=0.1, ignore=(httpx.HTTPError,))
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        procs.stop(proc, 15)
         redis.Redis.from_url(redis_url).flushdb()
 
 

@@ -10,14 +10,16 @@ import redis
 from bnlenet.settings import get_settings
 
 
-def test_train_accepts_the_chapter_defaults(client, redis_url):
+def test_train_accepts_the_defaults(client, redis_url):
     r = client.post("/train", json={})
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["status"] == "queued"
     assert r.headers["location"] == f"/jobs/{job['job_id']}"
+    # The chapter's hyperparameters, with precise BN on: the better stored model by default.
     assert job["params"] == {"variant": "scratch", "epochs": 10, "lr": 1.0, "batch_size": 256, "seed": 0,
-                             "precise_bn": False, "device": None}
+                             "precise_bn": True, "device": None}
+    assert job["final_test_acc"] is None and job["history"] == []
     assert job["attempts"] == 0
     assert redis.Redis.from_url(redis_url).llen("training") == 1  # a task was published
 
@@ -94,3 +96,30 @@ def test_train_body_over_the_limit_is_413(make_client):
 def test_train_undecodable_body_is_422(client):
     r = client.post("/train", content=b"\xff\xfe\x00", headers={"content-type": "application/json"})
     assert r.status_code == 422
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"epochs": "3"}, "epochs"),
+    ({"precise_bn": 0}, "precise_bn"),
+    ({"precise_bn": "true"}, "precise_bn"),
+    ({"batch_size": 64.0}, "batch_size"),
+    ({"lr": "0.5"}, "lr"),
+])
+def test_train_types_are_strict(client, body, field):
+    r = client.post("/train", json=body)
+    assert r.status_code == 422, r.text
+    assert any(field in err["loc"] for err in r.json()["detail"])
+
+
+def test_train_limits_follow_the_apps_settings(make_client):
+    client = make_client(MAX_LR=2.0, MAX_EPOCHS=3)
+    assert client.post("/train", json={"lr": 2.5}).status_code == 422
+    assert client.post("/train", json={"epochs": 4}).status_code == 422
+    assert client.post("/train", json={"lr": 2.0, "epochs": 3}).status_code == 202
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["TrainRequest"]["properties"]
+    assert schema["lr"]["maximum"] == 2.0 and schema["epochs"]["maximum"] == 3
+    assert "precise" in client.get("/openapi.json").json()["paths"]["/train"]["post"]["description"].lower()
+
+
+def test_train_lr_accepts_an_integer(client):
+    assert client.post("/train", json={"lr": 1}).status_code == 202

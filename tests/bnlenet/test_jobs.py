@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from bnlenet.jobs import JobFinished, JobStore
-from bnlenet.redis_server import RedisServer
+from bnlenet.local.redis_server import RedisServer
 
 JOBS_DB = 9  # a database of its own on the shared test Redis, flushed before each test
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bnlenet.redis_server import free_port
+from bnlenet.local.redis_server import free_port
 from tests.integration.conftest import Proc, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]

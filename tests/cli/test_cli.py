@@ -21,7 +21,7 @@ from models.preprocess import image_to_tensor
 
 def _bnlenet(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bnlenet.cli", *args],
+        [sys.executable, "-m", "bnlenet.local.cli", *args],
         capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}, cwd=cwd,
     )
 
@@ -42,6 +42,7 @@ def test_cli_train_prints_one_json_object_per_epoch_and_the_checkpoint(trained: 
         assert set(line) == {"epoch", "loss", "train_acc", "test_acc", "examples_per_sec"}
     assert lines[-1]["checkpoint"] == str(out)
     meta = load_checkpoint(out).metadata
+    assert lines[-1]["final_test_acc"] == meta["final_test_acc"] and 0 <= meta["final_test_acc"] <= 1
     assert meta["variant"] == "scratch" and meta["hyperparameters"]["precise_bn"] is True
     assert [h["epoch"] for h in meta["history"]] == [1, 2] and meta["classes"][0] == "T-shirt/top"
 
@@ -83,6 +84,19 @@ def test_cli_inspect_shows_every_bn_layer(trained: tuple[Path, list[dict[str, ob
     state = load_checkpoint(out).model[1]
     assert np.allclose(layers["1"]["running_var"], state.moving_var.reshape(-1).numpy())
     assert "running_mean" in _bnlenet("inspect", str(out)).stdout
+
+
+def test_cli_help_shows_defaults_and_no_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    from bnlenet.local.cli import main
+
+    for argv in (["--help"], ["train", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text
+    assert "--no-precise-bn" in text and "(default: True)" in text
+    assert "(default: 256)" in text and "(default: 1.0)" in text
 
 
 def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:

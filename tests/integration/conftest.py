@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from bnlenet.redis_server import RedisServer, free_port
+from bnlenet.local import procs
+from bnlenet.local.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,37 +29,21 @@ class Proc:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+        self.process = procs.start(self.args, env=self.env, cwd=ROOT, log=self.log)
         return self
 
     def signal_group(self, sig: int) -> None:
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
+            procs.signal_group(self.process, sig)
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.process is None:
-            return
-        self.signal_group(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal_group(signal.SIGKILL)
-            self.process.wait()
-        try:  # pool children left behind
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if self.process is not None:
+            procs.stop(self.process, timeout, sig=signal.SIGTERM, group=True)
 
     def kill(self) -> None:
         """SIGKILL the whole process group, as a crash or the OOM killer would."""
         if self.process is not None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait()
+            procs.kill(self.process)
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
@@ -147,13 +132,14 @@ class Stack:
         return record
 
 
-def wait_for(check, timeout: float, message, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval)
-    raise AssertionError(message() if callable(message) else message)
+def wait_for(check: Callable[[], object], timeout: float, message: str | Callable[[], str],
+             interval: float = 0.05) -> None:
+    """Poll ``check`` until it is truthy; fail the test with ``message`` (or what it returns) past ``timeout``."""
+    try:
+        procs.wait_until(check, timeout, message if callable(message) else lambda: message, interval=interval,
+                         ignore=())
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ def _png(seed: int) -> bytes:
 
 def _bnlenet_predict(checkpoint, image) -> dict:
     exe = shutil.which("bnlenet", path=str(ROOT / ".venv" / "bin")) or shutil.which("bnlenet")
-    cmd = [exe] if exe else [sys.executable, "-m", "bnlenet.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "bnlenet.local.cli"]
     out = subprocess.run([*cmd, "predict", str(checkpoint), str(image), "--json"], capture_output=True, text=True,
                          check=True, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -47,6 +47,9 @@ def test_service_trains_then_predicts_like_the_cli(stack, tmp_path):
     assert job["progress"]["fraction"] == pytest.approx(1.0)
     assert job["attempts"] == 1 and job["device"] == "cpu" and job["worker"]
     assert job["started_at"] and job["finished_at"]
+    meta = json.loads(stack.client.get(f"/models/{job_id}").text)
+    assert job["final_test_acc"] is not None and job["final_test_acc"] == meta["final_test_acc"]  # as stored
+    assert job["params"]["precise_bn"] is True and meta["history"] == job["history"]
 
     image = tmp_path / "item.png"
     image.write_bytes(_png(1))

@@ -28,9 +28,14 @@ def test_data_loads_raw_idx_in_torchvision_layout(tmp_path: Path) -> None:
 
 
 def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DATA_DIR reaches the loader through the settings; models/ itself never reads the environment."""
+    from bnlenet.settings import Settings
+
     write_synthetic_fashion_mnist(tmp_path)
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
-    assert find_data_dir() == tmp_path
+    assert find_data_dir(Settings().DATA_DIR) == tmp_path
+    monkeypatch.setattr("models.data.SYSTEM_DIRS", ())
+    assert find_data_dir() is None
 
 
 def test_data_idx_round_trip(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bnlenet import redis_server
-from bnlenet.redis_server import RedisNotFound, find_redis_server, free_port
-from bnlenet.stack import api_child, gpu_ids, worker_children
+from bnlenet.local import procs, redis_server
+from bnlenet.local.redis_server import RedisNotFound, find_redis_server, free_port
+from bnlenet.local.stack import api_child, gpu_ids, worker_children
 
 START_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 60
@@ -25,12 +25,8 @@ PROC = Path("/proc")
 
 
 def launcher_argv(port: int) -> list[str]:
-    """``bnlenet up`` once the CLI has it, else the function it calls."""
-    cli = Path(__file__).resolve().parents[2] / "bnlenet" / "cli.py"
-    if cli.exists() and '"up"' in cli.read_text():
-        return [sys.executable, "-m", "bnlenet.cli", "up", "--host", "127.0.0.1", "--port", str(port)]
-    return [sys.executable, "-c",
-            f"import sys; from bnlenet.stack import run_stack; sys.exit(run_stack('127.0.0.1', {port}))"]
+    """``bnlenet up`` on ``port``."""
+    return [sys.executable, "-m", "bnlenet.local.cli", "up", "--host", "127.0.0.1", "--port", str(port)]
 
 
 def children_of(pid: int) -> dict[int, str]:
@@ -90,16 +86,14 @@ def get_json(url: str) -> tuple[int, dict]:
 
 
 def wait_for(predicate, timeout: float, launcher: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def check() -> bool:
         assert launcher.poll() is None, f"the launcher exited with {launcher.returncode}:\n{log.read_text()[-4000:]}"
-        try:
-            if predicate():
-                return
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s:\n{log.read_text()[-4000:]}")
+        return bool(predicate())
+
+    try:
+        procs.wait_until(check, timeout, "", interval=0.5, ignore=(urllib.error.URLError, OSError, ValueError))
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s:\n{log.read_text()[-4000:]}") from None
 
 
 def worker_listening(body: dict) -> bool:
@@ -294,3 +288,15 @@ def test_api_child_runs_uvicorn_with_the_asked_worker_count() -> None:
     assert api.argv[1:4] == ["-m", "uvicorn", "app.main:app"]
     assert api.argv[api.argv.index("--workers") + 1] == "3"
     assert api.argv[api.argv.index("--port") + 1] == "8123"
+
+
+def test_stack_banner_says_where_the_data_was_found(synthetic_data_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnlenet.local.stack import data_note
+    from bnlenet.settings import Settings
+
+    assert data_note(Settings(DATA_DIR=synthetic_data_dir)) == f"Fashion-MNIST in {synthetic_data_dir}"
+    monkeypatch.setattr("models.data.SYSTEM_DIRS", ())
+    missing = data_note(Settings(DATA_DIR=tmp_path, DATA_DOWNLOAD=False))
+    assert "not found" in missing and str(tmp_path) in missing and "DATA_DOWNLOAD" in missing
+    assert "downloads it" in data_note(Settings(DATA_DIR=tmp_path))

@@ -16,8 +16,8 @@ WORKER_SEEN_WITHIN_S = 20.0  # workers announce themselves every few seconds
 
 
 @router.get("/healthz", response_model=HealthOut, summary="Liveness: the API process is up")
-async def healthz() -> dict:
-    return {"status": "ok"}
+async def healthz() -> HealthOut:
+    return HealthOut()
 
 
 @router.get(
@@ -26,7 +26,7 @@ async def healthz() -> dict:
     summary="Readiness: Redis is reachable; says whether any worker is listening",
     responses=error_responses(503),
 )
-def readyz(store: JobStoreDep) -> dict | JSONResponse:
+def readyz(store: JobStoreDep) -> ReadyOut | JSONResponse:
     try:
         store.ping()
         workers = store.live_workers(WORKER_SEEN_WITHIN_S)
@@ -35,4 +35,4 @@ def readyz(store: JobStoreDep) -> dict | JSONResponse:
                             status_code=503)
     detail = (f"{len(workers)} worker(s) listening" if workers
               else "no worker seen recently: training jobs will wait in the queue until one starts")
-    return {"status": "ready", "redis": "ok", "workers": workers, "detail": detail}
+    return ReadyOut(workers=workers, detail=detail)

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Path, Query
 
 from app.deps import JobStoreDep, ReaderDep, WriterDep
 from app.errors import error_responses
-from app.schemas import JobList, JobOut, JobStatus
+from app.schemas import JobList, JobOut
+from bnlenet.jobs import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -27,9 +28,9 @@ def list_jobs(
     status: Annotated[JobStatus | None, Query(description="only jobs with this status")] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> dict:
+) -> JobList:
     records, total = store.list(status=status, offset=offset, limit=limit)
-    return {"data": records, "count": total}
+    return JobList(data=[JobOut.model_validate(r) for r in records], count=total)
 
 
 @router.get(
@@ -39,8 +40,8 @@ def list_jobs(
     dependencies=[ReaderDep],
     responses=error_responses(401, 403, 404, 422, 503),
 )
-def get_job(job_id: JobId, store: JobStoreDep) -> dict:
-    return store.get(job_id)
+def get_job(job_id: JobId, store: JobStoreDep) -> JobOut:
+    return JobOut.model_validate(store.get(job_id))
 
 
 @router.post(
@@ -52,5 +53,5 @@ def get_job(job_id: JobId, store: JobStoreDep) -> dict:
     dependencies=[WriterDep],
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
-def cancel_job(job_id: JobId, store: JobStoreDep) -> dict:
-    return store.request_cancel(job_id)
+def cancel_job(job_id: JobId, store: JobStoreDep) -> JobOut:
+    return JobOut.model_validate(store.request_cancel(job_id))

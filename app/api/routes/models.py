@@ -8,27 +8,27 @@ from fastapi import APIRouter, Path
 
 from app.deps import ModelStoreDep, ReaderDep
 from app.errors import error_responses
-from app.schemas import BatchNormOut, ModelList, ModelOut
+from app.schemas import BatchNormLayerOut, BatchNormOut, ModelList, ModelOut
 from bnlenet.model_store import MODEL_ID_PATTERN
 from models.batchnorm import batchnorm_report
+from models.checkpoint import final_test_acc
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description="the model's id (its training job's id)")]
 
 
-def _model_out(model_id: str, meta: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "model_id": model_id,
-        "variant": meta.get("variant"),
-        "hyperparameters": meta.get("hyperparameters") or {},
-        "metrics": meta.get("history") or [],
-        "test_acc": meta.get("test_acc"),
-        "precise_bn_test_acc": meta.get("precise_bn_test_acc"),
-        "device": meta.get("device"),
-        "created_at": meta.get("created_at"),
-        "job_id": meta.get("job_id"),
-    }
+def _model_out(model_id: str, meta: dict[str, Any]) -> ModelOut:
+    return ModelOut(
+        model_id=model_id,
+        variant=meta["variant"],
+        hyperparameters=meta.get("hyperparameters") or {},
+        history=meta.get("history") or [],
+        final_test_acc=final_test_acc(meta),
+        device=meta.get("device"),
+        created_at=meta.get("created_at"),
+        job_id=meta.get("job_id"),
+    )
 
 
 @router.get(
@@ -40,19 +40,19 @@ def _model_out(model_id: str, meta: dict[str, Any]) -> dict[str, Any]:
     dependencies=[ReaderDep],
     responses=error_responses(401, 403),
 )
-def list_models(store: ModelStoreDep) -> dict:
+def list_models(store: ModelStoreDep) -> ModelList:
     models = store.list()
-    return {"data": [_model_out(i, m) for i, m in models], "count": len(models)}
+    return ModelList(data=[_model_out(i, m) for i, m in models], count=len(models))
 
 
 @router.get(
     "/{model_id}",
     response_model=ModelOut,
-    summary="One model: variant, hyperparameters, metrics, created time",
+    summary="One model: variant, hyperparameters, history, final test accuracy, created time",
     dependencies=[ReaderDep],
     responses=error_responses(401, 403, 404, 409, 422),
 )
-def get_model(model_id: ModelId, store: ModelStoreDep) -> dict:
+def get_model(model_id: ModelId, store: ModelStoreDep) -> ModelOut:
     return _model_out(model_id, store.metadata(model_id))
 
 
@@ -64,7 +64,7 @@ def get_model(model_id: ModelId, store: ModelStoreDep) -> dict:
     dependencies=[ReaderDep],
     responses=error_responses(401, 403, 404, 409, 422),
 )
-def get_batchnorm(model_id: ModelId, store: ModelStoreDep) -> dict:
+def get_batchnorm(model_id: ModelId, store: ModelStoreDep) -> BatchNormOut:
     loaded = store.get(model_id)
-    return {"model_id": loaded.model_id, "variant": loaded.metadata["variant"],
-            "layers": batchnorm_report(loaded.model)}
+    layers = [BatchNormLayerOut.model_validate(layer) for layer in batchnorm_report(loaded.model)]
+    return BatchNormOut(model_id=loaded.model_id, variant=loaded.metadata["variant"], layers=layers)

@@ -5,31 +5,15 @@ Used by ``bnlenet up`` (the embedded default stack) and by the integration tests
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisNotFound", "RedisServer", "die_with_parent", "find_redis_server", "free_port"]
+from bnlenet.local import procs
 
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def die_with_parent() -> None:
-    """In a fresh child (``preexec_fn``): have Linux SIGTERM it when its parent dies, even by SIGKILL.
-
-    An orphaned redis-server would keep its data directory while the next owner starts another.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+__all__ = ["RedisNotFound", "RedisServer", "find_redis_server", "free_port"]
 
 
 class RedisNotFound(RuntimeError):
@@ -107,21 +91,21 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Its own session: a Ctrl-C in the terminal reaches the owner, which stops Redis last.
-        self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = (self.data_dir / "redis.log")
+        process = self.process = procs.start(self.command(), orphan_dies=True)
+
+        def up() -> bool:
+            if process.poll() is not None:
+                log = self.data_dir / "redis.log"
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {tail}")
-            if self.ping():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on {self.host}:{self.port} within {timeout}s")
+                raise RuntimeError(f"redis-server exited with {process.returncode}: {tail}")
+            return self.ping()
+
+        try:
+            procs.wait_until(up, timeout, f"redis-server to answer on {self.host}:{self.port}")
+        except TimeoutError as exc:
+            self.stop()
+            raise RuntimeError(str(exc)) from None
+        return self
 
     def ping(self) -> bool:
         try:
@@ -133,20 +117,13 @@ class RedisServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop cleanly (SIGTERM makes Redis flush its append-only file first)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            procs.stop(self.process, timeout)
 
     def kill(self) -> None:
         """Stop abruptly, as a crash would."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            procs.kill(self.process)
 
     def __enter__(self) -> RedisServer:
         return self.start()

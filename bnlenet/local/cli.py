@@ -1,31 +1,48 @@
-"""The ``bnlenet`` command line: train, predict and inspect without any server; ``up`` starts the stack."""
+"""The bnlenet command line: train, predict and inspect without any server; up starts the stack."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import types
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.lenet import VARIANTS
+from models.params import ParamField, params_of
+from models.training import TrainConfig
+
+
+def train_options() -> list[ParamField]:
+    """The ``TrainConfig`` fields ``bnlenet train`` offers, as declared there."""
+    return [f for f in params_of(TrainConfig) if f.param.cli]
+
+
+def _add_train_option(parser: argparse.ArgumentParser, f: ParamField) -> None:
+    """One ``--name`` option derived from a field's declaration: type, default, choices, help."""
+    flag = "--" + f.name.replace("_", "-")
+    help_text = f.param.help.replace("%", "%%")
+    if f.type is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                            help=f"{help_text} (default: %(default)s)")
+        return
+    kind = f.type
+    if isinstance(kind, types.UnionType):  # e.g. str | None
+        kind = next(t for t in kind.__args__ if t is not type(None))
+    parser.add_argument(flag, type=kind, default=f.default, choices=f.param.choices,
+                        help=f"{help_text} (default: %(default)s)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnlenet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train in this process and write a checkpoint (no Redis needed)")
-    t.add_argument("--variant", choices=VARIANTS, required=True, help="BN from scratch or PyTorch's builtin")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--lr", type=float, default=1.0)
-    t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--precise-bn", action="store_true", help="recompute BN statistics as true averages after training")
-    t.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present)")
-    t.add_argument("--compile", action="store_true", help="torch.compile the step (pays off on long runs and GPUs)")
-    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (AVX-512-bf16 CPUs, recent GPUs)")
+    t = sub.add_parser("train", help="train in this process and write a checkpoint (no Redis needed)",
+                       description="Train in this process and write a checkpoint (no Redis needed). "
+                       "The options are TrainConfig's fields, with the same defaults and limits as POST /train.")
+    for option in train_options():
+        _add_train_option(t, option)
     t.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: DATA_DIR or the usual places)")
     t.add_argument("--out", type=Path, default=None,
                    help="checkpoint path (default: a new model in CHECKPOINT_DIR, served by the API)")
@@ -41,9 +58,10 @@ def _build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
 
     u = sub.add_parser("up", help="start Redis (unless REDIS_URL is set), a Celery worker per GPU (or one on the CPU) and the API")
-    u.add_argument("--host", default="127.0.0.1")
-    u.add_argument("--port", type=int, default=8000)
-    u.add_argument("--workers", type=int, default=None, help="API worker processes (default: one per core)")
+    u.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    u.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    u.add_argument("--workers", type=int, default=None,
+                   help="API worker processes (default: BNLENET_API_WORKERS, else one per core)")
     return parser
 
 
@@ -58,14 +76,11 @@ def _train(args: argparse.Namespace) -> int:
     from bnlenet.settings import get_settings
     from models.checkpoint import save_checkpoint, training_metadata
     from models.data import load_fashion_mnist
-    from models.training import EpochMetrics, Progress, TrainConfig, train
+    from models.training import EpochMetrics, Progress, train
 
-    config = TrainConfig(
-        variant=args.variant, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        seed=args.seed, precise_bn=args.precise_bn, device=args.device, compile=args.compile, bf16=args.bf16,
-    )
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in train_options()})
     settings = get_settings()
-    data = load_fashion_mnist(args.data_dir or settings.DATA_DIR)
+    data = load_fashion_mnist(args.data_dir or settings.DATA_DIR, download=settings.DATA_DOWNLOAD)
     bar = tqdm(total=config.epochs, unit="epoch", desc=f"train {config.variant}", file=sys.stderr,
                disable=not sys.stderr.isatty())
 
@@ -89,11 +104,13 @@ def _train(args: argparse.Namespace) -> int:
     else:
         model_id = f"cli-{config.variant}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
         path = ModelStore(settings.CHECKPOINT_DIR).publish(model_id, result.model, metadata)
-    summary = {"checkpoint": str(path), "variant": config.variant, **metadata["metrics"]}
+    summary = {"checkpoint": str(path), "variant": config.variant, "precise_bn": config.precise_bn,
+               "final_test_acc": result.final_test_acc}
     if args.json:
         _emit(summary)
     else:
-        print(f"checkpoint: {path} (test acc {summary['test_acc']:.3f})")
+        stats = "precise BN statistics" if config.precise_bn else "moving-average statistics"
+        print(f"checkpoint: {path} (final test acc {result.final_test_acc:.3f}, as stored: {stats})")
     return 0
 
 
@@ -136,9 +153,10 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from bnlenet.stack import run_stack
+    from bnlenet.local.stack import run_stack
+    from bnlenet.settings import get_settings
 
-    return run_stack(host=args.host, port=args.port, workers=args.workers)
+    return run_stack(get_settings(), host=args.host, port=args.port, workers=args.workers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -23,19 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from bnlenet.redis_server import RedisNotFound, RedisServer, die_with_parent
+from bnlenet.local import procs
+from bnlenet.local.redis_server import RedisNotFound, RedisServer
+from bnlenet.settings import Settings
 
-__all__ = ["Child", "api_child", "gpu_ids", "run_stack", "worker_children"]
+__all__ = ["Child", "api_child", "data_note", "gpu_ids", "run_stack", "worker_children"]
 
-HEALTH_TIMEOUT_S = float(os.environ.get("BNLENET_START_TIMEOUT", "180"))
-# A warm shutdown waits for the running task; past this the worker is killed and its job,
-# acknowledged late, goes back to the queue for the next worker.
-WORKER_STOP_TIMEOUT_S = float(os.environ.get("BNLENET_WORKER_STOP_TIMEOUT", "30"))
 API_STOP_TIMEOUT_S = 15.0
-DEFAULT_DATA_NOTE = (
-    "DATA_DIR unset: /usr/share/datasets/fashion-mnist if installed, "
-    "else downloaded to ~/.cache/bnlenet by the first training job"
-)
 
 
 class StackError(RuntimeError):
@@ -53,7 +46,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Child:
-        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True, preexec_fn=die_with_parent)
+        self.process = procs.start(self.argv, env=self.env, orphan_dies=True)
         return self
 
     @property
@@ -66,36 +59,14 @@ class Child:
         return None if self.process is None else self.process.poll()
 
     def kill(self) -> None:
-        """SIGKILL the whole process group now."""
+        """SIGKILL the whole process group now (no waiting: also called from a signal handler)."""
         if self.process is not None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            procs.signal_group(self.process, signal.SIGKILL)
 
     def stop(self) -> None:
         """SIGTERM the leader, wait, then SIGKILL whatever is left of its process group."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            _signal(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                print(f"bnlenet: {self.name} did not stop within {self.stop_timeout:.0f}s; killing it", file=sys.stderr)
-        # Pool children (uvicorn workers, Celery's forked pool) must not outlive their parent.
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.process.wait()
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+        if self.process is not None and not procs.stop(self.process, self.stop_timeout):
+            print(f"bnlenet: {self.name} did not stop within {self.stop_timeout:.0f}s; killed it", file=sys.stderr)
 
 
 def gpu_ids(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -123,10 +94,6 @@ def gpu_ids(environ: Mapping[str, str] | None = None) -> list[str]:
     except (OSError, subprocess.SubprocessError):
         return []
     return [str(i) for i, line in enumerate(ln for ln in listing.splitlines() if ln.startswith("GPU "))]
-
-
-def _var_dir() -> Path:
-    return Path(os.environ.get("BNLENET_VAR_DIR", "var")).resolve()
 
 
 def _lock(var_dir: Path) -> IO[str]:
@@ -158,7 +125,7 @@ def _url(host: str, port: int) -> str:
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
-            return 200 <= response.status < 300
+            return bool(200 <= response.status < 300)
     except (urllib.error.URLError, OSError):
         return False
 
@@ -175,17 +142,31 @@ def _check_alive(children: list[Child], redis: RedisServer | None) -> None:
 
 def _wait_healthy(url: str, children: list[Child], redis: RedisServer | None, stop: threading.Event,
                   timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not stop.is_set():
+    def healthy_or_stopped() -> bool:
         _check_alive(children, redis)
-        if _answers(url):
-            return
-        if time.monotonic() > deadline:
-            raise StackError(f"the API did not answer {url} within {timeout:.0f}s")
-        stop.wait(0.25)
+        return stop.is_set() or _answers(url)
+
+    try:
+        procs.wait_until(healthy_or_stopped, timeout, f"the API to answer {url}", interval=0.25)
+    except TimeoutError as exc:
+        raise StackError(str(exc)) from None
 
 
-def worker_children(devices: list[str], env: dict[str, str]) -> list[Child]:
+def data_note(settings: Settings) -> str:
+    """What the startup banner says about Fashion-MNIST: where it was found, or what happens instead."""
+    from models.data import candidate_dirs, find_data_dir
+
+    found = find_data_dir(settings.DATA_DIR)
+    if found is not None:
+        return f"Fashion-MNIST in {found}"
+    looked = ", ".join(str(d) for d in candidate_dirs(settings.DATA_DIR))
+    if settings.DATA_DOWNLOAD:
+        return (f"Fashion-MNIST not found (looked in {looked}); the first training job downloads it "
+                f"to {settings.DATA_DIR or Path.home() / '.cache' / 'bnlenet'}")
+    return f"Fashion-MNIST not found (looked in {looked}) and DATA_DOWNLOAD is off: training jobs will fail"
+
+
+def worker_children(devices: list[str], env: dict[str, str], stop_timeout: float = 30.0) -> list[Child]:
     """One Celery worker per GPU, each seeing only its card; one CPU worker when there is none."""
     out = []
     for i, device in enumerate(devices or [None]):
@@ -200,7 +181,7 @@ def worker_children(devices: list[str], env: dict[str, str]) -> list[Child]:
             argv=[sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
                   "--concurrency", "1", "--loglevel", "INFO", "-n", node],
             env=worker_env,
-            stop_timeout=WORKER_STOP_TIMEOUT_S,
+            stop_timeout=stop_timeout,
         ))
     return out
 
@@ -216,11 +197,12 @@ def api_child(host: str, port: int, workers: int, env: dict[str, str]) -> Child:
     )
 
 
-def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -> int:
+def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -> int:
     """Start Redis (unless ``REDIS_URL`` is set), the Celery worker(s) and the API; block until stopped.
 
-    ``workers`` is the number of API (uvicorn) processes, default the number of CPU cores
-    (env ``BNLENET_API_WORKERS``). Celery runs one worker per visible GPU, or one on the CPU.
+    ``workers`` is the number of API (uvicorn) processes, default ``BNLENET_API_WORKERS``, else
+    the number of CPU cores. Celery runs one worker per visible GPU, or one on the CPU. The
+    children get this process's environment, with ``REDIS_URL`` and ``CHECKPOINT_DIR`` set.
     Returns 0 after a clean stop on SIGINT/SIGTERM/SIGHUP, 1 when something failed or died.
     """
     stop = threading.Event()
@@ -231,7 +213,7 @@ def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = N
             for child in children:
                 child.kill()
             if redis is not None and redis.process is not None:
-                _signal(redis.process.pid, signal.SIGKILL)  # no waiting inside a signal handler
+                procs.signal_group(redis.process, signal.SIGKILL)  # no waiting inside a signal handler
         stop.set()
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -242,18 +224,20 @@ def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = N
     lock: IO[str] | None = None
     status = 0
     try:
-        var_dir = _var_dir()
+        var_dir = settings.BNLENET_VAR_DIR.resolve()
         env = dict(os.environ)
-        env.setdefault("CHECKPOINT_DIR", str(var_dir / "checkpoints"))
-        Path(env["CHECKPOINT_DIR"]).mkdir(parents=True, exist_ok=True)
+        explicit = settings.model_fields_set
+        checkpoints = settings.CHECKPOINT_DIR if "CHECKPOINT_DIR" in explicit else var_dir / "checkpoints"
+        env["CHECKPOINT_DIR"] = str(checkpoints)
+        checkpoints.mkdir(parents=True, exist_ok=True)
 
-        if env.get("REDIS_URL"):
-            redis_note = f"{env['REDIS_URL']} (external, from REDIS_URL)"
+        if "REDIS_URL" in explicit:
+            env["REDIS_URL"] = settings.REDIS_URL
+            redis_note = f"{settings.REDIS_URL} (external, from REDIS_URL)"
         else:
             lock = _lock(var_dir)
-            redis_port = int(env["BNLENET_REDIS_PORT"]) if env.get("BNLENET_REDIS_PORT") else None
             try:
-                redis = RedisServer(var_dir / "redis", port=redis_port, persistence=True).start()
+                redis = RedisServer(var_dir / "redis", port=settings.BNLENET_REDIS_PORT, persistence=True).start()
             except RedisNotFound as exc:
                 raise StackError(str(exc)) from None
             except RuntimeError as exc:
@@ -262,13 +246,15 @@ def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = N
             redis_note = f"{redis.url} (pid {redis.process.pid if redis.process else '?'}), data in {redis.data_dir}"
 
         devices = gpu_ids(env)
-        api_workers = workers or int(env.get("BNLENET_API_WORKERS") or 0) or os.cpu_count() or 1
-        for child in [*worker_children(devices, env), api_child(host, port, api_workers, env)]:
+        api_workers = workers or settings.BNLENET_API_WORKERS or os.cpu_count() or 1
+        celery_workers = worker_children(devices, env, settings.BNLENET_WORKER_STOP_TIMEOUT)
+        for child in [*celery_workers, api_child(host, port, api_workers, env)]:
             children.append(child)
             child.start()
 
         api = _url(host, port)
-        _wait_healthy(_url(_probe_host(host), port) + "/healthz", children, redis, stop, HEALTH_TIMEOUT_S)
+        _wait_healthy(_url(_probe_host(host), port) + "/healthz", children, redis, stop,
+                      settings.BNLENET_START_TIMEOUT)
         if not stop.is_set():
             where = "one per GPU: " + ", ".join(devices) if devices else "CPU"
             print(
@@ -278,7 +264,7 @@ def run_stack(host: str = "127.0.0.1", port: int = 8000, workers: int | None = N
                 f"  Redis        {redis_note}\n"
                 f"  workers      {len(devices) or 1} ({where})\n"
                 f"  checkpoints  {env['CHECKPOINT_DIR']}\n"
-                f"  data         {env.get('DATA_DIR') or DEFAULT_DATA_NOTE}\n"
+                f"  data         {data_note(settings)}\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,
             )

@@ -1,0 +1,69 @@
+"""The job's heartbeat thread, on a real Redis: fresh heartbeats, progress, cancel, and fencing."""
+
+from __future__ import annotations
+
+import time
+
+from bnlenet.jobs import JobStore
+from tests.worker.conftest import claim
+from worker.housekeeping import Heartbeat
+
+
+def _beat(store: JobStore, job_id: str, attempt: int, worker: str = "host:1") -> Heartbeat:
+    return Heartbeat(store, job_id, worker=worker, attempt=attempt, interval=0.05, progress_interval=0.05)
+
+
+def test_heartbeat_keeps_the_record_fresh_and_writes_progress(store: JobStore) -> None:
+    job_id = store.create({})["job_id"]
+    attempt = claim(store, job_id)
+    before = store.get(job_id)["heartbeat_at"]
+    beat = _beat(store, job_id, attempt)
+    beat.start()
+    try:
+        beat.progress = {"epoch": 1, "epochs": 2, "batch": 3, "batches": 10, "loss": 0.5, "train_acc": 0.8,
+                         "fraction": 0.15}
+        time.sleep(0.3)
+    finally:
+        beat.stop()
+    record = store.get(job_id)
+    assert record["heartbeat_at"] > before
+    assert record["progress"] is not None and record["progress"]["batch"] == 3
+    assert not beat.is_alive()
+
+
+def test_heartbeat_turns_a_cancel_request_into_an_event(store: JobStore) -> None:
+    job_id = store.create({})["job_id"]
+    beat = _beat(store, job_id, claim(store, job_id))
+    beat.start()
+    try:
+        assert not beat.cancel.wait(0.2)
+        store.request_cancel(job_id)
+        assert beat.cancel.wait(2)
+    finally:
+        beat.stop()
+
+
+def test_heartbeat_of_an_old_attempt_never_writes(store: JobStore) -> None:
+    """Fencing: the worker of attempt 1, declared dead and back, cannot touch attempt 2's record."""
+    job_id = store.create({})["job_id"]
+    first = claim(store, job_id)
+    time.sleep(0.3)
+    assert store.reap(job_id, stale_after=0.2, max_attempts=3) is not None  # requeued
+    second = claim(store, job_id)  # the same worker name, a new attempt
+    assert second == first + 1
+    fresh = store.get(job_id)
+    stale = _beat(store, job_id, first)
+    stale.progress = {"epoch": 9}
+    stale.beat()
+    store.finish(job_id, "failed", worker="host:1", attempt=first, error="from the old attempt")
+    record = store.get(job_id)
+    assert record["status"] == "running" and record["error"] is None
+    assert record["heartbeat_at"] == fresh["heartbeat_at"] and record["progress"] is None
+
+
+def test_heartbeat_stops_quietly_when_redis_is_away(store: JobStore) -> None:
+    job_id = store.create({})["job_id"]
+    beat = _beat(store, job_id, claim(store, job_id))
+    beat.store = JobStore.from_url("redis://127.0.0.1:1/0", timeout=0.2)  # nothing listens there
+    beat.beat()  # logs and carries on; training must not stop because Redis blinked
+    assert not beat.cancel.is_set()

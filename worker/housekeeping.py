@@ -1,0 +1,188 @@
+"""The worker's housekeeping around the training task: the job's heartbeat, the owner check,
+preloading and warm-up as a pool process starts, and the stale-job reaper.
+
+The heartbeat thread keeps the record's ``heartbeat_at`` fresh, writes the latest progress,
+and turns a cancel request into a ``threading.Event``, so the training loop never talks to
+Redis per batch. The reaper runs in the worker's main process and requeues (or fails) jobs
+whose worker went silent.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+from celery import signals
+
+from bnlenet.jobs import JobRecord, JobStore, StoreUnavailable, is_stale
+from bnlenet.settings import Settings
+from bnlenet.training_queue import Publisher
+from models.data import FashionMNIST
+from models.memory import release_memory
+from models.training import TrainConfig, train
+from worker import resources
+
+__all__ = ["Heartbeat", "Reaper", "owner_gone", "reap_stale_jobs", "warm_up"]
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    """Keeps the job's heartbeat fresh, writes the latest progress, and watches for a cancel."""
+
+    def __init__(self, store: JobStore, job_id: str, *, worker: str, attempt: int, interval: float,
+                 progress_interval: float) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.store, self.job_id, self.worker, self.attempt = store, job_id, worker, attempt
+        self.interval = min(interval, progress_interval)
+        self.heartbeat_interval = interval
+        self.cancel = threading.Event()
+        self.done = threading.Event()
+        self.progress: dict[str, Any] | None = None  # set by the training thread, read here
+        self._written: dict[str, Any] | None = None
+        self._beat_at = float("-inf")
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            self.beat()
+
+    def beat(self) -> None:
+        """Write the heartbeat (and new progress), unless nothing changed and the last beat is recent."""
+        progress = self.progress
+        now = time.monotonic()
+        if progress is self._written and now - self._beat_at < self.heartbeat_interval:
+            return
+        try:
+            if self.store.heartbeat(self.job_id, worker=self.worker, attempt=self.attempt, progress=progress):
+                self.cancel.set()
+            self._written, self._beat_at = progress, now
+        except StoreUnavailable as exc:  # keep training; the next beat may get through
+            log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=5)
+
+
+def owner_gone(record: JobRecord) -> bool:
+    """Whether the record's worker process is known dead (same host, pid no longer alive)."""
+    worker, pid = record["worker"] or "", record["worker_pid"]
+    if not pid or not worker.startswith(f"{socket.gethostname()}:") or pid == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def reap_stale_jobs(store: JobStore, publisher: Publisher, settings: Settings) -> list[str]:
+    """Requeue (or fail) running jobs whose worker stopped sending heartbeats; returns requeued ids."""
+    requeued = []
+    for record in store.running():
+        if not is_stale(record, settings.JOB_STALE_AFTER_S):
+            continue
+        back = store.reap(record["job_id"], stale_after=settings.JOB_STALE_AFTER_S,
+                          max_attempts=settings.MAX_ATTEMPTS)
+        if back is not None:
+            try:
+                store.set_task_id(back["job_id"], publisher.publish(back["job_id"]))
+                requeued.append(back["job_id"])
+                log.warning("requeued job %s: %s", back["job_id"], back["note"])
+            except Exception:
+                log.exception("could not requeue job %s; the next sweep retries", back["job_id"])
+    return requeued
+
+
+class Reaper(threading.Thread):
+    """In the worker's main process: announces the worker and sweeps for stale jobs."""
+
+    def __init__(self, name: str, store: JobStore, publisher: Publisher, settings: Settings) -> None:
+        super().__init__(name="stale-job-reaper", daemon=True)
+        self.worker, self.store, self.publisher, self.settings = name, store, publisher, settings
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        beat_every = min(self.settings.REAPER_INTERVAL_S, 5.0)
+        next_sweep = 0.0
+        while True:
+            try:
+                self.store.worker_seen(self.worker)
+                if time.monotonic() >= next_sweep:
+                    reap_stale_jobs(self.store, self.publisher, self.settings)
+                    next_sweep = time.monotonic() + self.settings.REAPER_INTERVAL_S
+            except StoreUnavailable as exc:
+                log.warning("reaper: %s", exc)
+            except Exception:
+                log.exception("reaper sweep failed")
+            if self.stop.wait(beat_every):
+                return
+
+
+def warm_up(data: FashionMNIST) -> None:
+    """Train each variant for two batches on a slice of the data, the way a job with defaults does.
+
+    The first step of a process pays one-off costs (lazy imports, the autograd engine's
+    threads, the kernels' primitive caches for this batch shape): about a second on two CPU
+    cores; on a GPU also the compile of each variant's step. Paying it here keeps it out of the
+    first job's queueing delay, and jobs wait for it rather than compile beside it.
+    """
+    from worker.tasks import job_config  # the task module imports this one
+
+    defaults = TrainConfig()
+    n = 2 * defaults.batch_size
+    tiny = FashionMNIST(data.train_images[:n], data.train_labels[:n], data.test_images[:n], data.test_labels[:n])
+    with resources.engine_lock:
+        for variant in ("scratch", "builtin"):
+            params = {**asdict(defaults), "variant": variant, "epochs": 1, "precise_bn": False}
+            train(job_config(params, resources.settings()), tiny)
+
+
+# Worker lifecycle ------------------------------------------------------------------------
+
+@signals.worker_process_init.connect
+def _preload_data(**_: Any) -> None:
+    """Load the data set in the background as each pool process starts, so a job starts at once."""
+
+    def load() -> None:
+        try:
+            data = resources.training_data()
+        except Exception as exc:  # the job that needs it will fail with the reason
+            log.warning("could not preload Fashion-MNIST: %s", exc)
+            return
+        try:
+            warm_up(data)
+        except Exception as exc:  # only speed is at stake
+            log.warning("could not warm up the training engine: %s", exc)
+        release_memory()
+        # What is alive now (modules, the data set) lives as long as the process: keep it out
+        # of the collector's sweeps, so the full collection after each job takes milliseconds
+        # instead of about 150 ms on these two cores.
+        gc.freeze()
+
+    threading.Thread(target=load, name="preload-data", daemon=True).start()
+
+
+_reaper: Reaper | None = None
+
+
+@signals.worker_ready.connect
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    global _reaper
+    name = getattr(sender, "hostname", None) or resources.worker_name()
+    _reaper = Reaper(str(name), resources.job_store(), resources.publisher(), resources.settings())
+    _reaper.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    if _reaper is not None:
+        _reaper.stop.set()

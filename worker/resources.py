@@ -1,0 +1,64 @@
+"""What one worker process keeps between jobs: its settings, the stores, the data set, a publisher."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from bnlenet.jobs import JobStore
+from bnlenet.model_store import ModelStore
+from bnlenet.settings import Settings, get_settings
+from bnlenet.training_queue import Publisher
+from models.data import FashionMNIST, load_fashion_mnist
+
+__all__ = ["engine_lock", "job_store", "model_store", "publisher", "settings", "training_data", "worker_name"]
+
+# One training run at a time per process: the warm-up (which compiles on a GPU), then jobs,
+# which reuse what it compiled instead of compiling beside it.
+engine_lock = threading.Lock()
+_lock = threading.Lock()
+_data_lock = threading.Lock()  # its own: loading takes seconds, and must not hold up the store
+_store: JobStore | None = None
+_publisher: Publisher | None = None
+_data: FashionMNIST | None = None
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def job_store() -> JobStore:
+    global _store
+    with _lock:
+        if _store is None:
+            s = settings()
+            _store = JobStore.from_url(s.REDIS_URL, timeout=s.REDIS_TIMEOUT_S)
+        return _store
+
+
+def publisher() -> Publisher:
+    global _publisher
+    with _lock:
+        if _publisher is None:
+            _publisher = Publisher(settings())
+        return _publisher
+
+
+def model_store() -> ModelStore:
+    return ModelStore(settings().CHECKPOINT_DIR)
+
+
+def training_data() -> FashionMNIST:
+    """Fashion-MNIST, loaded once per worker process and kept for the next jobs."""
+    global _data
+    with _data_lock:
+        if _data is None:
+            s = settings()
+            _data = load_fashion_mnist(s.DATA_DIR, download=s.DATA_DOWNLOAD)
+        return _data
+
+
+def worker_name() -> str:
+    """This process's name in job records: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
