@@ -3,6 +3,7 @@
     StoreUnavailable (bnlenet.jobs)        503  Redis is down: training and jobs wait for it
     JobNotFound (bnlenet.jobs)             404
     JobFinished (bnlenet.jobs)             409  cancelling a job that already ended
+    MalformedJob (bnlenet.jobs)            409  a stored record that cannot be read (that job alone)
     UnknownModel (bnlenet.model_store)     404  also any id that could never name a model
     NoModelYet (bnlenet.model_store)       409  train one first
     ModelUnusable (bnlenet.model_store)    409  the checkpoint is corrupt, tampered or not ours
@@ -26,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from bnlenet.jobs import JobFinished, JobNotFound, StoreUnavailable
+from bnlenet.jobs import JobFinished, JobNotFound, MalformedJob, StoreUnavailable
 from bnlenet.model_store import ModelUnusable, NoModelYet, UnknownModel
 
 __all__ = [
@@ -71,6 +72,7 @@ STATUS: dict[type[Exception], int] = {
     JobNotFound: 404,
     UnknownModel: 404,
     JobFinished: 409,
+    MalformedJob: 409,
     NoModelYet: 409,
     ModelUnusable: 409,
     BadInput: 422,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ __all__ = [
     "Claim",
     "JobFinished",
     "JobNotFound",
+    "MalformedJob",
     "JobRecord",
     "JobStatus",
     "JobStore",
@@ -45,6 +47,7 @@ STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 TERMINAL: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
 
 _PREFIX = "bnlenet"
+log = logging.getLogger(__name__)
 
 
 class JobRecord(TypedDict):
@@ -83,6 +86,14 @@ class JobNotFound(LookupError):
     """No job with this id."""
 
 
+class MalformedJob(ValueError):
+    """A stored job record this code cannot read; reported for that job, never for a whole listing."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"the record of job {job_id!r} is malformed ({reason}); delete the key or restore it")
+        self.job_id = job_id
+
+
 class JobFinished(RuntimeError):
     """The job already ended; it cannot be changed any more."""
 
@@ -116,11 +127,38 @@ def is_stale(record: Record, stale_after: float, now: float | None = None) -> bo
     return beat is None or now - beat >= stale_after
 
 
-def _load(raw: Any) -> Record:
-    """A stored record; records written before a field existed get its empty value."""
-    record: Record = json.loads(raw)
+def _load(raw: Any, job_id: str = "?") -> Record:
+    """A stored record, checked; records written before a field existed get its empty value.
+
+    Raises ``MalformedJob`` for anything that is not a record this code wrote (bit rot, a
+    bad restore, another program's key): callers report it for that job alone.
+    """
+    try:
+        record = json.loads(raw)
+    except (ValueError, TypeError) as exc:
+        raise MalformedJob(job_id, f"not JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise MalformedJob(job_id, f"a JSON {type(record).__name__}, not an object")
+    problems = [f"{name} should be {kind}" for name, (check, kind) in _SHAPE.items() if not check(record.get(name))]
+    if problems:
+        raise MalformedJob(job_id, "; ".join(problems))
     record.setdefault("final_test_acc", None)
-    return record
+    return record  # type: ignore[return-value]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# The fields every reader relies on, and what they must hold.
+_SHAPE: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "job_id": (lambda v: isinstance(v, str), "a string"),
+    "status": (lambda v: v in STATUSES, f"one of {', '.join(STATUSES)}"),
+    "params": (lambda v: isinstance(v, dict), "an object"),
+    "attempts": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number"),
+    "created_at": (_number, "a number"),
+    "history": (lambda v: isinstance(v, list), "a list"),
+}
 
 
 class JobStore:
@@ -166,7 +204,7 @@ class JobStore:
             raw = self.redis.get(self._job_key(job_id))
         if raw is None:
             raise JobNotFound(f"no job with id {job_id!r}")
-        return _load(raw)
+        return _load(raw, job_id)
 
     def list(self, *, status: str | None = None, offset: int = 0, limit: int = 50) -> tuple[list[Record], int]:
         """Records newest first, optionally of one status; and how many there are in all."""
@@ -177,13 +215,26 @@ class JobStore:
             pipe.zrevrange(key, offset, offset + limit - 1)
             total, ids = pipe.execute()
             raws = self.redis.mget([self._job_key(_text(i)) for i in ids]) if ids else []
-        return [_load(r) for r in raws if r is not None], int(total)
+        return self._readable(ids, raws), int(total)
 
     def running(self) -> builtins.list[Record]:
         with self._errors():
             ids = self.redis.zrange(self._index_key("running"), 0, -1)
             raws = self.redis.mget([self._job_key(_text(i)) for i in ids]) if ids else []
-        return [_load(r) for r in raws if r is not None]
+        return self._readable(ids, raws)
+
+    @staticmethod
+    def _readable(ids: builtins.list[Any], raws: builtins.list[Any]) -> builtins.list[Record]:
+        """The records that load; a malformed one is logged and left out, not fatal to the list."""
+        records = []
+        for job_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                records.append(_load(raw, _text(job_id)))
+            except MalformedJob as exc:
+                log.warning("%s", exc)
+        return records
 
     # writes
     def create(self, params: dict[str, Any]) -> Record:
@@ -222,8 +273,8 @@ class JobStore:
             raw = pipe.get(key)  # a watched pipeline answers at once
             if raw is None:
                 raise JobNotFound(f"no job with id {job_id!r}")
-            old = _load(raw)
-            new = change(_load(raw))
+            old = _load(raw, job_id)  # a malformed record raises here, before anything is written
+            new = change(_load(raw, job_id))
             result = old if new is None else new
             if new is None:
                 return
@@ -304,7 +355,33 @@ class JobStore:
             record = self.update(job_id, change)
         except JobNotFound:
             return Claim(False, None, "no such job")
+        except MalformedJob as exc:  # never run it, and never leave it waiting for ever
+            return Claim(False, self._fail_malformed(job_id, str(exc)), "malformed record")
         return Claim(bool(outcome["run"]), record, outcome["reason"])
+
+    def _fail_malformed(self, job_id: str, reason: str) -> Record:
+        """Replace an unreadable record with a failed one that says why, keeping what can be kept."""
+        now = time.time()
+        key = self._job_key(job_id)
+        with self._errors():
+            raw = self.redis.get(key)
+            try:
+                old = json.loads(raw) if raw is not None else {}
+            except ValueError:
+                old = {}
+            old = old if isinstance(old, dict) else {}
+            created = old.get("created_at") if _number(old.get("created_at")) else now
+            params = old.get("params") if isinstance(old.get("params"), dict) else {}
+            record = {**new_record(job_id, params, created), "status": "failed", "finished_at": now, "error": reason}
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.set(key, json.dumps(record))
+            for status in STATUSES:
+                pipe.zrem(self._index_key(status), job_id)
+            pipe.zadd(self._index_key("failed"), {job_id: created})
+            pipe.zadd(self._index_key(), {job_id: created})
+            pipe.execute()
+        log.warning("job %s failed: %s", job_id, reason)
+        return record
 
     def heartbeat(
         self, job_id: str, *, worker: str, attempt: int | None = None, progress: dict[str, Any] | None = None
