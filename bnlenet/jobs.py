@@ -370,9 +370,10 @@ class JobStore:
             except ValueError:
                 old = {}
             old = old if isinstance(old, dict) else {}
-            created = old.get("created_at") if _number(old.get("created_at")) else now
-            params = old.get("params") if isinstance(old.get("params"), dict) else {}
-            record = {**new_record(job_id, params, created), "status": "failed", "finished_at": now, "error": reason}
+            created = float(old["created_at"]) if _number(old.get("created_at")) else now
+            params: dict[str, Any] = old["params"] if isinstance(old.get("params"), dict) else {}
+            record: Record = {**new_record(job_id, params, created), "status": "failed", "finished_at": now,
+                              "error": reason}
             pipe = self.redis.pipeline(transaction=True)
             pipe.set(key, json.dumps(record))
             for status in STATUSES:

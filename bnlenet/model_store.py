@@ -14,6 +14,7 @@ and never becomes the default model.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import re
@@ -147,7 +148,7 @@ class ModelStore:
         """Every model that verifies, newest first."""
         return self._scan()
 
-    def unusable(self) -> list[tuple[str, str]]:
+    def unusable(self) -> builtins.list[tuple[str, str]]:
         """(id, why) of every checkpoint file that does not verify, as of the last listing."""
         with self._lock:
             return sorted((i, problem) for i, (_, meta, problem) in self._meta.items() if problem is not None)
