@@ -5,7 +5,17 @@ The one place that knows the key formats:
 - ``bnlenet:job:<id>``: the record, a JSON object (see ``new_record``);
 - ``bnlenet:jobs:all`` and ``bnlenet:jobs:status:<status>``: sorted sets of ids scored by
   creation time, for listing newest first, filtered by status, with a total;
-- ``bnlenet:workers``: a sorted set of worker names scored by when each was last seen.
+- ``bnlenet:workers``: a sorted set of worker names scored by when each was last seen;
+- ``bnlenet:outbox``: ids of queued jobs whose task may not be on the broker yet, scored by
+  when they were put there (the outbox: see ``submit``);
+- ``bnlenet:idempotency:<sha256 of the key>``: ``<job id> <sha256 of the parameters>`` for
+  ``POST /train``'s ``Idempotency-Key``, expiring after a day.
+
+Publishing a job is atomic with its record through the outbox: the record and its outbox
+entry are written in one transaction, the task is published after, and only then is the entry
+removed (with the task id written to the record). A crash or a broker failure in between leaves
+the entry, and the workers' sweep (``pending_publish``) publishes it again a few seconds later.
+A second publish of the same job is harmless: a delivery runs a job only if ``claim`` lets it.
 
 Every change to a record is a read-modify-write inside ``WATCH``/``MULTI`` (redis-py's
 ``Redis.transaction``), so a cancel, a heartbeat and a status change never overwrite one
@@ -16,6 +26,7 @@ another, and a record and its indexes always agree. Any Redis failure surfaces a
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import logging
 import time
@@ -84,6 +95,10 @@ class StoreUnavailable(RuntimeError):
 
 class JobNotFound(LookupError):
     """No job with this id."""
+
+
+class IdempotencyConflict(ValueError):
+    """An ``Idempotency-Key`` reused with different parameters."""
 
 
 class MalformedJob(ValueError):
@@ -185,6 +200,12 @@ class JobStore:
         return f"{_PREFIX}:jobs:all" if status is None else f"{_PREFIX}:jobs:status:{status}"
 
     _workers_key = f"{_PREFIX}:workers"
+    _outbox_key = f"{_PREFIX}:outbox"
+    IDEMPOTENCY_TTL_S = 24 * 3600
+
+    @staticmethod
+    def _idempotency_key(key: str) -> str:
+        return f"{_PREFIX}:idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -238,32 +259,90 @@ class JobStore:
 
     # writes
     def create(self, params: dict[str, Any]) -> Record:
-        """Store a new queued job with these (validated) parameters."""
+        """Store a new queued job with these (validated) parameters, in the outbox until published."""
+        return self.submit(params)[0]
+
+    def submit(self, params: dict[str, Any], *, idempotency_key: str | None = None) -> tuple[Record, bool]:
+        """Store a new queued job, or with a key seen before, find the job it made; (record, new?).
+
+        The record, its indexes, its outbox entry and the key are written in one transaction.
+        Raises ``IdempotencyConflict`` when the key was used with other parameters.
+        """
         now = time.time()
         record = new_record(uuid.uuid4().hex, params, now)
+        job_id = record["job_id"]
+        fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        idem = self._idempotency_key(idempotency_key) if idempotency_key else None
+        earlier: str | None = None
+
+        def transaction(pipe: Pipeline) -> None:
+            nonlocal earlier
+            earlier = None
+            if idem is not None:
+                seen = pipe.get(idem)
+                if seen is not None:
+                    earlier = _text(seen)
+                    return
+            pipe.multi()
+            pipe.set(self._job_key(job_id), json.dumps(record))
+            pipe.zadd(self._index_key(), {job_id: now})
+            pipe.zadd(self._index_key("queued"), {job_id: now})
+            pipe.zadd(self._outbox_key, {job_id: now})
+            if idem is not None:
+                pipe.set(idem, f"{job_id} {fingerprint}", ex=self.IDEMPOTENCY_TTL_S)
+
         with self._errors():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.set(self._job_key(record["job_id"]), json.dumps(record))
-            pipe.zadd(self._index_key(), {record["job_id"]: now})
-            pipe.zadd(self._index_key("queued"), {record["job_id"]: now})
-            pipe.execute()
-        return record
+            if idem is None:
+                self.redis.transaction(transaction)
+            else:
+                self.redis.transaction(transaction, idem)
+        if earlier is None:
+            return record, True
+        earlier_id, _, earlier_fingerprint = earlier.partition(" ")
+        if earlier_fingerprint != fingerprint:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was used for a job with other parameters; use a new key for a new job"
+            )
+        try:
+            return self.get(earlier_id), False
+        except JobNotFound:  # the job was deleted since: the key made it, so it is gone too
+            with self._errors():
+                self.redis.delete(idem)  # type: ignore[arg-type]
+            return self.submit(params, idempotency_key=idempotency_key)
+
+    def published(self, job_id: str, task_id: str) -> Record:
+        """The job's task is on the broker: note its id and take the job out of the outbox."""
+        return self.update(job_id, lambda r: {**r, "task_id": task_id},
+                           also=lambda pipe: pipe.zrem(self._outbox_key, job_id))
+
+    def pending_publish(self, older_than: float) -> builtins.list[str]:
+        """Ids in the outbox for at least ``older_than`` seconds (their publish may have been lost)."""
+        with self._errors():
+            ids = self.redis.zrangebyscore(self._outbox_key, "-inf", time.time() - older_than)
+        return [_text(i) for i in ids]
+
+    def drop_from_outbox(self, job_id: str) -> None:
+        with self._errors():
+            self.redis.zrem(self._outbox_key, job_id)
 
     def delete(self, job_id: str) -> None:
-        """Remove a job entirely (used when its task could not be queued)."""
+        """Remove a job entirely."""
         with self._errors():
             pipe = self.redis.pipeline(transaction=True)
             pipe.delete(self._job_key(job_id))
             pipe.zrem(self._index_key(), job_id)
+            pipe.zrem(self._outbox_key, job_id)
             for status in STATUSES:
                 pipe.zrem(self._index_key(status), job_id)
             pipe.execute()
 
-    def update(self, job_id: str, change: Callable[[Record], Record | None]) -> Record:
+    def update(self, job_id: str, change: Callable[[Record], Record | None],
+               also: Callable[[Pipeline], object] | None = None) -> Record:
         """Apply ``change`` to the record atomically; it returns the new record, or None for no change.
 
         ``change`` may run more than once (when another writer got in first), so it must not
-        have side effects; it may raise to abort.
+        have side effects; it may raise to abort. ``also`` adds commands to the same transaction
+        when the record changes.
         """
         key = self._job_key(job_id)
         result: Record | None = None
@@ -283,6 +362,8 @@ class JobStore:
             if new["status"] != old["status"]:
                 pipe.zrem(self._index_key(old["status"]), job_id)
                 pipe.zadd(self._index_key(new["status"]), {job_id: new["created_at"]})
+            if also is not None:
+                also(pipe)
 
         with self._errors():
             self.redis.transaction(transaction, key)
@@ -473,7 +554,10 @@ class JobStore:
                         f"(attempt {r['attempts']} of {max_attempts})",
             }
 
-        record = self.update(job_id, change)
+        # A requeued job goes into the outbox with its record: if the publish that follows is
+        # lost, the sweep publishes it.
+        record = self.update(job_id, change,
+                             also=lambda pipe: pipe.zadd(self._outbox_key, {job_id: time.time()}) if requeued else None)
         return record if requeued else None
 
     # workers

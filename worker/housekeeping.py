@@ -20,7 +20,7 @@ from typing import Any
 
 from celery import signals
 
-from bnlenet.jobs import JobRecord, JobStore, StoreUnavailable, is_stale
+from bnlenet.jobs import JobNotFound, JobRecord, JobStore, MalformedJob, StoreUnavailable, is_stale
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher
 from models.data import FashionMNIST
@@ -28,7 +28,7 @@ from models.memory import release_memory
 from models.training import TrainConfig, train
 from worker import resources
 
-__all__ = ["Heartbeat", "Reaper", "owner_gone", "reap_stale_jobs", "warm_up"]
+__all__ = ["Heartbeat", "Reaper", "owner_gone", "publish_outbox", "reap_stale_jobs", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,42 @@ def reap_stale_jobs(store: JobStore, publisher: Publisher, settings: Settings) -
         back = store.reap(record["job_id"], stale_after=settings.JOB_STALE_AFTER_S,
                           max_attempts=settings.MAX_ATTEMPTS)
         if back is not None:
+            log.warning("requeued job %s: %s", back["job_id"], back["note"])
+            requeued.append(back["job_id"])
             try:
-                store.set_task_id(back["job_id"], publisher.publish(back["job_id"]))
-                requeued.append(back["job_id"])
-                log.warning("requeued job %s: %s", back["job_id"], back["note"])
-            except Exception:
-                log.exception("could not requeue job %s; the next sweep retries", back["job_id"])
+                store.published(back["job_id"], publisher.publish(back["job_id"]))
+            except Exception as exc:  # it is in the outbox: the next sweep publishes it
+                log.warning("could not publish requeued job %s yet: %s", back["job_id"], exc)
     return requeued
+
+
+def publish_outbox(store: JobStore, publisher: Publisher, settings: Settings) -> list[str]:
+    """Publish the queued jobs whose task was never confirmed on the broker; returns their ids.
+
+    A job lands here when the API (or a reaper) stored it and then crashed, or lost the broker,
+    before the publish was confirmed. If the first publish did get through, this one is a
+    duplicate, which ``claim`` makes harmless.
+    """
+    published = []
+    for job_id in store.pending_publish(settings.OUTBOX_GRACE_S):
+        try:
+            record = store.get(job_id)
+        except (JobNotFound, MalformedJob):
+            store.drop_from_outbox(job_id)
+            continue
+        if record["status"] != "queued" or record["cancel_requested"]:
+            store.drop_from_outbox(job_id)  # it ran, ended or was cancelled: nothing to publish
+            continue
+        try:
+            store.published(job_id, publisher.publish(job_id))
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            log.warning("could not publish job %s from the outbox yet: %s", job_id, exc)
+            continue
+        log.warning("published job %s from the outbox: its first publish was never confirmed", job_id)
+        published.append(job_id)
+    return published
 
 
 class Reaper(threading.Thread):
@@ -111,11 +140,12 @@ class Reaper(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        beat_every = min(self.settings.REAPER_INTERVAL_S, 5.0)
+        beat_every = min(self.settings.REAPER_INTERVAL_S, self.settings.OUTBOX_GRACE_S, 5.0)
         next_sweep = 0.0
         while True:
             try:
                 self.store.worker_seen(self.worker)
+                publish_outbox(self.store, self.publisher, self.settings)  # one cheap read when empty
                 if time.monotonic() >= next_sweep:
                     reap_stale_jobs(self.store, self.publisher, self.settings)
                     next_sweep = time.monotonic() + self.settings.REAPER_INTERVAL_S

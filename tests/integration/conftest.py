@@ -68,6 +68,7 @@ class Stack:
             "JOB_PROGRESS_INTERVAL_S": "0.2",
             "JOB_STALE_AFTER_S": "3",
             "REAPER_INTERVAL_S": "1",
+            "OUTBOX_GRACE_S": "1",
             "MAX_LR": "1e37",  # lets a test ask for a learning rate that diverges
             "PYTHONUNBUFFERED": "1",
         }

@@ -42,11 +42,13 @@ def test_reaper_fails_a_job_out_of_attempts(store: JobStore, settings: Settings)
 
 
 def test_reaper_survives_a_queue_that_is_down(store: JobStore, settings: Settings) -> None:
-    """The sweep goes on without raising; the job is queued in the store but has no new task yet
-    (a reconciler that republishes such jobs is not built: see the README's Reliability notes)."""
+    """The sweep goes on without raising; the job is requeued in the store and waits in the
+    outbox for its task (tests/worker/test_outbox.py shows the sweep publishing it)."""
     job_id = store.create({})["job_id"]
+    store.published(job_id, "t0")
     claim(store, job_id)
     time.sleep(0.3)
     down = Publisher(Settings(REDIS_URL="redis://127.0.0.1:1/0"))
-    assert reap_stale_jobs(store, down, settings) == []
+    assert reap_stale_jobs(store, down, settings) == [job_id]
     assert store.get(job_id)["status"] == "queued"
+    assert store.pending_publish(0) == [job_id]
