@@ -469,12 +469,23 @@ class JobStore:
         self, job_id: str, *, worker: str, attempt: int | None = None, progress: dict[str, Any] | None = None
     ) -> bool:
         """Note that the job's worker is alive (and where it is); returns whether a cancel was asked."""
-        cancel = False
+        return self.beat(job_id, worker=worker, attempt=attempt, progress=progress)[0]
+
+    def beat(
+        self, job_id: str, *, worker: str, attempt: int | None = None, progress: dict[str, Any] | None = None
+    ) -> tuple[bool, bool]:
+        """A heartbeat that also says whether this worker (and attempt) still owns the job: (cancel?, owned?).
+
+        A worker that no longer owns it (it was declared lost and requeued, or it ended) must
+        stop: nothing it writes counts any more, and it must publish nothing.
+        """
+        cancel = owned = False
 
         def change(r: Record) -> Record | None:
-            nonlocal cancel
+            nonlocal cancel, owned
             cancel = bool(r["cancel_requested"])
-            if not _owned(r, worker, attempt):
+            owned = _owned(r, worker, attempt)
+            if not owned:
                 return None  # not ours any more: never resurrect a finished or requeued job
             new: Record = {**r, "heartbeat_at": time.time()}
             if progress is not None:
@@ -482,7 +493,7 @@ class JobStore:
             return new
 
         self.update(job_id, change)
-        return cancel
+        return cancel, owned
 
     def first_step(
         self, job_id: str, *, worker: str, attempt: int | None = None, at: float, progress: dict[str, Any]
@@ -527,9 +538,13 @@ class JobStore:
 
         return self.update(job_id, change)
 
-    def reap(self, job_id: str, *, stale_after: float, max_attempts: int) -> Record | None:
+    def reap(self, job_id: str, *, stale_after: float, max_attempts: int,
+             published: dict[str, Any] | None = None) -> Record | None:
         """Requeue a running job whose worker vanished, or fail it once attempts are used up.
 
+        ``published``: the metadata of the job's checkpoint, if one exists. When it is this
+        attempt's, the worker published its model and vanished before recording the outcome:
+        the job succeeded, and is recorded so (never trained again, never failed).
         Returns the record when it went back to ``queued`` (the caller publishes a new task),
         else None.
         """
@@ -542,6 +557,12 @@ class JobStore:
             if not is_stale(r, stale_after, now):
                 return None
             silent = now - (r["heartbeat_at"] or r["created_at"])
+            if published is not None and published.get("job_id") == job_id \
+                    and published.get("attempt") == r["attempts"]:
+                return {**r, "status": "succeeded", "finished_at": now, "model_id": job_id,
+                        "final_test_acc": published.get("final_test_acc"),
+                        "note": f"its worker {r['worker']} published the model of attempt {r['attempts']} and went "
+                                f"silent before recording it; recorded from the published checkpoint"}
             if r["cancel_requested"]:
                 return {**r, "status": "cancelled", "finished_at": now,
                         "note": f"its worker {r['worker']} vanished after the cancel was asked"}

@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,14 @@ class ModelStore:
         return self.directory / f"{model_id}{SUFFIX}"
 
     # writing
-    def publish(self, model_id: str, model: nn.Module, metadata: dict[str, Any]) -> Path:
-        """Write the checkpoint atomically; it is visible whole or not at all."""
-        path = save_checkpoint(self.path_for(model_id), model, {**metadata, "model_id": model_id})
+    def publish(self, model_id: str, model: nn.Module, metadata: dict[str, Any], *,
+                before_commit: Callable[[], None] | None = None) -> Path:
+        """Write the checkpoint atomically; it is visible whole or not at all.
+
+        ``before_commit`` runs just before it becomes visible; raising there publishes nothing.
+        """
+        path = save_checkpoint(self.path_for(model_id), model, {**metadata, "model_id": model_id},
+                               before_commit=before_commit)
         self._newest_at = float("-inf")  # let this process see it at once
         return path
 
