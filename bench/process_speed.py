@@ -24,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 TITLE = "Whole-process training speed (start to exit)"
-EPOCHS = 5  # long enough that start-up is a fraction, short enough for 3 rounds in ~15 min on 2 cores
-ROUNDS = 3
+# Long enough that start-up is a fraction, short enough for 3 rounds in ~15 min on 2 quiet cores.
+# PROCESS_SPEED_EPOCHS / PROCESS_SPEED_ROUNDS override them (a loaded machine is 5-10x slower).
+EPOCHS = int(os.environ.get("PROCESS_SPEED_EPOCHS", "3"))
+ROUNDS = int(os.environ.get("PROCESS_SPEED_ROUNDS", "3"))
 QUICK_TRAIN, QUICK_TEST = 8192, 2048  # --quick: a subset written as IDX files, 1 epoch, 1 round
 CHAPTER = "chapter pipeline (DataLoader, ToTensor, 4 workers)"
 CHAPTER_0 = "chapter pipeline, 0 workers"
+CHAPTER_1T = "chapter pipeline, 4 workers, 1 intra-op thread (OMP_NUM_THREADS=1)"
 ENGINE = "bnlenet train (engine, default options)"
 NOTES = (
     "Each row is one process, timed from its start to its exit: interpreter and torch start-up, "
@@ -38,7 +41,9 @@ NOTES = (
     "the test set every epoch through its own DataLoader) in a fresh interpreter. Per round the "
     "three rows of a variant run back to back in a rotating order; the table shows medians over "
     "rounds of the time, the rate and `x chapter` (the rate over the 4-worker chapter pipeline's "
-    "in the same round). Accuracies are the last epoch's, without precise BN, from the median round."
+    "in the same round). `load` is the 1-minute load average when the run ended (2 cores: above 2, "
+    "other processes were waiting for a core). Accuracies are the last epoch's, without precise BN, "
+    "from the median round."
 )
 
 
@@ -64,6 +69,8 @@ def _bnlenet() -> list[str]:
 
 def _timed(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
     """Wall seconds from start to exit, and the last JSON line the process printed."""
+    if command[0] == "OMP_NUM_THREADS=1":
+        command, env = command[1:], dict(env, OMP_NUM_THREADS="1")
     started = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
@@ -78,6 +85,9 @@ def _commands(variant: str, epochs: int) -> dict[str, list[str]]:
     return {
         CHAPTER: [*chapter, "4"],
         CHAPTER_0: [*chapter, "0"],
+        # The engine trains on one intra-op thread (models/threads.py); the chapter's loop given
+        # the same setting shows how much of the engine's lead that setting alone buys.
+        CHAPTER_1T: ["OMP_NUM_THREADS=1", *chapter, "4"],
         ENGINE: [*_bnlenet(), "train", "--variant", variant, "--epochs", str(epochs), "--json"],
     }
 
@@ -112,7 +122,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 order = labels[r % len(labels):] + labels[:r % len(labels)]
                 for label in order:
                     seconds, out = _timed(commands[label], env)
-                    results[label].append({"seconds": seconds, "rate": epochs * n_train / seconds, **out})
+                    results[label].append({"seconds": seconds, "rate": epochs * n_train / seconds,
+                                           "load": os.getloadavg()[0], **out})
                 base = results[CHAPTER][-1]["rate"]
                 for label in labels:
                     results[label][-1]["ratio"] = results[label][-1]["rate"] / base
@@ -125,6 +136,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     "examples/s": statistics.median(x["rate"] for x in runs),
                     "x chapter": f"{statistics.median(x['ratio'] for x in runs):.2f}",
                     "x chapter per round": ", ".join(f"{x['ratio']:.2f}" for x in runs),
+                    "load": f"{statistics.median(x['load'] for x in runs):.1f}",
                     "train acc": _acc(median_run.get("train_acc")),
                     "test acc": _acc(median_run.get("test_acc")),
                     "rounds": len(runs),

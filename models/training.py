@@ -31,6 +31,7 @@ from models.batchnorm import BatchNorm, batchnorm_layers
 from models.data import FashionMNIST
 from models.lenet import VARIANTS, build_lenet
 from models.memory import keep_large_buffers
+from models.threads import training_threads
 
 __all__ = [
     "EpochMetrics",
@@ -252,6 +253,19 @@ def train(
     Raises ``TrainingDiverged`` when the loss stops being finite and ``TrainingCancelled``
     when ``should_stop`` returns True (checked between batches).
     """
+    # One intra-op thread on the CPU (models/threads.py), restored afterwards.
+    with training_threads(resolve_device(config.device)):
+        return _train(config, data, on_progress=on_progress, on_epoch=on_epoch, should_stop=should_stop)
+
+
+def _train(
+    config: TrainConfig,
+    data: FashionMNIST,
+    *,
+    on_progress: ProgressCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> TrainResult:
     device = resolve_device(config.device)
     if device.type == "cpu":
         keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step
