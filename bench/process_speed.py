@@ -39,7 +39,7 @@ NOTES = (
     "writing the checkpoint. `examples/s` is training examples (epochs x 60,000) over that whole "
     "time. The chapter rows run `bench/chapter_pipeline.py` (d2l's `train_ch6`, which evaluates on "
     "the test set every epoch through its own DataLoader) in a fresh interpreter. Per round the "
-    "three rows of a variant run back to back in a rotating order; the table shows medians over "
+    "rows of a variant run back to back in a rotating order; the table shows medians over "
     "rounds of the time, the rate and `x chapter` (the rate over the 4-worker chapter pipeline's "
     "in the same round). `load` is the 1-minute load average when the run ended (2 cores: above 2, "
     "other processes were waiting for a core). Accuracies are the last epoch's, without precise BN, "

@@ -5,8 +5,9 @@ of them ends at a barrier, and GNU OpenMP (PyTorch's on Linux) spins while it wa
 processes share the cores (the API beside the worker, other jobs, the chapter pipeline's own
 loader processes), the thread the barrier waits for is often descheduled, and a training step
 that took 20 ms on one thread took 50-750 ms on two. One thread has no barrier. On this
-project's shared 2-core machine (load average 8-10) that made a whole ``bnlenet train`` run
-5-7x faster (bench/RESULTS.md); a dedicated, quiet machine gives up at most the second core.
+project's shared 2-core machine (load average 6-12) the same ``bnlenet train`` run took 8-12 s
+on one thread against 41-92 s on two (bench/RESULTS.md); a dedicated, quiet machine gives up
+at most the second core's share.
 
 The count is fixed rather than chosen by load: results depend (in the last bits) on how
 operations are split between threads, and a seed must give the same model every time.

@@ -266,6 +266,7 @@ def _train(
     on_epoch: EpochCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> TrainResult:
+    """``train``'s body, run with the CPU thread setting in force."""
     device = resolve_device(config.device)
     if device.type == "cpu":
         keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step
