@@ -1,4 +1,4 @@
-"""LeNet's 2x2 max-pooling, computed with elementwise maxima: the same values and gradients, faster on a CPU.
+"""LeNet's 2x2 max-pooling on the CPU, computed with elementwise maxima: the same values and gradients, faster.
 
 PyTorch's CPU ``max_pool2d`` walks each window in scalar code and writes an int64 index per
 output; for the chapter's 2x2, stride-2 windows that costs 10-20x an elementwise pass over the
@@ -59,8 +59,12 @@ class _MaxPool2x2(torch.autograd.Function):
 
 
 def max_pool_2x2(X: Tensor) -> Tensor:
-    """``F.max_pool2d(X, 2, 2)`` for ``(N, C, H, W)`` with even H and W, same values and gradients."""
-    if X.dim() != 4 or X.shape[2] % 2 or X.shape[3] % 2:
+    """``F.max_pool2d(X, 2, 2)``: on the CPU, for ``(N, C, H, W)`` with even H and W, by elementwise maxima.
+
+    Elsewhere PyTorch's kernel: on a GPU it is one launch each way where this is three forward
+    and about nine backward, and launches are what a network this small waits on there.
+    """
+    if X.device.type != "cpu" or X.dim() != 4 or X.shape[2] % 2 or X.shape[3] % 2:
         return F.max_pool2d(X, 2, 2)
     return _MaxPool2x2.apply(X)
 
