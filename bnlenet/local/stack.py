@@ -245,10 +245,10 @@ def worker_children(devices: list[str], env: dict[str, str], stop_timeout: float
 
 
 def api_child(host: str, port: int, workers: int, env: dict[str, str]) -> Child:
-    """uvicorn serving ``app.main:app`` with ``workers`` processes."""
+    """The API (``app.edge``: uvicorn with request deadlines and limits) with ``workers`` processes."""
     return Child(
         name="api",
-        argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
+        argv=[sys.executable, "-m", "app.edge", "--host", host, "--port", str(port),
               "--workers", str(workers), "--timeout-graceful-shutdown", "10"],
         env=env,
         stop_timeout=API_STOP_TIMEOUT_S,

@@ -160,7 +160,7 @@ def test_stack_starts_and_stops_cleanly_on_sigint(launcher: tuple[subprocess.Pop
 
     children = children_of(process.pid)
     names = " ".join(children.values())
-    assert "redis-server" in names and "celery" in names and "uvicorn" in names, names
+    assert "redis-server" in names and "celery" in names and "app.edge" in names, names
     assert (tmp_path / "var" / "redis").is_dir(), "Redis keeps its data under BNLENET_VAR_DIR"
 
     second = subprocess.run(launcher_argv(free_port()), env=stack_env, capture_output=True, text=True, timeout=60)
@@ -300,9 +300,9 @@ def test_worker_children_one_cpu_worker_without_gpus() -> None:
     assert "CUDA_VISIBLE_DEVICES" not in worker.env
 
 
-def test_api_child_runs_uvicorn_with_the_asked_worker_count() -> None:
+def test_api_child_runs_the_guarded_server_with_the_asked_worker_count() -> None:
     api = api_child("127.0.0.1", 8123, 3, {})
-    assert api.argv[1:4] == ["-m", "uvicorn", "app.main:app"]
+    assert api.argv[1:3] == ["-m", "app.edge"]
     assert api.argv[api.argv.index("--workers") + 1] == "3"
     assert api.argv[api.argv.index("--port") + 1] == "8123"
 
