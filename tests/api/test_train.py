@@ -176,3 +176,18 @@ def test_train_503_stores_nothing_when_redis_refuses_writes(client, redis_url):
     assert answer.status_code == 503
     assert client.get("/jobs").json()["count"] == before
     assert r.zcard("bnlenet:outbox") == 0
+
+
+def test_train_chunked_body_over_the_limit_is_413(make_client):
+    client = make_client(MAX_BODY_BYTES=4096)
+
+    def chunks():
+        yield b'{"epochs": 1, "pad": "'
+        for _ in range(10):
+            yield b"x" * 1024
+        yield b'"}'
+
+    r = client.post("/train", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "4096" in r.json()["detail"]
+    small = client.post("/train", content=iter([b'{"epochs": ', b"1}"]), headers={"Content-Type": "application/json"})
+    assert small.status_code == 202, small.text
