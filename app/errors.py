@@ -12,7 +12,9 @@
     PayloadTooLarge                        413
     Unauthorized / Forbidden               401 / 403
 
-Every answer is ``{"detail": "..."}`` with a message that says what to fix.
+Every answer is ``{"detail": "..."}`` with a message that says what to fix; a request that fails
+validation (422) adds ``errors``, a list of ``{loc, msg, type, ctx}``, one per field (the first
+``MAX_FIELD_ERRORS``), and its ``detail`` sums up the first few.
 """
 
 from __future__ import annotations
@@ -109,6 +111,9 @@ def _handler(status: int):  # type: ignore[no-untyped-def]
     return handle
 
 
+MAX_FIELD_ERRORS = 20  # a 28x28 array out of range has 784 errors; the first few say what is wrong
+
+
 def _plain_error(err: dict[str, Any]) -> dict[str, Any]:
     """A validation error without the offending input (it may be NaN, huge, or binary)."""
     out: dict[str, Any] = {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
@@ -117,9 +122,17 @@ def _plain_error(err: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _summary(errors: list[dict[str, Any]]) -> str:
+    """The field errors in one sentence: ``body.epochs: Input should be ...; ...``."""
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in errors[:3]]
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "invalid input: " + "; ".join(parts) + more
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": [_plain_error(e) for e in exc.errors()]}, status_code=422)
+    errors = [_plain_error(e) for e in exc.errors()]
+    return JSONResponse({"detail": _summary(errors), "errors": errors[:MAX_FIELD_ERRORS]}, status_code=422)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
