@@ -94,18 +94,26 @@ _DESCRIPTIONS = {
 }
 
 
+RETRY_AFTER_S = 5  # a 503's Retry-After: Redis restarts in about this long
+_HEADERS: dict[int, dict[str, object]] = {
+    401: {"headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}}},
+    503: {"headers": {"Retry-After": {"description": "seconds to wait before trying again",
+                                      "schema": {"type": "integer"}}}},
+}
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
     """OpenAPI ``responses`` entries for these status codes."""
     from app.schemas import ErrorOut
 
-    return {code: {"model": ErrorOut, "description": _DESCRIPTIONS[code]} for code in codes}
+    return {code: {"model": ErrorOut, "description": _DESCRIPTIONS[code], **_HEADERS.get(code, {})} for code in codes}
 
 
 def _handler(status: int):  # type: ignore[no-untyped-def]
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status == 503:
-            headers = {"Retry-After": "5"}
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     return handle

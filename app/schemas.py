@@ -62,6 +62,30 @@ def train_request_model(settings: Settings) -> type[BaseModel]:
     return model
 
 
+def _typed_record_model(name: str, doc: str, fields: list[ParamField]) -> type[BaseModel]:
+    """A response model for stored parameters: the declared fields and types, no limits.
+
+    Limits belong to requests; a stored record is shown as it is. Missing fields (a record
+    from an older version) are null, unknown ones are dropped.
+    """
+    typed: dict[str, Any] = {}
+    for f in fields:
+        annotation: Any = Literal[f.param.choices] if f.param.choices is not None else f.type
+        typed[f.name] = (annotation | None, Field(None, description=f.param.help))
+    model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="ignore"), __doc__=doc, **typed)
+    return model
+
+
+# What a job was asked to do (the POST /train fields) and what a model was trained with (the
+# TrainConfig fields that describe the run), both derived from the declarations. Typed ``Any``
+# for mypy: they are built at import, and pydantic reads them as the models they are.
+JobParams: Any = _typed_record_model("JobParams", "A job's parameters, as POST /train took them.", job_params())
+Hyperparameters: Any = _typed_record_model(
+    "Hyperparameters", "What the model was trained with (the run's parameters, not where or how fast it ran).",
+    [f for f in params_of(TrainConfig) if f.param.describes_run],
+)
+
+
 def _request_field(f: ParamField, cap: float | None) -> tuple[Any, Any]:
     p = f.param
     le = p.le if cap is None else cap if p.le is None else min(p.le, cap)
@@ -119,7 +143,7 @@ class JobOut(BaseModel):
 
     job_id: str
     status: JobStatus
-    params: dict[str, Any] = Field(description="the job's parameters, as POST /train took them (TrainRequest)")
+    params: JobParams = Field(description="the job's parameters, as POST /train took them")  # type: ignore[valid-type]
     progress: Progress | None = None
     history: list[EpochMetrics] = Field(default_factory=list, description=HISTORY_DESCRIPTION)
     final_test_acc: float | None = Field(None, description=FINAL_TEST_ACC_DESCRIPTION)
@@ -251,7 +275,7 @@ class ModelOut(BaseModel):
 
     model_id: str
     variant: str
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: Hyperparameters = Field(default_factory=dict)  # type: ignore[valid-type]
     history: list[EpochMetrics] = Field(default_factory=list, description=HISTORY_DESCRIPTION)
     final_test_acc: float | None = Field(None, description="test accuracy of this model as stored and served")
     device: str | None = None
