@@ -362,3 +362,9 @@ def test_predict_batch_default_limit_is_256(client):
     data = png_bytes(sample_image(1))
     r = client.post("/predict/batch", files=[("files", (f"{i}.png", data, "image/png")) for i in range(257)])
     assert r.status_code == 413 and "256" in r.json()["detail"]
+
+
+def test_predict_unknown_multipart_field_is_422(client):
+    r = client.post("/predict", files={"file": ("x.png", png_bytes(sample_image()), "image/png")},
+                    data={"modelid": "typo"})
+    assert r.status_code == 422 and "'modelid'" in r.json()["detail"]

@@ -43,7 +43,7 @@ _MODEL_ID = {"type": "string", "description": "default: the newest trained model
 _UPLOAD_BODY = {
     "required": True,
     "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"],
+        "type": "object", "required": ["file"], "additionalProperties": False,
         "properties": {"file": {"type": "string", "format": "binary", "description": _FILE_DESCRIPTION},
                        "model_id": _MODEL_ID},
     }}},
@@ -51,7 +51,7 @@ _UPLOAD_BODY = {
 _BATCH_UPLOAD_BODY = {
     "required": True,
     "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["files"],
+        "type": "object", "required": ["files"], "additionalProperties": False,
         "properties": {"files": {"type": "array", "minItems": 1,
                                  "items": {"type": "string", "format": "binary", "description": _FILE_DESCRIPTION},
                                  "description": "the images, one field `files` each, answered in this order"},
@@ -217,6 +217,10 @@ async def _read_uploads(request: Request, settings: Settings, *, field: str,
             _check_count(limit + 1, limit)
         raise BadInput(f"the multipart body cannot be parsed: {exc}") from exc
     try:
+        unknown = sorted(set(form.keys()) - {field, "model_id"})
+        if unknown:
+            raise BadInput(f"unknown multipart field(s) {', '.join(map(repr, unknown))}: send the "
+                           f"image{'s' if limit > 1 else ''} in '{field}' and optionally 'model_id'")
         uploads = form.getlist(field)
         model_id = form.get("model_id")
         if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
