@@ -111,7 +111,7 @@ def test_generated_client_end_to_end(stack: Stack, open_api: str, usage: ModuleT
 
     # train and poll, with the token
     job = usage.start_training(authed, epochs=1, batch_size=64)
-    assert job.status == JobOutStatus.QUEUED and job.params.epochs == 1
+    assert job.status in {JobOutStatus.QUEUED, JobOutStatus.RUNNING} and job.params.epochs == 1  # an idle worker is quick
     done = usage.wait_for(anonymous, job.job_id, usage.FINISHED)
     assert done.status == JobOutStatus.SUCCEEDED, done.error
     assert done.history and done.history[0].epoch == 1 and done.final_test_acc is not None
