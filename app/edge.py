@@ -76,7 +76,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._reading_head:
             if self._deadline is None:  # the first byte of the next request on a kept-alive connection
                 self._arm(self.header_timeout, 408, "did not finish sending the request head")
-            self._head_bytes += len(data)
+            # Only the head counts: a client may send the head and the start of a large body in
+            # one write (a JSON batch of images), and that body is MAX_BODY_BYTES's business.
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4
             if self._head_bytes > self.max_header_bytes:
                 self._refuse(431, f"request head over {self.max_header_bytes} bytes")
                 return
@@ -153,11 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--timeout-graceful-shutdown", type=int, default=None,
+                        help="seconds to let running requests finish on shutdown")
     args = parser.parse_args(argv)
     settings = get_settings()
     uvicorn.run(
         "app.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-        http=GuardedHttpToolsProtocol,
+        http=GuardedHttpToolsProtocol, timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         timeout_keep_alive=settings.HTTP_KEEP_ALIVE_S,
         # Past this many open connections (or running requests) a process answers 503 at once
         # instead of running out of file descriptors.

@@ -31,12 +31,41 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = None
         for key, value in scope["headers"]:
             if key == b"content-length":
+                declared = value
                 if value.isdigit() and int(value) > self.max_bytes:
                     await _send_413(send, self.max_bytes)
                     return
                 break
+        if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            # A chunked body has no length to check up front: read it here, up to the limit,
+            # so an oversized one is a 413 like any other (inside the app's own body parsing
+            # the overflow would surface as a 422).
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client left
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                more = bool(message.get("more_body"))
+                if size > self.max_bytes:
+                    await _send_413(send, self.max_bytes)
+                    return
+            whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            replayed = False
+
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return whole
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
         received = 0
 
         async def limited() -> Message:
