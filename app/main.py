@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.main import api_router
 from app.errors import PayloadTooLarge, install_error_handlers
+from app.openapi import build_openapi, operation_id
 from app.web import install_pages
 from bnlenet.jobs import JobStore
 from bnlenet.model_store import ModelStore
@@ -105,7 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # app.web serves /docs and /redoc from vendored files
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
+    app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S)
     app.state.model_store = ModelStore(

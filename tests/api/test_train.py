@@ -50,7 +50,7 @@ def test_train_job_is_readable_at_its_location(client):
 def test_train_rejects_invalid_fields(client, body, field):
     r = client.post("/train", json=body)
     assert r.status_code == 422, r.text
-    assert any(field in err["loc"] for err in r.json()["detail"])
+    assert any(field in err["loc"] for err in r.json()["errors"])
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
@@ -108,7 +108,7 @@ def test_train_undecodable_body_is_422(client):
 def test_train_types_are_strict(client, body, field):
     r = client.post("/train", json=body)
     assert r.status_code == 422, r.text
-    assert any(field in err["loc"] for err in r.json()["detail"])
+    assert any(field in err["loc"] for err in r.json()["errors"])
 
 
 def test_train_limits_follow_the_apps_settings(make_client):
