@@ -90,6 +90,15 @@ def _write_model(checkpoint_dir: Path) -> None:
     save_checkpoint(checkpoint_dir / "bench-model.safetensors", net.eval(), {"variant": "builtin"})
 
 
+def _prepare(tmpdir: Path) -> Path:
+    """A model in ``tmpdir/ck`` and wrk's script for one PNG upload; the script's path."""
+    (tmpdir / "ck").mkdir()
+    _write_model(tmpdir / "ck")
+    script = tmpdir / "predict.lua"
+    script.write_text(_lua_script(_multipart(_png())))
+    return script
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Rows of the predict table: latency at concurrency 1, throughput at 16."""
     if shutil.which("wrk") is None:
@@ -97,10 +106,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     seconds = 3 if quick else 10
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
-        (tmpdir / "ck").mkdir()
-        _write_model(tmpdir / "ck")
-        script = tmpdir / "predict.lua"
-        script.write_text(_lua_script(_multipart(_png())))
+        script = _prepare(tmpdir)
         with running_stack(tmpdir) as (base, _stack):
             url = base + "/predict"
             _wrk(url, script, 16, 2, 2)  # warm every API process: caches, allocator, model load
@@ -143,10 +149,7 @@ def edge_cost(quick: bool = False, rounds: int = 3) -> list[dict[str, Any]]:
     results: dict[str, list[dict[str, float]]] = {name: [] for name in SERVERS}
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
-        (tmpdir / "ck").mkdir()
-        _write_model(tmpdir / "ck")
-        script = tmpdir / "predict.lua"
-        script.write_text(_lua_script(_multipart(_png())))
+        script = _prepare(tmpdir)
         env = {**os.environ, "CHECKPOINT_DIR": str(tmpdir / "ck"), "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
         for _ in range(1 if quick else rounds):
             for name, argv in SERVERS.items():

@@ -291,91 +291,79 @@ def train(
     Raises ``TrainingDiverged`` when the loss stops being finite and ``TrainingCancelled``
     when ``should_stop`` returns True (checked between batches).
     """
-    # One intra-op thread on the CPU (models/threads.py), restored afterwards.
-    with training_threads(resolve_device(config.device)):
-        return _train(config, data, on_progress=on_progress, on_epoch=on_epoch, should_stop=should_stop)
-
-
-def _train(
-    config: TrainConfig,
-    data: FashionMNIST,
-    *,
-    on_progress: ProgressCallback | None = None,
-    on_epoch: EpochCallback | None = None,
-    should_stop: StopCheck | None = None,
-) -> TrainResult:
-    """``train``'s body, run with the CPU thread setting in force."""
     device = resolve_device(config.device)
-    if device.type == "cpu":
-        keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step
-    graphs_before = _compiled_graph_count()
-    torch.manual_seed(config.seed)  # the weight init
-    model = build_lenet(config.variant).to(device)
-    optimizer = _optimizer(model, config.lr, device)
-    shuffle = torch.Generator().manual_seed(config.seed)
+    # One intra-op thread on the CPU (models/threads.py), restored afterwards.
+    with training_threads(device):
+        if device.type == "cpu":
+            keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step
+        graphs_before = _compiled_graph_count()
+        torch.manual_seed(config.seed)  # the weight init
+        model = build_lenet(config.variant).to(device)
+        optimizer = _optimizer(model, config.lr, device)
+        shuffle = torch.Generator().manual_seed(config.seed)
 
-    train_images = data.train_images.to(device)  # (N, 28, 28) uint8
-    train_labels = data.train_labels.to(device)
-    test_images = data.test_images.to(device)
-    test_labels = data.test_labels.to(device)
-    n = len(train_images)
-    if n < 2:
-        raise ValueError("the training set needs at least 2 images")
-    batches = math.ceil(n / config.batch_size)
-    result = TrainResult(model=model, device=str(device))
+        train_images = data.train_images.to(device)  # (N, 28, 28) uint8
+        train_labels = data.train_labels.to(device)
+        test_images = data.test_images.to(device)
+        test_labels = data.test_labels.to(device)
+        n = len(train_images)
+        if n < 2:
+            raise ValueError("the training set needs at least 2 images")
+        batches = math.ceil(n / config.batch_size)
+        result = TrainResult(model=model, device=str(device))
 
-    with cuda_settings(device, tf32=config.tf32):
-        steps = _TrainSteps(model, optimizer, config, device, train_images, train_labels)
-        result.cuda_graph = steps.graph is not None
-        for epoch in range(1, config.epochs + 1):
-            model.train()
-            steps.loss_sum.zero_()
-            steps.correct.zero_()
-            seen = 0
-            _sync(device)
-            started = time.perf_counter()
-            order = torch.randperm(n, generator=shuffle).to(device)
-            for b in range(batches):
-                if should_stop is not None and should_stop():
-                    raise TrainingCancelled(f"stopped in epoch {epoch}, batch {b}")
-                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-                if len(idx) < 2:
-                    break  # a last batch of one example: BN cannot normalize it
-                steps(idx)
-                seen += len(idx)
-                # Also after the first batch: it marks when training really started (the queueing
-                # benchmark measures POST /train to this report).
-                if b == 0 or (b + 1) % config.progress_every == 0 or b + 1 == batches:
-                    mean_loss = steps.loss_sum.item() / seen
-                    _check_finite(mean_loss, config, epoch, b + 1)
-                    if on_progress is not None:
-                        on_progress(Progress(epoch, config.epochs, b + 1, batches, mean_loss,
-                                             steps.correct.item() / seen))
-            _sync(device)
-            seconds = time.perf_counter() - started
-            mean_loss = steps.loss_sum.item() / seen
-            _check_finite(mean_loss, config, epoch, batches)
-            metrics = EpochMetrics(
-                epoch=epoch,
-                loss=mean_loss,
-                train_acc=steps.correct.item() / seen,
-                test_acc=evaluate_accuracy(model, test_images, test_labels),
-                examples_per_sec=seen / seconds,
-                seconds=seconds,
+        with cuda_settings(device, tf32=config.tf32):
+            steps = _TrainSteps(model, optimizer, config, device, train_images, train_labels)
+            result.cuda_graph = steps.graph is not None
+            for epoch in range(1, config.epochs + 1):
+                model.train()
+                steps.loss_sum.zero_()
+                steps.correct.zero_()
+                seen = 0
+                _sync(device)
+                started = time.perf_counter()
+                order = torch.randperm(n, generator=shuffle).to(device)
+                for b in range(batches):
+                    if should_stop is not None and should_stop():
+                        raise TrainingCancelled(f"stopped in epoch {epoch}, batch {b}")
+                    idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                    if len(idx) < 2:
+                        break  # a last batch of one example: BN cannot normalize it
+                    steps(idx)
+                    seen += len(idx)
+                    # Also after the first batch: it marks when training really started (the queueing
+                    # benchmark measures POST /train to this report).
+                    if b == 0 or (b + 1) % config.progress_every == 0 or b + 1 == batches:
+                        mean_loss = steps.loss_sum.item() / seen
+                        _check_finite(mean_loss, config, epoch, b + 1)
+                        if on_progress is not None:
+                            on_progress(Progress(epoch, config.epochs, b + 1, batches, mean_loss,
+                                                 steps.correct.item() / seen))
+                _sync(device)
+                seconds = time.perf_counter() - started
+                mean_loss = steps.loss_sum.item() / seen
+                _check_finite(mean_loss, config, epoch, batches)
+                metrics = EpochMetrics(
+                    epoch=epoch,
+                    loss=mean_loss,
+                    train_acc=steps.correct.item() / seen,
+                    test_acc=evaluate_accuracy(model, test_images, test_labels),
+                    examples_per_sec=seen / seconds,
+                    seconds=seconds,
+                )
+                result.history.append(metrics)
+                if on_epoch is not None:
+                    on_epoch(metrics)
+        result.compiled_graphs = _compiled_graph_count() - graphs_before
+
+        if config.precise_bn:
+            recompute_bn_statistics(
+                model, train_images, batch_size=config.batch_size,
+                num_images=config.precise_bn_images, seed=config.seed,
             )
-            result.history.append(metrics)
-            if on_epoch is not None:
-                on_epoch(metrics)
-    result.compiled_graphs = _compiled_graph_count() - graphs_before
-
-    if config.precise_bn:
-        recompute_bn_statistics(
-            model, train_images, batch_size=config.batch_size,
-            num_images=config.precise_bn_images, seed=config.seed,
-        )
-        result.precise_bn_test_acc = evaluate_accuracy(model, test_images, test_labels)
-    model.eval()
-    return result
+            result.precise_bn_test_acc = evaluate_accuracy(model, test_images, test_labels)
+        model.eval()
+        return result
 
 
 def _optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.SGD:
