@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.main import api_router
 from app.errors import PayloadTooLarge, install_error_handlers
+from app.metrics import HttpMetrics
 from app.web import install_pages
 from bnlenet.jobs import JobStore
 from bnlenet.model_store import ModelStore
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodyLimit, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(HttpMetrics)  # outermost: counts every answer, a 413 from BodyLimit included
     return app
 
 

@@ -27,6 +27,8 @@ from typing import Any, Literal, TypedDict, get_args
 import redis
 from redis.client import Pipeline
 
+from bnlenet import job_stats
+
 __all__ = [
     "STATUSES",
     "TERMINAL",
@@ -147,6 +149,9 @@ class JobStore:
         return f"{_PREFIX}:jobs:all" if status is None else f"{_PREFIX}:jobs:status:{status}"
 
     _workers_key = f"{_PREFIX}:workers"
+    # For readers that only count (the metrics collector): the same keys, public.
+    index_key = _index_key
+    workers_key = _workers_key
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -304,6 +309,8 @@ class JobStore:
             record = self.update(job_id, change)
         except JobNotFound:
             return Claim(False, None, "no such job")
+        if outcome["run"] and record["attempts"] == 1 and record["started_at"] is not None:
+            self._observe(job_stats.QUEUE_WAIT, record["started_at"] - record["created_at"])
         return Claim(bool(outcome["run"]), record, outcome["reason"])
 
     def heartbeat(
@@ -356,17 +363,24 @@ class JobStore:
         """Record how the job ended; with ``worker``, only while that worker (and ``attempt``) owns it."""
         if status not in TERMINAL:
             raise ValueError(f"{status!r} is not a final status")
+        ended = False
 
         def change(r: Record) -> Record | None:
+            nonlocal ended
+            ended = False
             if r["status"] in TERMINAL or (worker is not None and not _owned(r, worker, attempt)):
                 return None
+            ended = True
             new: Record = {**r, "status": status, "finished_at": time.time(), "model_id": model_id, "error": error,
                            "final_test_acc": final_test_acc}
             if device is not None:
                 new["device"] = device
             return new
 
-        return self.update(job_id, change)
+        record = self.update(job_id, change)
+        if ended and record["started_at"] is not None and record["finished_at"] is not None:
+            self._observe(job_stats.JOB_DURATION, record["finished_at"] - record["started_at"], status)
+        return record
 
     def reap(self, job_id: str, *, stale_after: float, max_attempts: int) -> Record | None:
         """Requeue a running job whose worker vanished, or fail it once attempts are used up.
@@ -397,6 +411,25 @@ class JobStore:
 
         record = self.update(job_id, change)
         return record if requeued else None
+
+    # figures for the metrics (bnlenet.job_stats); best effort: a lost figure never fails a job
+    def _observe(self, hist: job_stats.Histogram, value: float, label: str = "") -> None:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            hist.observe(pipe, value, label)
+            pipe.execute()
+        except redis.RedisError:
+            pass
+
+    def epoch_done(self, *, variant: str, device: str, examples_per_sec: float) -> None:
+        """Count a finished epoch and keep its throughput as the latest for its variant and device."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.incr(job_stats.EPOCHS_KEY)
+            pipe.hset(job_stats.THROUGHPUT_KEY, f"{variant}|{device}", examples_per_sec)
+            pipe.execute()
+        except redis.RedisError:
+            pass
 
     # workers
     def worker_seen(self, name: str) -> None:

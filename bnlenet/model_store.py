@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from bnlenet import metrics
 from models.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 
 __all__ = [
@@ -170,11 +171,21 @@ class ModelStore:
             model_id = self.newest()
         loaded = self._loaded.get(model_id)
         if loaded is not None:
+            metrics.MODEL_CACHE.labels("hit").inc()
             with self._lock:
                 if model_id in self._loaded:
                     self._loaded.move_to_end(model_id)
             return loaded
-        return self._load(model_id)
+        metrics.MODEL_CACHE.labels("miss").inc()
+        started = time.perf_counter()
+        try:
+            loaded = self._load(model_id)
+        except (UnknownModel, ModelUnusable):
+            metrics.MODEL_LOADS.labels("error").inc()
+            raise
+        metrics.MODEL_LOADS.labels("ok").inc()
+        metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
+        return loaded
 
     def _load(self, model_id: str) -> LoadedModel:
         path = self.path_for(model_id)

@@ -109,9 +109,11 @@ def run_job(job_id: str, task_id: str | None) -> str:
             store.add_epoch(job_id, **owner, metrics=asdict(m), progress=beat.progress or {})
         except StoreUnavailable as exc:
             log.warning("could not record epoch %d of job %s: %s", m.epoch, job_id, exc)
+        store.epoch_done(variant=config.variant, device=device, examples_per_sec=m.examples_per_sec)
 
     try:
         config = job_config(claim.record["params"], s)
+        device = str(resolve_device(config.device))
         data = resources.training_data()
         with resources.engine_lock:  # after the warm-up, which compiles what this job reuses
             result = train(config, data, on_progress=on_progress, on_epoch=on_epoch,

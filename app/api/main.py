@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import checkpoints, health, jobs, models, predict, train
+from app.api.routes import checkpoints, health, jobs, metrics, models, predict, train
 from bnlenet.settings import Settings
 
 
@@ -15,4 +15,5 @@ def api_router(settings: Settings) -> APIRouter:
     router.include_router(models.router)
     router.include_router(checkpoints.router)
     router.include_router(health.router)
+    router.include_router(metrics.router)
     return router

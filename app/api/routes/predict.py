@@ -8,6 +8,7 @@ and writes the JSON answer directly.
 from __future__ import annotations
 
 import json
+import time
 
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +19,8 @@ from starlette.datastructures import UploadFile
 from torch import Tensor
 
 from app.deps import check_token
-from app.errors import BadInput, PayloadTooLarge, UnsupportedMedia, error_responses
+from app.errors import STATUS, BadInput, PayloadTooLarge, UnsupportedMedia, error_responses
+from app.metrics import PredictTimer
 from app.schemas import PredictOut, PredictRequest
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings
@@ -58,12 +60,28 @@ _REQUEST_BODY = {
     responses=error_responses(401, 403, 404, 409, 413, 415, 422),
 )
 async def predict(request: Request) -> Response:
+    timer = PredictTimer()
+    try:
+        response = await _predict(request, timer)
+    except Exception as exc:
+        timer.done("client_error" if 400 <= STATUS.get(type(exc), 500) < 500
+                   or isinstance(exc, RequestValidationError) else "error")
+        raise
+    timer.done("ok")
+    return response
+
+
+async def _predict(request: Request, timer: PredictTimer) -> Response:
     settings: Settings = request.app.state.settings
     if settings.PROTECT_READS:
         check_token(settings, request.headers.get("authorization"))
     X, model_id = await _read_input(request, settings)
+    timer.decoded()
     loaded = _model_store(request).get(model_id)
+    timer.variant = str(loaded.metadata.get("variant", "unknown"))
+    started = time.perf_counter()
     probs = predict_probabilities(loaded.model, X)[0].tolist()  # (10,)
+    timer.inferred(time.perf_counter() - started)
     k = max(range(len(probs)), key=probs.__getitem__)
     body = {"class_index": k, "class_name": CLASS_NAMES[k], "probabilities": probs, "model_id": loaded.model_id}
     return Response(json.dumps(body), media_type="application/json")
