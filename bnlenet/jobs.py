@@ -358,7 +358,7 @@ class JobStore:
     def finish(
         self, job_id: str, status: JobStatus, *, worker: str | None = None, attempt: int | None = None,
         model_id: str | None = None, error: str | None = None, device: str | None = None,
-        final_test_acc: float | None = None,
+        final_test_acc: float | None = None, note: str | None = None,
     ) -> Record:
         """Record how the job ended; with ``worker``, only while that worker (and ``attempt``) owns it."""
         if status not in TERMINAL:
@@ -375,6 +375,8 @@ class JobStore:
                            "final_test_acc": final_test_acc}
             if device is not None:
                 new["device"] = device
+            if note is not None:
+                new["note"] = note
             return new
 
         record = self.update(job_id, change)

@@ -15,12 +15,13 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from celery import signals
 
-from bnlenet.jobs import JobRecord, JobStore, StoreUnavailable, is_stale
+from bnlenet.jobs import TERMINAL, JobNotFound, JobRecord, JobStore, StoreUnavailable, is_stale
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher
 from models.data import FashionMNIST
@@ -37,9 +38,10 @@ class Heartbeat(threading.Thread):
     """Keeps the job's heartbeat fresh, writes the latest progress, and watches for a cancel."""
 
     def __init__(self, store: JobStore, job_id: str, *, worker: str, attempt: int, interval: float,
-                 progress_interval: float) -> None:
+                 progress_interval: float, announce: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.store, self.job_id, self.worker, self.attempt = store, job_id, worker, attempt
+        self.announce = announce  # told of each new progress written (the task's task-progress event)
         self.interval = min(interval, progress_interval)
         self.heartbeat_interval = interval
         self.cancel = threading.Event()
@@ -61,9 +63,16 @@ class Heartbeat(threading.Thread):
         try:
             if self.store.heartbeat(self.job_id, worker=self.worker, attempt=self.attempt, progress=progress):
                 self.cancel.set()
+            fresh = progress is not None and progress is not self._written
             self._written, self._beat_at = progress, now
         except StoreUnavailable as exc:  # keep training; the next beat may get through
             log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
+            return
+        if fresh and self.announce is not None and progress is not None:
+            try:
+                self.announce(progress)
+            except Exception as exc:  # an event is for watchers; the job goes on without it
+                log.warning("could not announce the progress of job %s: %s", self.job_id, exc)
 
     def stop(self) -> None:
         self.done.set()
@@ -180,6 +189,34 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or resources.worker_name()
     _reaper = Reaper(str(name), resources.job_store(), resources.publisher(), resources.settings())
     _reaper.start()
+
+
+@signals.task_revoked.connect
+def _cancel_revoked_job(request: Any = None, terminated: bool = False, signum: Any = None, **_: Any) -> None:
+    """A task revoked through Celery (Flower's Revoke or Terminate, ``celery control revoke``) cancels its job.
+
+    Runs in the worker's main process. A terminated task's pool process is killed and can
+    record nothing, so the job is cancelled here; without this, its heartbeat would go silent
+    and the reaper would requeue it to train again.
+    """
+    args, task_id = list(getattr(request, "args", None) or []), getattr(request, "id", None)
+    if not args:
+        return
+    job_id = str(args[0])
+    store = resources.job_store()
+    try:
+        record = store.get(job_id)
+        if record["task_id"] != task_id or record["status"] in TERMINAL:
+            return  # a stale delivery of a job that moved on, or already ended
+        store.request_cancel(job_id)  # a queued job is cancelled now
+        if terminated:
+            store.finish(job_id, "cancelled", note=f"its task was terminated through Celery (signal {signum})")
+        log.info("job %s cancelled: its task %s was revoked%s", job_id, task_id,
+                 " and terminated" if terminated else "")
+    except (JobNotFound, StoreUnavailable) as exc:
+        log.warning("could not cancel job %s after its task was revoked: %s", job_id, exc)
+    except Exception as exc:  # JobFinished: it ended meanwhile
+        log.info("job %s not cancelled after its task was revoked: %s", job_id, exc)
 
 
 @signals.worker_shutdown.connect

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
 from celery.app.task import Task
+from celery.exceptions import Ignore
 
-from bnlenet.jobs import JobStatus, StoreUnavailable
+from bnlenet.jobs import TERMINAL, JobStatus, StoreUnavailable
 from bnlenet.settings import Settings
 from bnlenet.training_queue import TRAIN_TASK
 from models.checkpoint import training_metadata
@@ -34,7 +36,7 @@ from worker import resources
 from worker.celery_app import app
 from worker.housekeeping import Heartbeat, owner_gone
 
-__all__ = ["job_config", "train_job"]
+__all__ = ["JobFailed", "job_config", "run_job", "train_job"]
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +56,40 @@ def job_config(params: dict[str, Any], settings: Settings) -> TrainConfig:
     return replace(config, compile=on_cuda and settings.COMPILE_ON_CUDA)
 
 
+class JobFailed(Exception):
+    """Raised once a failed job is recorded, so that Celery shows its task as FAILURE with the error."""
+
+
 @app.task(name=TRAIN_TASK, bind=True)
 def train_job(self: Task, job_id: str) -> str:
-    """Run training job ``job_id`` from its record; returns its final status."""
+    """Run training job ``job_id`` from its record; the task's state says how it ended.
+
+    SUCCESS for a job that succeeded (or had nothing to do), FAILURE with the job's error for a
+    failed one, REVOKED (with a ``task-revoked`` event) for a cancelled one, so that Flower,
+    ``celery events`` and ``AsyncResult`` tell the same story as ``GET /jobs/<id>``.
+    """
+    hostname, task_id = self.request.hostname, self.request.id
+
+    def announce(progress: dict[str, Any]) -> None:  # from the heartbeat thread: no task context there
+        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
+            dispatcher.send("task-progress", uuid=task_id, job_id=job_id, **progress)
+
     try:
-        return run_job(job_id, self.request.id)
+        status, error = run_job(job_id, task_id, announce=announce)
     finally:
         release_memory()
+    if status == "cancelled":
+        self.backend.mark_as_revoked(task_id, f"job {job_id} was cancelled", request=self.request)
+        self.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        raise Ignore()  # the state stays REVOKED; the message is acknowledged
+    if status == "failed":
+        raise JobFailed(f"job {job_id} failed: {error}")
+    return status
 
 
-def run_job(job_id: str, task_id: str | None) -> str:
+def run_job(job_id: str, task_id: str | None,
+            announce: Callable[[dict[str, Any]], None] | None = None) -> tuple[str, str | None]:
+    """Claim and run the job; its final status and error."""
     s = resources.settings()
     store = resources.job_store()
     me = resources.worker_name()
@@ -73,24 +99,28 @@ def run_job(job_id: str, task_id: str | None) -> str:
     )
     if not claim.run or claim.record is None:
         log.info("not running job %s: %s", job_id, claim.reason)
-        return claim.record["status"] if claim.record else "missing"
+        if claim.record is None:
+            return "missing", None
+        if claim.record["task_id"] not in (None, task_id) and claim.record["status"] in TERMINAL:
+            return "duplicate", None  # another delivery's job: its own task tells how it ended
+        return claim.record["status"], claim.record["error"]
     attempt = claim.record["attempts"]
     owner: dict[str, Any] = {"worker": me, "attempt": attempt}
 
-    def finish(status: JobStatus, **fields: Any) -> JobStatus:
+    def finish(status: JobStatus, **fields: Any) -> tuple[str, str | None]:
         """Record the outcome, retrying for a while if Redis is briefly away."""
         deadline = time.monotonic() + 60
         while True:
             try:
                 store.finish(job_id, status, **owner, **fields)
-                return status
+                return status, fields.get("error")
             except StoreUnavailable:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
 
     beat = Heartbeat(store, job_id, worker=me, attempt=attempt, interval=s.JOB_HEARTBEAT_INTERVAL_S,
-                     progress_interval=s.JOB_PROGRESS_INTERVAL_S)
+                     progress_interval=s.JOB_PROGRESS_INTERVAL_S, announce=announce)
     beat.start()
     first_step_seen = False
 
