@@ -3,6 +3,8 @@
     StoreUnavailable (bnlenet.jobs)        503  Redis is down: training and jobs wait for it
     JobNotFound (bnlenet.jobs)             404
     JobFinished (bnlenet.jobs)             409  cancelling a job that already ended
+    JobRunning (bnlenet.jobs)              409  deleting a running job: cancel it first
+    QueueFull                              429  MAX_QUEUED_JOBS are waiting (with Retry-After)
     UnknownModel (bnlenet.model_store)     404  also any id that could never name a model
     NoModelYet (bnlenet.model_store)       409  train one first
     ModelUnusable (bnlenet.model_store)    409  the checkpoint is corrupt, tampered or not ours
@@ -26,13 +28,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from bnlenet.jobs import JobFinished, JobNotFound, StoreUnavailable
+from bnlenet.jobs import JobFinished, JobNotFound, JobRunning, StoreUnavailable
 from bnlenet.model_store import ModelUnusable, NoModelYet, UnknownModel
 
 __all__ = [
     "BadInput",
     "Forbidden",
     "PayloadTooLarge",
+    "QueueFull",
     "QueueUnavailable",
     "Unauthorized",
     "UnsupportedMedia",
@@ -43,6 +46,10 @@ __all__ = [
 
 class QueueUnavailable(RuntimeError):
     """The training task could not be published."""
+
+
+class QueueFull(RuntimeError):
+    """As many jobs are queued as MAX_QUEUED_JOBS allows."""
 
 
 class BadInput(ValueError):
@@ -71,6 +78,8 @@ STATUS: dict[type[Exception], int] = {
     JobNotFound: 404,
     UnknownModel: 404,
     JobFinished: 409,
+    JobRunning: 409,
+    QueueFull: 429,
     NoModelYet: 409,
     ModelUnusable: 409,
     BadInput: 422,
@@ -88,8 +97,12 @@ _DESCRIPTIONS = {
     413: "Body or upload too large",
     415: "Unsupported media type or not an image",
     422: "Invalid input: the message says what is allowed",
+    429: "Too many jobs queued (MAX_QUEUED_JOBS); Retry-After says when to try again",
     503: "Redis (job store and queue) unavailable",
 }
+
+
+QUEUE_FULL_RETRY_AFTER_S = 30  # a short job takes about this long; the queue moves by then
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
@@ -104,6 +117,8 @@ def _handler(status: int):  # type: ignore[no-untyped-def]
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status == 503:
             headers = {"Retry-After": "5"}
+        if status == 429:
+            headers = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     return handle

@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S)
+    app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S,
+                                            retention_s=settings.JOB_RETENTION_DAYS * 86400)
     app.state.model_store = ModelStore(
         settings.CHECKPOINT_DIR, cache_size=settings.MODEL_CACHE_SIZE, refresh_s=settings.NEWEST_MODEL_REFRESH_S
     )
@@ -89,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_pages(app)
     if settings.CORS_ORIGINS:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.CORS_ORIGINS, allow_methods=["GET", "POST"],
+            CORSMiddleware, allow_origins=settings.CORS_ORIGINS, allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodyLimit, max_bytes=settings.MAX_BODY_BYTES)

@@ -138,6 +138,17 @@ class JobOut(BaseModel):
     task_id: str | None = Field(None, description="the Celery task of the latest delivery (Flower, celery events)")
 
 
+class BulkCancelOut(BaseModel):
+    """What a bulk cancel did."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "queued", "count": 2576, "detail": "2576 queued job(s) cancelled"}]})
+
+    status: JobStatus = Field(description="the status the cancelled jobs had")
+    count: int = Field(description="how many jobs were cancelled (queued) or asked to stop (running)")
+    detail: str
+
+
 class JobList(BaseModel):
     """One page of jobs, newest first, and the total that match."""
 

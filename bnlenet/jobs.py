@@ -5,7 +5,10 @@ The one place that knows the key formats:
 - ``bnlenet:job:<id>``: the record, a JSON object (see ``new_record``);
 - ``bnlenet:jobs:all`` and ``bnlenet:jobs:status:<status>``: sorted sets of ids scored by
   creation time, for listing newest first, filtered by status, with a total;
-- ``bnlenet:workers``: a sorted set of worker names scored by when each was last seen.
+- ``bnlenet:workers``: a sorted set of worker names scored by when each was last seen;
+- ``bnlenet:jobs:expiry``: a sorted set of finished jobs scored by when they expire
+  (``retention_s`` after they ended; none when it is None), which ``expire`` sweeps: the
+  record and all its index entries go together.
 
 Every change to a record is a read-modify-write inside ``WATCH``/``MULTI`` (redis-py's
 ``Redis.transaction``), so a cancel, a heartbeat and a status change never overwrite one
@@ -36,6 +39,7 @@ __all__ = [
     "JobFinished",
     "JobNotFound",
     "JobRecord",
+    "JobRunning",
     "JobStatus",
     "JobStore",
     "StoreUnavailable",
@@ -89,6 +93,10 @@ class JobFinished(RuntimeError):
     """The job already ended; it cannot be changed any more."""
 
 
+class JobRunning(RuntimeError):
+    """The job is running; it must be cancelled (and end) before it can be deleted."""
+
+
 @dataclass(frozen=True)
 class Claim:
     """What a delivery of a job should do: ``run`` it, or not (``reason`` says why)."""
@@ -128,16 +136,17 @@ def _load(raw: Any) -> Record:
 class JobStore:
     """Job records in Redis (see the module docstring for the layout)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, retention_s: float | None = None) -> None:
         self.redis = client
+        self.retention_s = retention_s or None  # finished jobs are deleted this long after they end; None keeps
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 2.0) -> JobStore:
+    def from_url(cls, url: str, *, timeout: float = 2.0, retention_s: float | None = None) -> JobStore:
         """A store on its own connection pool; short timeouts so a down Redis fails fast."""
         client = redis.Redis.from_url(
             url, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=30
         )
-        return cls(client)
+        return cls(client, retention_s=retention_s)
 
     # keys
     @staticmethod
@@ -149,6 +158,7 @@ class JobStore:
         return f"{_PREFIX}:jobs:all" if status is None else f"{_PREFIX}:jobs:status:{status}"
 
     _workers_key = f"{_PREFIX}:workers"
+    _expiry_key = f"{_PREFIX}:jobs:expiry"
     # For readers that only count (the metrics collector): the same keys, public.
     index_key = _index_key
     workers_key = _workers_key
@@ -207,11 +217,53 @@ class JobStore:
         """Remove a job entirely (used when its task could not be queued)."""
         with self._errors():
             pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(self._job_key(job_id))
-            pipe.zrem(self._index_key(), job_id)
-            for status in STATUSES:
-                pipe.zrem(self._index_key(status), job_id)
+            self._queue_removal(pipe, job_id)
             pipe.execute()
+
+    def _queue_removal(self, pipe: Pipeline, job_id: str) -> None:
+        pipe.delete(self._job_key(job_id))
+        pipe.zrem(self._index_key(), job_id)
+        for status in STATUSES:
+            pipe.zrem(self._index_key(status), job_id)
+        pipe.zrem(self._expiry_key, job_id)
+
+    def remove(self, job_id: str) -> None:
+        """Delete a job that is not running (``DELETE /jobs/{id}``): its record and every index entry."""
+
+        def transaction(pipe: Pipeline) -> None:
+            raw = pipe.get(self._job_key(job_id))
+            if raw is None:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            if _load(raw)["status"] == "running":
+                raise JobRunning(f"job {job_id} is running: cancel it first (POST /jobs/{job_id}/cancel), "
+                                 "and delete it once it has ended")
+            pipe.multi()
+            self._queue_removal(pipe, job_id)
+
+        with self._errors():
+            self.redis.transaction(transaction, self._job_key(job_id))
+
+    def expire(self, *, now: float | None = None, batch: int = 1000) -> int:
+        """Delete finished jobs whose retention ran out (at most ``batch``); how many went."""
+        now = time.time() if now is None else now
+        with self._errors():
+            ids = [_text(i) for i in self.redis.zrangebyscore(self._expiry_key, "-inf", now, start=0, num=batch)]
+            if ids:
+                pipe = self.redis.pipeline(transaction=True)
+                for job_id in ids:
+                    self._queue_removal(pipe, job_id)
+                pipe.execute()
+        return len(ids)
+
+    def count(self, status: str | None = None) -> int:
+        """How many jobs there are (of one status): O(1)."""
+        with self._errors():
+            return int(self.redis.zcard(self._index_key(status)))
+
+    def ids(self, status: str) -> builtins.list[str]:
+        """The ids of every job with this status, oldest first."""
+        with self._errors():
+            return [_text(i) for i in self.redis.zrange(self._index_key(status), 0, -1)]
 
     def update(self, job_id: str, change: Callable[[Record], Record | None]) -> Record:
         """Apply ``change`` to the record atomically; it returns the new record, or None for no change.
@@ -237,6 +289,9 @@ class JobStore:
             if new["status"] != old["status"]:
                 pipe.zrem(self._index_key(old["status"]), job_id)
                 pipe.zadd(self._index_key(new["status"]), {job_id: new["created_at"]})
+                if self.retention_s and new["status"] in TERMINAL and old["status"] not in TERMINAL:
+                    ends = new["finished_at"] or time.time()
+                    pipe.zadd(self._expiry_key, {job_id: ends + self.retention_s})
 
         with self._errors():
             self.redis.transaction(transaction, key)

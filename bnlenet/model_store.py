@@ -7,7 +7,8 @@ registry: listing and serving work from disk alone, with Redis down.
 
 Serving keeps the disk off the hot path: loaded models sit in a bounded LRU, header metadata
 is cached by (mtime, size), and "the newest model" is recomputed at most once per
-``refresh_s``.
+``refresh_s``. Once per ``refresh_s`` as well, a process drops the cached models whose file
+is gone, so a model deleted by any process stops being served everywhere within that time.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class ModelStore:
         self._meta: dict[str, tuple[tuple[int, int], dict[str, Any] | None]] = {}
         self._newest: str | None = None
         self._newest_at = float("-inf")
+        self._checked_at = time.monotonic()
 
     def path_for(self, model_id: str) -> Path:
         """The checkpoint path of ``model_id``; an id that breaks the rule is an unknown model."""
@@ -94,6 +96,27 @@ class ModelStore:
         path = save_checkpoint(self.path_for(model_id), model, {**metadata, "model_id": model_id})
         self._newest_at = float("-inf")  # let this process see it at once
         return path
+
+    def delete(self, model_id: str) -> None:
+        """Remove the model's checkpoint; this process stops serving it at once, the others within ``refresh_s``."""
+        path = self.path_for(model_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise UnknownModel(f"no model with id {model_id!r}") from None
+        self._forget(model_id)
+
+    def _forget(self, model_id: str) -> None:
+        with self._lock:
+            self._loaded.pop(model_id, None)
+            self._meta.pop(model_id, None)
+        self._newest_at = float("-inf")
+
+    def _drop_deleted(self) -> None:
+        """Forget the cached models whose checkpoint is gone (deleted through any process)."""
+        for model_id in list(self._loaded):
+            if not self.path_for(model_id).exists():
+                self._forget(model_id)
 
     # metadata
     def _scan(self) -> list[tuple[str, dict[str, Any]]]:
@@ -167,8 +190,16 @@ class ModelStore:
     # serving
     def get(self, model_id: str | None = None) -> LoadedModel:
         """A loaded model (the newest when ``model_id`` is None); loaded once, then from the LRU."""
+        now = time.monotonic()
+        if now - self._checked_at >= self.refresh_s:
+            self._checked_at = now
+            self._drop_deleted()
         if model_id is None:
-            model_id = self.newest()
+            try:
+                return self.get(self.newest())
+            except UnknownModel:  # the newest was deleted since the last look: look again
+                self._newest_at = float("-inf")
+                return self.get(self.newest())
         loaded = self._loaded.get(model_id)
         if loaded is not None:
             metrics.MODEL_CACHE.labels("hit").inc()

@@ -112,7 +112,7 @@ def reap_stale_jobs(store: JobStore, publisher: Publisher, settings: Settings) -
 
 
 class Reaper(threading.Thread):
-    """In the worker's main process: announces the worker and sweeps for stale jobs."""
+    """In the worker's main process: announces the worker, sweeps for stale jobs and expires old ones."""
 
     def __init__(self, name: str, store: JobStore, publisher: Publisher, settings: Settings) -> None:
         super().__init__(name="stale-job-reaper", daemon=True)
@@ -127,6 +127,9 @@ class Reaper(threading.Thread):
                 self.store.worker_seen(self.worker)
                 if time.monotonic() >= next_sweep:
                     reap_stale_jobs(self.store, self.publisher, self.settings)
+                    expired = self.store.expire()  # finished jobs past JOB_RETENTION_DAYS
+                    if expired:
+                        log.info("deleted %d finished job(s) past their retention", expired)
                     next_sweep = time.monotonic() + self.settings.REAPER_INTERVAL_S
             except StoreUnavailable as exc:
                 log.warning("reaper: %s", exc)

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Proc, Stack, wait_for
 
 pytestmark = pytest.mark.integration
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -75,6 +84,17 @@ def test_metrics_add_up_over_two_api_processes_and_follow_a_job(tmp_path: Path, 
         assert s[("bnlenet_training_examples_per_second", (("device", "cpu"), ("variant", "scratch")))] > 0
         assert s[("bnlenet_workers_seen", ())] == 1
         assert s[("bnlenet_queue_length", ())] == 0
+
+        # Deleting the model reaches every API process's cache within a second.
+        image = {"file": ("x.png", _png(), "image/png")}
+
+        def predict_status() -> int:
+            return httpx.post(f"{stack.url}/predict", files=image, data={"model_id": job_id}, timeout=10).status_code
+
+        assert {predict_status() for _ in range(20)} == {200}  # both processes have it cached now
+        assert httpx.delete(f"{stack.url}/models/{job_id}", timeout=10).status_code == 204
+        time.sleep(1.1)  # NEWEST_MODEL_REFRESH_S
+        assert {predict_status() for _ in range(20)} == {404}
 
         # The scrape stays fast.
         times = []

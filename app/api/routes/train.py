@@ -13,7 +13,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from app.deps import JobStoreDep, PublisherDep, WriterDep
-from app.errors import QueueUnavailable, error_responses
+from app.errors import QueueFull, QueueUnavailable, error_responses
 from app.schemas import JobOut, train_request_model
 from bnlenet.jobs import StoreUnavailable
 from bnlenet.settings import Settings
@@ -26,6 +26,11 @@ def make_router(settings: Settings) -> APIRouter:
 
     def create_training_job(body: BaseModel, store: JobStoreDep, publisher: PublisherDep,
                             response: Response) -> JobOut:
+        # A soft limit (a check, then a create): a burst may pass it by a few, never by many.
+        queued = store.count("queued")
+        if settings.MAX_QUEUED_JOBS and queued >= settings.MAX_QUEUED_JOBS:
+            raise QueueFull(f"{queued} jobs are queued, the most this service takes (MAX_QUEUED_JOBS="
+                            f"{settings.MAX_QUEUED_JOBS}); try again when some have started, or cancel some")
         # Record first, then publish: a job is never queued without a record. If publishing
         # fails the record is removed and the client told, so nothing is silently lost.
         record = store.create(body.model_dump())
@@ -58,6 +63,6 @@ def make_router(settings: Settings) -> APIRouter:
         "which scores higher and varies less across seeds than the moving averages (`precise_bn: false`). "
         "`final_test_acc` is the stored model's accuracy; `history` keeps the per-epoch moving-average figures.",
         dependencies=[WriterDep],
-        responses=error_responses(401, 403, 413, 422, 503),
+        responses=error_responses(401, 403, 413, 422, 429, 503),
     )
     return router
