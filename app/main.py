@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from app.errors import PayloadTooLarge, install_error_handlers
 from app.metrics import HttpMetrics
 from app.web import install_pages
 from bnlenet.jobs import JobStore
+from bnlenet.logs import configure_handlers
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings, get_settings
 from bnlenet.training_queue import Publisher
@@ -58,9 +60,21 @@ async def _send_413(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _json_logs() -> None:
+    """LOG_FORMAT=json: uvicorn's handlers (set up before the app) and the root logger write JSON lines."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler())
+        root.setLevel(logging.INFO)
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        configure_handlers(logging.getLogger(name).handlers, "json")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API wired to the stores named by ``settings`` (default: the environment's)."""
     settings = settings or get_settings()
+    if settings.LOG_FORMAT == "json":
+        _json_logs()  # uvicorn has set up its logging, and logs nothing more before the app is built
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

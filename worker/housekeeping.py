@@ -22,8 +22,9 @@ from typing import Any
 from celery import signals
 
 from bnlenet.jobs import TERMINAL, JobNotFound, JobRecord, JobStore, StoreUnavailable, is_stale
+from bnlenet.logs import configure_handlers, current_job
 from bnlenet.settings import Settings
-from bnlenet.training_queue import Publisher
+from bnlenet.training_queue import TRAIN_TASK, Publisher
 from models.data import FashionMNIST
 from models.memory import release_memory
 from models.training import TrainConfig, train
@@ -51,6 +52,7 @@ class Heartbeat(threading.Thread):
         self._beat_at = float("-inf")
 
     def run(self) -> None:
+        current_job.set(self.job_id)  # a thread starts with a fresh context: its log lines name the job too
         while not self.done.wait(self.interval):
             self.beat()
 
@@ -159,6 +161,26 @@ def warm_up(data: FashionMNIST) -> None:
 
 
 # Worker lifecycle ------------------------------------------------------------------------
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _job_logging(logger: logging.Logger | None = None, **_: Any) -> None:
+    """Every handler Celery sets up names the job a line is about, in the format LOG_FORMAT says."""
+    if logger is not None:
+        configure_handlers(logger.handlers, resources.settings().LOG_FORMAT)
+
+
+@signals.task_prerun.connect
+def _enter_job(task: Any = None, args: Any = None, **_: Any) -> None:
+    """In the pool process, from before the task starts until after Celery logs how it ended."""
+    if getattr(task, "name", None) == TRAIN_TASK and args:
+        current_job.set(str(args[0]))
+
+
+@signals.task_postrun.connect
+def _leave_job(**_: Any) -> None:
+    current_job.set(None)
+
 
 @signals.worker_process_init.connect
 def _preload_data(**_: Any) -> None:

@@ -78,6 +78,10 @@ def train_job(self: Task, job_id: str) -> str:
         status, error = run_job(job_id, task_id, announce=announce)
     finally:
         release_memory()
+    if status == "failed":
+        log.warning("job %s ended: failed: %s", job_id, error)
+    else:
+        log.info("job %s ended: %s", job_id, status)
     if status == "cancelled":
         self.backend.mark_as_revoked(task_id, f"job {job_id} was cancelled", request=self.request)
         self.send_event("task-revoked", terminated=False, signum=None, expired=False)
