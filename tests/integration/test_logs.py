@@ -38,3 +38,26 @@ def test_logs_json_worker_lines_carry_the_job_id(tmp_path: Path, synthetic_data_
         assert any(r.get("job_id") == ok and "received" in r["message"] for r in records)
         assert any(r.get("job_id") == ok and "succeeded in" in r["message"] for r in records)
         assert any(r.get("job_id") == bad and "JobFailed" in r["message"] for r in records)
+
+
+def test_logs_json_api_lines_are_json_objects(tmp_path: Path):
+    import sys
+
+    from tests.integration.conftest import Proc, Stack
+
+    stack = Stack(tmp_path, tmp_path)
+    stack.env["LOG_FORMAT"] = "json"
+    try:
+        stack.redis.start()
+        args = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(stack.port),
+                "--log-level", "info"]
+        stack.api = Proc("api-json", args, stack.env, tmp_path).start()
+        wait_for(stack._healthy, 60, lambda: stack.api.tail() if stack.api else "")
+        assert stack.client.get("/jobs/nope").status_code == 404
+        wait_for(lambda: "/jobs/nope" in stack.api.log.read_text(), 10, lambda: stack.api.tail() if stack.api else "")
+    finally:
+        stack.stop()
+    lines = [line for line in stack.api.log.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line: one JSON object
+    assert any(r["logger"] == "uvicorn.access" and "/jobs/nope" in r["message"] for r in records)
+    assert any("Started server process" in r["message"] for r in records)
