@@ -9,7 +9,9 @@ become label values.
 from __future__ import annotations
 
 import time
+from functools import cache
 
+from prometheus_client.metrics import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bnlenet.metrics import HTTP_DURATION, HTTP_REQUESTS, PREDICT_DURATION, PREDICT_REQUESTS
@@ -41,8 +43,28 @@ class HttpMetrics:
         finally:
             route = _route_of(scope)
             method = scope["method"]
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_DURATION.labels(method, route).observe(time.perf_counter() - started)
+            _requests(method, route, status).inc()
+            _duration(method, route).observe(time.perf_counter() - started)
+
+
+# Each labelled child is looked up once per process, then kept: a lookup takes prometheus_client's
+# lock and costs about as much as the update itself. Label values are few (route templates).
+@cache
+def _requests(method: str, route: str, status: int) -> Counter:
+    return HTTP_REQUESTS.labels(method, route, str(status))
+
+
+@cache
+def _duration(method: str, route: str) -> Histogram:
+    return HTTP_DURATION.labels(method, route)
+
+
+@cache
+def _predicts(variant: str, outcome: str) -> Counter:
+    return PREDICT_REQUESTS.labels(variant, outcome)
+
+
+_DECODE, _INFERENCE, _OTHER = (PREDICT_DURATION.labels(phase) for phase in ("decode", "inference", "other"))
 
 
 def _route_of(scope: Scope) -> str:
@@ -72,7 +94,7 @@ class PredictTimer:
 
     def done(self, outcome: str) -> None:
         total = time.perf_counter() - self.started
-        PREDICT_REQUESTS.labels(self.variant, outcome).inc()
-        PREDICT_DURATION.labels("decode").observe(self.decode)
-        PREDICT_DURATION.labels("inference").observe(self.inference)
-        PREDICT_DURATION.labels("other").observe(max(0.0, total - self.decode - self.inference))
+        _predicts(self.variant, outcome).inc()
+        _DECODE.observe(self.decode)
+        _INFERENCE.observe(self.inference)
+        _OTHER.observe(max(0.0, total - self.decode - self.inference))

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _MODEL_ID = re.compile(MODEL_ID_PATTERN)
 SUFFIX = ".safetensors"
+_CACHE_HIT, _CACHE_MISS = metrics.MODEL_CACHE.labels("hit"), metrics.MODEL_CACHE.labels("miss")
 
 
 class UnknownModel(LookupError):
@@ -202,12 +203,12 @@ class ModelStore:
                 return self.get(self.newest())
         loaded = self._loaded.get(model_id)
         if loaded is not None:
-            metrics.MODEL_CACHE.labels("hit").inc()
+            _CACHE_HIT.inc()
             with self._lock:
                 if model_id in self._loaded:
                     self._loaded.move_to_end(model_id)
             return loaded
-        metrics.MODEL_CACHE.labels("miss").inc()
+        _CACHE_MISS.inc()
         started = time.perf_counter()
         try:
             loaded = self._load(model_id)
