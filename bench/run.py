@@ -28,6 +28,7 @@ SECTIONS: list[str] = [
     "queueing",
     "memory",
     "export",
+    "jobstore",
 ]
 
 
