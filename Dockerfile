@@ -1,5 +1,6 @@
 # One image for both the API and the Celery worker; docker-compose.yml picks the command.
-FROM python:3.11-slim
+# The `flower` target adds Flower for the optional compose service (profile flower).
+FROM python:3.11-slim AS app
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -21,6 +22,9 @@ COPY app ./app
 COPY worker ./worker
 RUN pip install --no-deps .
 
+# Empties PROMETHEUS_MULTIPROC_DIR (when set) before the command: /metrics adds up this run only.
+COPY deploy/entrypoint.sh /usr/local/bin/bnlenet-entrypoint
+
 # A non-root user owns the mount points, so named volumes start out writable by it.
 RUN useradd --create-home --uid 10001 --user-group bnlenet \
     && mkdir -p /checkpoints /data \
@@ -32,4 +36,15 @@ ENV CHECKPOINT_DIR=/checkpoints \
     DATA_DIR=/data
 
 EXPOSE 8000
+ENTRYPOINT ["bnlenet-entrypoint"]
 CMD ["python", "-m", "app.edge", "--host", "0.0.0.0", "--port", "8000"]
+
+# Flower, with the service's own Celery configuration (key prefix, queue): `--profile flower`.
+FROM app AS flower
+USER root
+RUN pip install flower==2.2.0
+USER bnlenet
+EXPOSE 5555
+
+# The default target: the API and the worker.
+FROM app

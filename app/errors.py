@@ -5,6 +5,8 @@
     JobFinished (bnlenet.jobs)             409  cancelling a job that already ended
     MalformedJob (bnlenet.jobs)            409  a stored record that cannot be read (that job alone)
     IdempotencyConflict (bnlenet.jobs)     409  an Idempotency-Key reused with other parameters
+    JobRunning (bnlenet.jobs)              409  deleting a running job: cancel it first
+    QueueFull                              429  MAX_QUEUED_JOBS are waiting (with Retry-After)
     UnknownModel (bnlenet.model_store)     404  also any id that could never name a model
     NoModelYet (bnlenet.model_store)       409  train one first
     ModelUnusable (bnlenet.model_store)    409  the checkpoint is corrupt, tampered or not ours
@@ -29,18 +31,23 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from bnlenet.jobs import IdempotencyConflict, JobFinished, JobNotFound, MalformedJob, StoreUnavailable
+from bnlenet.jobs import IdempotencyConflict, JobFinished, JobNotFound, JobRunning, MalformedJob, StoreUnavailable
 from bnlenet.model_store import ModelUnusable, NoModelYet, UnknownModel
 
 __all__ = [
     "BadInput",
     "Forbidden",
     "PayloadTooLarge",
+    "QueueFull",
     "Unauthorized",
     "UnsupportedMedia",
     "error_responses",
     "install_error_handlers",
 ]
+
+
+class QueueFull(RuntimeError):
+    """As many jobs are queued as MAX_QUEUED_JOBS allows."""
 
 
 class BadInput(ValueError):
@@ -70,6 +77,8 @@ STATUS: dict[type[Exception], int] = {
     JobFinished: 409,
     MalformedJob: 409,
     IdempotencyConflict: 409,
+    JobRunning: 409,
+    QueueFull: 429,
     NoModelYet: 409,
     ModelUnusable: 409,
     BadInput: 422,
@@ -87,6 +96,7 @@ _DESCRIPTIONS = {
     413: "Body or upload too large",
     415: "Unsupported media type or not an image",
     422: "Invalid input: the message says what is allowed",
+    429: "Too many jobs queued (MAX_QUEUED_JOBS); Retry-After says when to try again",
     503: "Redis (job store and queue) unavailable",
 }
 
@@ -97,6 +107,7 @@ _HEADERS: dict[int, dict[str, object]] = {
     503: {"headers": {"Retry-After": {"description": "seconds to wait before trying again",
                                       "schema": {"type": "integer"}}}},
 }
+QUEUE_FULL_RETRY_AFTER_S = 30  # a short job takes about this long; the queue moves by then
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
@@ -111,6 +122,8 @@ def _handler(status: int):  # type: ignore[no-untyped-def]
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status == 503:
             headers = {"Retry-After": str(RETRY_AFTER_S)}
+        if status == 429:
+            headers = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     return handle

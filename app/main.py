@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,9 +14,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.main import api_router
 from app.errors import PayloadTooLarge, install_error_handlers
+from app.metrics import HttpMetrics
 from app.openapi import build_openapi, operation_id
 from app.web import install_pages
 from bnlenet.jobs import JobStore
+from bnlenet.logs import configure_handlers
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings, get_settings
 from bnlenet.training_queue import Publisher
@@ -87,9 +90,21 @@ async def _send_413(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _json_logs() -> None:
+    """LOG_FORMAT=json: uvicorn's handlers (set up before the app) and the root logger write JSON lines."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler())
+        root.setLevel(logging.INFO)
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        configure_handlers(logging.getLogger(name).handlers, "json")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API wired to the stores named by ``settings`` (default: the environment's)."""
     settings = settings or get_settings()
+    if settings.LOG_FORMAT == "json":
+        _json_logs()  # uvicorn has set up its logging, and logs nothing more before the app is built
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,7 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
     app.state.settings = settings
-    app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S)
+    app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S,
+                                            retention_s=settings.JOB_RETENTION_DAYS * 86400)
     app.state.model_store = ModelStore(
         settings.CHECKPOINT_DIR, cache_size=settings.MODEL_CACHE_SIZE, refresh_s=settings.NEWEST_MODEL_REFRESH_S
     )
@@ -120,10 +136,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_pages(app)
     if settings.CORS_ORIGINS:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.CORS_ORIGINS, allow_methods=["GET", "POST"],
+            CORSMiddleware, allow_origins=settings.CORS_ORIGINS, allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodyLimit, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(HttpMetrics)  # outermost: counts every answer, a 413 from BodyLimit included
     return app
 
 

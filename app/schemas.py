@@ -138,7 +138,7 @@ class JobOut(BaseModel):
         "created_at": "2025-01-01T12:00:00Z", "started_at": "2025-01-01T12:00:01Z",
         "first_step_at": "2025-01-01T12:00:01.2Z", "finished_at": None,
         "worker": "gpu0@host:4242", "device": "cuda", "model_id": None, "error": None,
-        "attempts": 1, "cancel_requested": False,
+        "attempts": 1, "cancel_requested": False, "task_id": "3f1c0a9e-5b7d-4e21-9c3a-2d8e6f4b1a07",
     }]})
 
     job_id: str
@@ -159,6 +159,18 @@ class JobOut(BaseModel):
     note: str | None = Field(None, description="why the job was requeued, if it was")
     attempts: int = 0
     cancel_requested: bool = False
+    task_id: str | None = Field(None, description="the Celery task of the latest delivery (Flower, celery events)")
+
+
+class BulkCancelOut(BaseModel):
+    """What a bulk cancel did."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "queued", "count": 2576, "detail": "2576 queued job(s) cancelled"}]})
+
+    status: JobStatus = Field(description="the status the cancelled jobs had")
+    count: int = Field(description="how many jobs were cancelled (queued) or asked to stop (running)")
+    detail: str
 
 
 class JobList(BaseModel):

@@ -29,6 +29,7 @@ SECTIONS: list[str] = [
     "queueing",
     "memory",
     "export",
+    "jobstore",
 ]
 
 

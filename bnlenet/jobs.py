@@ -11,6 +11,10 @@ The one place that knows the key formats:
 - ``bnlenet:idempotency:<sha256 of the key>``: ``<job id> <sha256 of the parameters>`` for
   ``POST /train``'s ``Idempotency-Key``, expiring after a day.
 
+- ``bnlenet:jobs:expiry``: a sorted set of finished jobs scored by when they expire
+  (``retention_s`` after they ended; none when it is None), which ``expire`` sweeps: the
+  record and all its index entries go together.
+
 Publishing a job is atomic with its record through the outbox: the record and its outbox
 entry are written in one transaction, the task is published after, and only then is the entry
 removed (with the task id written to the record). A crash or a broker failure in between leaves
@@ -39,6 +43,8 @@ from typing import Any, Literal, TypedDict, get_args
 import redis
 from redis.client import Pipeline
 
+from bnlenet import job_stats
+
 __all__ = [
     "STATUSES",
     "TERMINAL",
@@ -47,6 +53,7 @@ __all__ = [
     "JobNotFound",
     "MalformedJob",
     "JobRecord",
+    "JobRunning",
     "JobStatus",
     "JobStore",
     "StoreUnavailable",
@@ -111,6 +118,10 @@ class MalformedJob(ValueError):
 
 class JobFinished(RuntimeError):
     """The job already ended; it cannot be changed any more."""
+
+
+class JobRunning(RuntimeError):
+    """The job is running; it must be cancelled (and end) before it can be deleted."""
 
 
 @dataclass(frozen=True)
@@ -179,16 +190,17 @@ _SHAPE: dict[str, tuple[Callable[[Any], bool], str]] = {
 class JobStore:
     """Job records in Redis (see the module docstring for the layout)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, retention_s: float | None = None) -> None:
         self.redis = client
+        self.retention_s = retention_s or None  # finished jobs are deleted this long after they end; None keeps
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 2.0) -> JobStore:
+    def from_url(cls, url: str, *, timeout: float = 2.0, retention_s: float | None = None) -> JobStore:
         """A store on its own connection pool; short timeouts so a down Redis fails fast."""
         client = redis.Redis.from_url(
             url, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=30
         )
-        return cls(client)
+        return cls(client, retention_s=retention_s)
 
     # keys
     @staticmethod
@@ -206,6 +218,10 @@ class JobStore:
     @staticmethod
     def _idempotency_key(key: str) -> str:
         return f"{_PREFIX}:idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
+    _expiry_key = f"{_PREFIX}:jobs:expiry"
+    # For readers that only count (the metrics collector): the same keys, public.
+    index_key = _index_key
+    workers_key = _workers_key
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -329,12 +345,54 @@ class JobStore:
         """Remove a job entirely."""
         with self._errors():
             pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(self._job_key(job_id))
-            pipe.zrem(self._index_key(), job_id)
-            pipe.zrem(self._outbox_key, job_id)
-            for status in STATUSES:
-                pipe.zrem(self._index_key(status), job_id)
+            self._queue_removal(pipe, job_id)
             pipe.execute()
+
+    def _queue_removal(self, pipe: Pipeline, job_id: str) -> None:
+        pipe.delete(self._job_key(job_id))
+        pipe.zrem(self._index_key(), job_id)
+        for status in STATUSES:
+            pipe.zrem(self._index_key(status), job_id)
+        pipe.zrem(self._expiry_key, job_id)
+        pipe.zrem(self._outbox_key, job_id)
+
+    def remove(self, job_id: str) -> None:
+        """Delete a job that is not running (``DELETE /jobs/{id}``): its record and every index entry."""
+
+        def transaction(pipe: Pipeline) -> None:
+            raw = pipe.get(self._job_key(job_id))
+            if raw is None:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            if _load(raw)["status"] == "running":
+                raise JobRunning(f"job {job_id} is running: cancel it first (POST /jobs/{job_id}/cancel), "
+                                 "and delete it once it has ended")
+            pipe.multi()
+            self._queue_removal(pipe, job_id)
+
+        with self._errors():
+            self.redis.transaction(transaction, self._job_key(job_id))
+
+    def expire(self, *, now: float | None = None, batch: int = 1000) -> int:
+        """Delete finished jobs whose retention ran out (at most ``batch``); how many went."""
+        now = time.time() if now is None else now
+        with self._errors():
+            ids = [_text(i) for i in self.redis.zrangebyscore(self._expiry_key, "-inf", now, start=0, num=batch)]
+            if ids:
+                pipe = self.redis.pipeline(transaction=True)
+                for job_id in ids:
+                    self._queue_removal(pipe, job_id)
+                pipe.execute()
+        return len(ids)
+
+    def count(self, status: str | None = None) -> int:
+        """How many jobs there are (of one status): O(1)."""
+        with self._errors():
+            return int(self.redis.zcard(self._index_key(status)))
+
+    def ids(self, status: str) -> builtins.list[str]:
+        """The ids of every job with this status, oldest first."""
+        with self._errors():
+            return [_text(i) for i in self.redis.zrange(self._index_key(status), 0, -1)]
 
     def update(self, job_id: str, change: Callable[[Record], Record | None],
                also: Callable[[Pipeline], object] | None = None) -> Record:
@@ -362,6 +420,9 @@ class JobStore:
             if new["status"] != old["status"]:
                 pipe.zrem(self._index_key(old["status"]), job_id)
                 pipe.zadd(self._index_key(new["status"]), {job_id: new["created_at"]})
+                if self.retention_s and new["status"] in TERMINAL and old["status"] not in TERMINAL:
+                    ends = new["finished_at"] or time.time()
+                    pipe.zadd(self._expiry_key, {job_id: ends + self.retention_s})
             if also is not None:
                 also(pipe)
 
@@ -438,6 +499,8 @@ class JobStore:
             return Claim(False, None, "no such job")
         except MalformedJob as exc:  # never run it, and never leave it waiting for ever
             return Claim(False, self._fail_malformed(job_id, str(exc)), "malformed record")
+        if outcome["run"] and record["attempts"] == 1 and record["started_at"] is not None:
+            self._observe(job_stats.QUEUE_WAIT, record["started_at"] - record["created_at"])
         return Claim(bool(outcome["run"]), record, outcome["reason"])
 
     def _fail_malformed(self, job_id: str, reason: str) -> Record:
@@ -521,22 +584,31 @@ class JobStore:
     def finish(
         self, job_id: str, status: JobStatus, *, worker: str | None = None, attempt: int | None = None,
         model_id: str | None = None, error: str | None = None, device: str | None = None,
-        final_test_acc: float | None = None,
+        final_test_acc: float | None = None, note: str | None = None,
     ) -> Record:
         """Record how the job ended; with ``worker``, only while that worker (and ``attempt``) owns it."""
         if status not in TERMINAL:
             raise ValueError(f"{status!r} is not a final status")
+        ended = False
 
         def change(r: Record) -> Record | None:
+            nonlocal ended
+            ended = False
             if r["status"] in TERMINAL or (worker is not None and not _owned(r, worker, attempt)):
                 return None
+            ended = True
             new: Record = {**r, "status": status, "finished_at": time.time(), "model_id": model_id, "error": error,
                            "final_test_acc": final_test_acc}
             if device is not None:
                 new["device"] = device
+            if note is not None:
+                new["note"] = note
             return new
 
-        return self.update(job_id, change)
+        record = self.update(job_id, change)
+        if ended and record["started_at"] is not None and record["finished_at"] is not None:
+            self._observe(job_stats.JOB_DURATION, record["finished_at"] - record["started_at"], status)
+        return record
 
     def reap(self, job_id: str, *, stale_after: float, max_attempts: int,
              published: dict[str, Any] | None = None) -> Record | None:
@@ -580,6 +652,25 @@ class JobStore:
         record = self.update(job_id, change,
                              also=lambda pipe: pipe.zadd(self._outbox_key, {job_id: time.time()}) if requeued else None)
         return record if requeued else None
+
+    # figures for the metrics (bnlenet.job_stats); best effort: a lost figure never fails a job
+    def _observe(self, hist: job_stats.Histogram, value: float, label: str = "") -> None:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            hist.observe(pipe, value, label)
+            pipe.execute()
+        except redis.RedisError:
+            pass
+
+    def epoch_done(self, *, variant: str, device: str, examples_per_sec: float) -> None:
+        """Count a finished epoch and keep its throughput as the latest for its variant and device."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.incr(job_stats.EPOCHS_KEY)
+            pipe.hset(job_stats.THROUGHPUT_KEY, f"{variant}|{device}", examples_per_sec)
+            pipe.execute()
+        except redis.RedisError:
+            pass
 
     # workers
     def worker_seen(self, name: str) -> None:

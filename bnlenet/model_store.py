@@ -9,7 +9,9 @@ Serving keeps the disk off the hot path: loaded models sit in a bounded LRU, eac
 verified (structure and checksum) once per (mtime, size) and the outcome cached, and "the
 newest model" is recomputed at most once per ``refresh_s``, among checkpoints that verify: a
 file that does not (bit rot, a bad copy, tampering) is logged and reported by ``unusable()``,
-and never becomes the default model.
+and never becomes the default model. Once per
+``refresh_s`` as well, a process drops the cached models whose file is gone, so a model
+deleted by any process stops being served everywhere within that time.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from torch import nn
 
+from bnlenet import metrics
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.export import check_export_format, export_checkpoint
 
@@ -47,6 +50,7 @@ MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _MODEL_ID = re.compile(MODEL_ID_PATTERN)
 SUFFIX = ".safetensors"
 EXPORTS_DIR = "exports"  # cached exports, under the checkpoint directory unless EXPORT_DIR names another
+_CACHE_HIT, _CACHE_MISS = metrics.MODEL_CACHE.labels("hit"), metrics.MODEL_CACHE.labels("miss")
 
 
 class UnknownModel(LookupError):
@@ -85,6 +89,7 @@ class ModelStore:
         self._meta: dict[str, tuple[tuple[int, int], dict[str, Any] | None, str | None]] = {}
         self._newest: str | None = None
         self._newest_at = float("-inf")
+        self._checked_at = time.monotonic()
 
     def export_path(self, model_id: str, fmt: str, directory: str | os.PathLike[str] | None = None) -> Path:
         """Where the cached export of ``model_id`` in ``fmt`` lives (default directory: ``<checkpoints>/exports``).
@@ -139,6 +144,27 @@ class ModelStore:
                                before_commit=before_commit)
         self._newest_at = float("-inf")  # let this process see it at once
         return path
+
+    def delete(self, model_id: str) -> None:
+        """Remove the model's checkpoint; this process stops serving it at once, the others within ``refresh_s``."""
+        path = self.path_for(model_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise UnknownModel(f"no model with id {model_id!r}") from None
+        self._forget(model_id)
+
+    def _forget(self, model_id: str) -> None:
+        with self._lock:
+            self._loaded.pop(model_id, None)
+            self._meta.pop(model_id, None)
+        self._newest_at = float("-inf")
+
+    def _drop_deleted(self) -> None:
+        """Forget the cached models whose checkpoint is gone (deleted through any process)."""
+        for model_id in list(self._loaded):
+            if not self.path_for(model_id).exists():
+                self._forget(model_id)
 
     # metadata
     def _scan(self) -> list[tuple[str, dict[str, Any]]]:
@@ -220,15 +246,33 @@ class ModelStore:
     # serving
     def get(self, model_id: str | None = None) -> LoadedModel:
         """A loaded model (the newest when ``model_id`` is None); loaded once, then from the LRU."""
+        now = time.monotonic()
+        if now - self._checked_at >= self.refresh_s:
+            self._checked_at = now
+            self._drop_deleted()
         if model_id is None:
-            model_id = self.newest()
+            try:
+                return self.get(self.newest())
+            except UnknownModel:  # the newest was deleted since the last look: look again
+                self._newest_at = float("-inf")
+                return self.get(self.newest())
         loaded = self._loaded.get(model_id)
         if loaded is not None:
+            _CACHE_HIT.inc()
             with self._lock:
                 if model_id in self._loaded:
                     self._loaded.move_to_end(model_id)
             return loaded
-        return self._load(model_id)
+        _CACHE_MISS.inc()
+        started = time.perf_counter()
+        try:
+            loaded = self._load(model_id)
+        except (UnknownModel, ModelUnusable):
+            metrics.MODEL_LOADS.labels("error").inc()
+            raise
+        metrics.MODEL_LOADS.labels("ok").inc()
+        metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
+        return loaded
 
     def _load(self, model_id: str) -> LoadedModel:
         path = self.path_for(model_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     NEWEST_MODEL_REFRESH_S: float = 1.0  # how stale "the newest model" may be, to keep disk off the hot path
 
     TRAINING_QUEUE: str = "training"
+    # Celery's keys (the queue, unacked, _kombu.*, task results) carry this prefix, apart from
+    # the job store's bnlenet:* keys. Changing it strands messages queued under the old one.
+    CELERY_KEY_PREFIX: str = "celery:"
+    MAX_QUEUED_JOBS: int = Field(100, ge=0)  # POST /train answers 429 while this many wait; 0: no limit
+    JOB_RETENTION_DAYS: float = Field(30.0, ge=0)  # finished jobs are deleted this long after they end; 0 keeps them
+    LOG_FORMAT: Literal["text", "json"] = "text"  # json: one JSON object per log line (API and worker)
     JOB_HEARTBEAT_INTERVAL_S: float = Field(1.0, gt=0)  # also how fast a cancel reaches a running job
     JOB_PROGRESS_INTERVAL_S: float = Field(0.5, gt=0)  # progress writes within an epoch, at most this often
     JOB_STALE_AFTER_S: float = Field(30.0, gt=0)  # a running job without a heartbeat this long lost its worker

@@ -15,23 +15,39 @@ from kombu.connection import Connection
 
 from bnlenet.settings import Settings
 
-__all__ = ["TRAIN_TASK", "Publisher", "queue_config"]
+__all__ = ["TRAIN_TASK", "Publisher", "queue_config", "queue_key"]
 
 TRAIN_TASK = "bnlenet.train_job"  # the name the task is registered and published under
 
 
 def queue_config(settings: Settings) -> dict[str, Any]:
     """Celery configuration that producer and consumer must agree on."""
+    prefix = {"global_keyprefix": settings.CELERY_KEY_PREFIX} if settings.CELERY_KEY_PREFIX else {}
     return {
         "broker_url": settings.REDIS_URL,
         "task_routes": {TRAIN_TASK: {"queue": settings.TRAINING_QUEUE}},
         "task_default_queue": settings.TRAINING_QUEUE,
         # Redis redelivers unacknowledged messages after this long: it must outlast any job.
-        "broker_transport_options": {"visibility_timeout": settings.VISIBILITY_TIMEOUT_S},
+        # Every Celery key carries CELERY_KEY_PREFIX, so the broker's keys and the job store's
+        # never mix in one Redis database.
+        "broker_transport_options": {"visibility_timeout": settings.VISIBILITY_TIMEOUT_S, **prefix},
+        "result_backend_transport_options": prefix,
         "task_serializer": "json",
         "accept_content": ["json"],
-        "task_ignore_result": True,  # results live in the job store
+        # The job record is the result; the task's state (SUCCESS, FAILURE, REVOKED) is stored
+        # too, so that AsyncResult, Flower and celery-exporter tell the truth about a job.
+        "task_ignore_result": False,
+        "task_track_started": True,
+        "result_expires": 7 * 24 * 3600,
+        # Events, so that Flower and `celery events` see every job from the moment it is queued.
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
     }
+
+
+def queue_key(settings: Settings) -> str:
+    """The Redis list holding the training queue's messages (its length is the queue length)."""
+    return f"{settings.CELERY_KEY_PREFIX}{settings.TRAINING_QUEUE}"
 
 
 class Publisher:
@@ -56,14 +72,14 @@ class Publisher:
     def publish(self, job_id: str) -> str:
         """Queue a task for job ``job_id``; returns the task id. Raises when the broker is unreachable.
 
-        No result is stored (``ignore_result``): the job record is the result.
+        The job record is the result; the task's final state is stored by the worker.
         """
         with self._lock:
             if self._connection is None:
                 self._connection = self._celery.connection_for_write()
             try:
                 result = self._celery.send_task(TRAIN_TASK, args=[job_id], connection=self._connection,
-                                                retry=False, ignore_result=True)
+                                                retry=False)
             except Exception:
                 self._drop()
                 raise

@@ -29,7 +29,7 @@ WORKER_CONFIG: dict[str, Any] = {
     "worker_prefetch_multiplier": 1,
     "broker_connection_retry_on_startup": True,
     "worker_hijack_root_logger": False,
-    "worker_send_task_events": False,
+    "worker_send_task_events": True,  # Flower and `celery events` follow every job live
 }
 
 

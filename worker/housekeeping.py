@@ -15,15 +15,17 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from celery import signals
 
-from bnlenet.jobs import JobNotFound, JobRecord, JobStore, MalformedJob, StoreUnavailable, is_stale
+from bnlenet.jobs import TERMINAL, JobNotFound, JobRecord, JobStore, MalformedJob, StoreUnavailable, is_stale
+from bnlenet.logs import configure_handlers, current_job
 from bnlenet.model_store import ModelStore, ModelUnusable, UnknownModel
 from bnlenet.settings import Settings
-from bnlenet.training_queue import Publisher
+from bnlenet.training_queue import TRAIN_TASK, Publisher
 from models.data import FashionMNIST
 from models.memory import release_memory
 from models.training import TrainConfig, train
@@ -47,9 +49,11 @@ class Heartbeat(threading.Thread):
     """
 
     def __init__(self, store: JobStore, job_id: str, *, worker: str, attempt: int, interval: float,
-                 progress_interval: float, lease: float) -> None:
+                 progress_interval: float, lease: float,
+                 announce: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.store, self.job_id, self.worker, self.attempt = store, job_id, worker, attempt
+        self.announce = announce  # told of each new progress written (the task's task-progress event)
         self.interval = min(interval, progress_interval)
         self.heartbeat_interval = interval
         self.lease = lease  # how long one confirmation of ownership lasts (well under JOB_STALE_AFTER_S)
@@ -62,6 +66,7 @@ class Heartbeat(threading.Thread):
         self._beat_at = float("-inf")
 
     def run(self) -> None:
+        current_job.set(self.job_id)  # a thread starts with a fresh context: its log lines name the job too
         while not self.done.wait(self.interval):
             self.beat()
 
@@ -76,7 +81,13 @@ class Heartbeat(threading.Thread):
         except StoreUnavailable as exc:  # keep training; the next beat may get through
             log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
             return
+        fresh = progress is not None and progress is not self._written
         self._written, self._beat_at = progress, now
+        if fresh and self.announce is not None and progress is not None:
+            try:
+                self.announce(progress)
+            except Exception as exc:  # an event is for watchers; the job goes on without it
+                log.warning("could not announce the progress of job %s: %s", self.job_id, exc)
         if not owned:
             if not self.lost.is_set():
                 log.warning("job %s: attempt %d no longer owns the job (another attempt does, or it ended); "
@@ -178,7 +189,7 @@ def publish_outbox(store: JobStore, publisher: Publisher, settings: Settings) ->
 
 
 class Reaper(threading.Thread):
-    """In the worker's main process: announces the worker and sweeps for stale jobs."""
+    """In the worker's main process: announces the worker, sweeps for stale jobs and expires old ones."""
 
     def __init__(self, name: str, store: JobStore, publisher: Publisher, settings: Settings) -> None:
         super().__init__(name="stale-job-reaper", daemon=True)
@@ -194,6 +205,9 @@ class Reaper(threading.Thread):
                 publish_outbox(self.store, self.publisher, self.settings)  # one cheap read when empty
                 if time.monotonic() >= next_sweep:
                     reap_stale_jobs(self.store, self.publisher, self.settings)
+                    expired = self.store.expire()  # finished jobs past JOB_RETENTION_DAYS
+                    if expired:
+                        log.info("deleted %d finished job(s) past their retention", expired)
                     next_sweep = time.monotonic() + self.settings.REAPER_INTERVAL_S
             except StoreUnavailable as exc:
                 log.warning("reaper: %s", exc)
@@ -223,6 +237,26 @@ def warm_up(data: FashionMNIST) -> None:
 
 
 # Worker lifecycle ------------------------------------------------------------------------
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _job_logging(logger: logging.Logger | None = None, **_: Any) -> None:
+    """Every handler Celery sets up names the job a line is about, in the format LOG_FORMAT says."""
+    if logger is not None:
+        configure_handlers(logger.handlers, resources.settings().LOG_FORMAT)
+
+
+@signals.task_prerun.connect
+def _enter_job(task: Any = None, args: Any = None, **_: Any) -> None:
+    """In the pool process, from before the task starts until after Celery logs how it ended."""
+    if getattr(task, "name", None) == TRAIN_TASK and args:
+        current_job.set(str(args[0]))
+
+
+@signals.task_postrun.connect
+def _leave_job(**_: Any) -> None:
+    current_job.set(None)
+
 
 @signals.worker_process_init.connect
 def _preload_data(**_: Any) -> None:
@@ -256,6 +290,34 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or resources.worker_name()
     _reaper = Reaper(str(name), resources.job_store(), resources.publisher(), resources.settings())
     _reaper.start()
+
+
+@signals.task_revoked.connect
+def _cancel_revoked_job(request: Any = None, terminated: bool = False, signum: Any = None, **_: Any) -> None:
+    """A task revoked through Celery (Flower's Revoke or Terminate, ``celery control revoke``) cancels its job.
+
+    Runs in the worker's main process. A terminated task's pool process is killed and can
+    record nothing, so the job is cancelled here; without this, its heartbeat would go silent
+    and the reaper would requeue it to train again.
+    """
+    args, task_id = list(getattr(request, "args", None) or []), getattr(request, "id", None)
+    if not args:
+        return
+    job_id = str(args[0])
+    store = resources.job_store()
+    try:
+        record = store.get(job_id)
+        if record["task_id"] != task_id or record["status"] in TERMINAL:
+            return  # a stale delivery of a job that moved on, or already ended
+        store.request_cancel(job_id)  # a queued job is cancelled now
+        if terminated:
+            store.finish(job_id, "cancelled", note=f"its task was terminated through Celery (signal {signum})")
+        log.info("job %s cancelled: its task %s was revoked%s", job_id, task_id,
+                 " and terminated" if terminated else "")
+    except (JobNotFound, StoreUnavailable) as exc:
+        log.warning("could not cancel job %s after its task was revoked: %s", job_id, exc)
+    except Exception as exc:  # JobFinished: it ended meanwhile
+        log.info("job %s not cancelled after its task was revoked: %s", job_id, exc)
 
 
 @signals.worker_shutdown.connect

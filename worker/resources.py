@@ -33,7 +33,7 @@ def job_store() -> JobStore:
     with _lock:
         if _store is None:
             s = settings()
-            _store = JobStore.from_url(s.REDIS_URL, timeout=s.REDIS_TIMEOUT_S)
+            _store = JobStore.from_url(s.REDIS_URL, timeout=s.REDIS_TIMEOUT_S, retention_s=s.JOB_RETENTION_DAYS * 86400)
         return _store
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
 from celery.app.task import Task
+from celery.exceptions import Ignore
 
-from bnlenet.jobs import JobStatus, StoreUnavailable
+from bnlenet.jobs import TERMINAL, JobStatus, StoreUnavailable
 from bnlenet.settings import Settings
 from bnlenet.training_queue import TRAIN_TASK
 from models.checkpoint import training_metadata
@@ -34,7 +36,7 @@ from worker import resources
 from worker.celery_app import app
 from worker.housekeeping import Heartbeat, LostJob, owner_gone
 
-__all__ = ["job_config", "train_job"]
+__all__ = ["JobFailed", "job_config", "run_job", "train_job"]
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +56,44 @@ def job_config(params: dict[str, Any], settings: Settings) -> TrainConfig:
     return replace(config, compile=on_cuda and settings.COMPILE_ON_CUDA)
 
 
+class JobFailed(Exception):
+    """Raised once a failed job is recorded, so that Celery shows its task as FAILURE with the error."""
+
+
 @app.task(name=TRAIN_TASK, bind=True)
 def train_job(self: Task, job_id: str) -> str:
-    """Run training job ``job_id`` from its record; returns its final status."""
+    """Run training job ``job_id`` from its record; the task's state says how it ended.
+
+    SUCCESS for a job that succeeded (or had nothing to do), FAILURE with the job's error for a
+    failed one, REVOKED (with a ``task-revoked`` event) for a cancelled one, so that Flower,
+    ``celery events`` and ``AsyncResult`` tell the same story as ``GET /jobs/<id>``.
+    """
+    hostname, task_id = self.request.hostname, self.request.id
+
+    def announce(progress: dict[str, Any]) -> None:  # from the heartbeat thread: no task context there
+        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
+            dispatcher.send("task-progress", uuid=task_id, job_id=job_id, **progress)
+
     try:
-        return run_job(job_id, self.request.id)
+        status, error = run_job(job_id, task_id, announce=announce)
     finally:
         release_memory()
+    if status == "failed":
+        log.warning("job %s ended: failed: %s", job_id, error)
+    else:
+        log.info("job %s ended: %s", job_id, status)
+    if status == "cancelled":
+        self.backend.mark_as_revoked(task_id, f"job {job_id} was cancelled", request=self.request)
+        self.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        raise Ignore()  # the state stays REVOKED; the message is acknowledged
+    if status == "failed":
+        raise JobFailed(f"job {job_id} failed: {error}")
+    return status
 
 
-def run_job(job_id: str, task_id: str | None) -> str:
+def run_job(job_id: str, task_id: str | None,
+            announce: Callable[[dict[str, Any]], None] | None = None) -> tuple[str, str | None]:
+    """Claim and run the job; its final status and error."""
     s = resources.settings()
     store = resources.job_store()
     me = resources.worker_name()
@@ -73,24 +103,29 @@ def run_job(job_id: str, task_id: str | None) -> str:
     )
     if not claim.run or claim.record is None:
         log.info("not running job %s: %s", job_id, claim.reason)
-        return claim.record["status"] if claim.record else "missing"
+        if claim.record is None:
+            return "missing", None
+        if claim.record["task_id"] not in (None, task_id) and claim.record["status"] in TERMINAL:
+            return "duplicate", None  # another delivery's job: its own task tells how it ended
+        return claim.record["status"], claim.record["error"]
     attempt = claim.record["attempts"]
     owner: dict[str, Any] = {"worker": me, "attempt": attempt}
 
-    def finish(status: JobStatus, *, within: float = 60.0, **fields: Any) -> JobStatus:
+    def finish(status: JobStatus, *, within: float = 60.0, **fields: Any) -> tuple[str, str | None]:
         """Record the outcome, retrying for a while if Redis is briefly away."""
         deadline = time.monotonic() + within
         while True:
             try:
                 store.finish(job_id, status, **owner, **fields)
-                return status
+                return status, fields.get("error")
             except StoreUnavailable:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
 
     beat = Heartbeat(store, job_id, worker=me, attempt=attempt, interval=s.JOB_HEARTBEAT_INTERVAL_S,
-                     progress_interval=s.JOB_PROGRESS_INTERVAL_S, lease=s.JOB_STALE_AFTER_S / 2)
+                     progress_interval=s.JOB_PROGRESS_INTERVAL_S, lease=s.JOB_STALE_AFTER_S / 2,
+                     announce=announce)
     beat.start()
     first_step_seen = False
 
@@ -109,9 +144,11 @@ def run_job(job_id: str, task_id: str | None) -> str:
             store.add_epoch(job_id, **owner, metrics=asdict(m), progress=beat.progress or {})
         except StoreUnavailable as exc:
             log.warning("could not record epoch %d of job %s: %s", m.epoch, job_id, exc)
+        store.epoch_done(variant=config.variant, device=device, examples_per_sec=m.examples_per_sec)
 
     try:
         config = job_config(claim.record["params"], s)
+        device = str(resolve_device(config.device))
         data = resources.training_data()
         with resources.engine_lock:  # after the warm-up, which compiles what this job reuses
             result = train(config, data, on_progress=on_progress, on_epoch=on_epoch,
@@ -119,7 +156,7 @@ def run_job(job_id: str, task_id: str | None) -> str:
     except TrainingCancelled:
         if beat.lost.is_set():
             beat.stop()
-            return "lost"  # another attempt owns the job: it writes the outcome
+            return "lost", None  # another attempt owns the job: it writes the outcome
         return _ended(beat, finish("cancelled"))
     except (TrainingDiverged, ValueError) as exc:
         return _ended(beat, finish("failed", error=str(exc)))
@@ -139,7 +176,7 @@ def run_job(job_id: str, task_id: str | None) -> str:
     except LostJob as exc:
         log.warning("job %s: not publishing the model of attempt %d: %s", job_id, attempt, exc)
         beat.stop()
-        return "lost"
+        return "lost", None
     except BaseException as exc:  # nothing was published (a full disk, say): the job failed, and says why
         beat.stop()
         if not isinstance(exc, Exception):
@@ -153,9 +190,9 @@ def run_job(job_id: str, task_id: str | None) -> str:
         log.error("job %s: its model is published but Redis stayed away for %.0fs; the reaper records the "
                   "success from the checkpoint once it can", job_id, s.OUTCOME_RETRY_S)
         beat.stop()
-        return "succeeded"
+        return "succeeded", None
 
 
-def _ended(beat: Heartbeat, status: JobStatus) -> JobStatus:
+def _ended(beat: Heartbeat, outcome: tuple[str, str | None]) -> tuple[str, str | None]:
     beat.stop()
-    return status
+    return outcome

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import checkpoints, export, health, jobs, models, predict, train
+from app.api.routes import checkpoints, export, health, jobs, metrics, models, predict, train
 from bnlenet.settings import Settings
 
 
@@ -16,4 +16,5 @@ def api_router(settings: Settings) -> APIRouter:
     router.include_router(checkpoints.router)
     router.include_router(export.router)
     router.include_router(health.router)
+    router.include_router(metrics.router)
     return router

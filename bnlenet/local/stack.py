@@ -30,6 +30,7 @@ from typing import IO
 
 from bnlenet.local import procs
 from bnlenet.local.redis_server import RedisNotFound, RedisServer
+from bnlenet.metrics import MULTIPROC_ENV, prepare_multiproc_dir
 from bnlenet.settings import Settings
 
 __all__ = ["Child", "api_child", "data_note", "gpu_ids", "run_stack", "worker_children"]
@@ -306,8 +307,12 @@ def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wor
 
         devices = gpu_ids(env)
         api_workers = workers or settings.BNLENET_API_WORKERS or os.cpu_count() or 1
+        # The API processes add up their metrics in one directory, emptied now so that a
+        # previous run's counts never add to this one's; the workers keep none there.
+        api_env = dict(env)
+        api_env[MULTIPROC_ENV] = str(prepare_multiproc_dir(env.pop(MULTIPROC_ENV, "") or var_dir / "metrics"))
         celery_workers = worker_children(devices, env, settings.BNLENET_WORKER_STOP_TIMEOUT)
-        for child in [*celery_workers, api_child(host, port, api_workers, env)]:
+        for child in [*celery_workers, api_child(host, port, api_workers, api_env)]:
             children.append(child)
             child.start()
 

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from bnlenet.settings import get_settings
+from bnlenet.training_queue import queue_key
 
 
 def test_train_accepts_the_defaults(client, redis_url):
@@ -21,7 +22,7 @@ def test_train_accepts_the_defaults(client, redis_url):
                              "precise_bn": True, "device": None}
     assert job["final_test_acc"] is None and job["history"] == []
     assert job["attempts"] == 0
-    assert redis.Redis.from_url(redis_url).llen("training") == 1  # a task was published
+    assert redis.Redis.from_url(redis_url).llen(queue_key(get_settings())) == 1  # a task was published
 
 
 def test_train_job_is_readable_at_its_location(client):

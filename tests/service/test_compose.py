@@ -156,3 +156,65 @@ def test_dockerfile_builds_one_image_for_api_and_worker(services: dict[str, Any]
     assert argv[:3] == ["python", "-m", "app.edge"]
     for name in ("api", "worker"):
         assert services[name]["build"] in (".", {"context": "."})
+
+
+DEPLOY = ROOT / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "bnlenet.json"
+
+
+def test_compose_monitoring_profile_runs_prometheus_and_grafana(services: dict[str, Any]) -> None:
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"], name
+    for name in ("redis", "api", "worker"):
+        assert "profiles" not in services[name], f"{name} must start without a profile"
+    prom_mounts = mounts(services["prometheus"])
+    assert prom_mounts["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus/prometheus.yml:ro".split(":")[0]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == ["api:8000"]
+    graf_mounts = mounts(services["grafana"])
+    assert graf_mounts["/var/lib/grafana/dashboards"] == "./deploy/grafana/dashboards"
+    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "bnlenet.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_compose_flower_profile_has_its_own_port(services: dict[str, Any]) -> None:
+    flower = services["flower"]
+    assert flower["profiles"] == ["flower"]
+    assert command(flower)[:4] == ["celery", "-A", "worker.celery_app", "flower"]
+    assert any(str(p).endswith(":5555") for p in flower["ports"])
+    assert flower["build"]["target"] == "flower"
+    assert re.search(r"^FROM app AS flower$", DOCKERFILE.read_text(), re.M)
+
+
+def test_compose_api_metrics_directory_is_emptied_by_the_entry_point(services: dict[str, Any]) -> None:
+    assert environment(services["api"])["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
+    assert re.search(r'^ENTRYPOINT \["bnlenet-entrypoint"\]$', DOCKERFILE.read_text(), re.M)
+    assert "find \"$PROMETHEUS_MULTIPROC_DIR\" -mindepth 1 -delete" in (DEPLOY / "entrypoint.sh").read_text()
+
+
+def _exported_names(redis_url: str) -> set[str]:
+    """Every sample name /metrics carries, read from a real scrape's families with their suffixes."""
+    import redis
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bnlenet.metrics import JobStoreCollector, render
+
+    text = render([JobStoreCollector(redis.Redis.from_url(redis_url), "celery:training")]).decode()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}.get(family.type, [""])
+        names.update(family.name + s for s in suffixes)
+    return names
+
+
+def test_grafana_dashboard_queries_name_exported_metrics(redis_server: Any) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(dashboard["panels"]) >= 4
+    named = {m for e in exprs for m in re.findall(r"\bbnlenet_[a-z_]+", e)}
+    exported = _exported_names(redis_server.database_url(13))
+    assert named and named <= exported, named - exported
+    for needed in ("bnlenet_predict_requests_total", "bnlenet_queue_length", "bnlenet_jobs",
+                   "bnlenet_training_examples_per_second"):
+        assert needed in named

@@ -161,6 +161,9 @@ def test_stack_starts_and_stops_cleanly_on_sigint(launcher: tuple[subprocess.Pop
     children = children_of(process.pid)
     names = " ".join(children.values())
     assert "redis-server" in names and "celery" in names and "app.edge" in names, names
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        assert b"bnlenet_build_info" in response.read()
+    assert list((tmp_path / "var" / "metrics").glob("*.db")), "the API processes add up their metrics in var/metrics"
     assert (tmp_path / "var" / "redis").is_dir(), "Redis keeps its data under BNLENET_VAR_DIR"
 
     second = subprocess.run(launcher_argv(free_port()), env=stack_env, capture_output=True, text=True, timeout=60)

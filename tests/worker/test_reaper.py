@@ -8,7 +8,7 @@ import redis
 
 from bnlenet.jobs import JobStore
 from bnlenet.settings import Settings
-from bnlenet.training_queue import Publisher
+from bnlenet.training_queue import Publisher, queue_key
 from tests.worker.conftest import claim
 from worker.housekeeping import reap_stale_jobs
 
@@ -28,7 +28,7 @@ def test_reaper_requeues_a_silent_job_and_publishes_a_new_task(store: JobStore, 
     assert record["status"] == "queued" and "requeued" in (record["note"] or "")
     assert record["task_id"] != "t"  # the new task's id
     assert store.get(live)["status"] == "running"
-    assert redis.Redis.from_url(settings.REDIS_URL).llen(settings.TRAINING_QUEUE) == 1
+    assert redis.Redis.from_url(settings.REDIS_URL).llen(queue_key(settings)) == 1
 
 
 def test_reaper_fails_a_job_out_of_attempts(store: JobStore, settings: Settings) -> None:

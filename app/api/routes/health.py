@@ -20,6 +20,10 @@ async def healthz() -> HealthOut:
     return HealthOut()
 
 
+# HEAD answers like GET (load balancers and uptime checkers send it), without a second documented operation.
+router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False, response_model=HealthOut)
+
+
 @router.get(
     "/readyz",
     response_model=ReadyOut,
@@ -36,3 +40,6 @@ def readyz(store: JobStoreDep) -> ReadyOut | JSONResponse:
     detail = (f"{len(workers)} worker(s) listening" if workers
               else "no worker seen recently: training jobs will wait in the queue until one starts")
     return ReadyOut(workers=workers, detail=detail)
+
+
+router.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False, response_model=ReadyOut)

@@ -1,12 +1,12 @@
-"""GET /models, GET /models/{model_id}, GET /models/{model_id}/batchnorm."""
+"""GET /models, GET /models/{model_id}, GET /models/{model_id}/batchnorm, DELETE /models/{model_id}."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 
-from app.deps import ModelStoreDep, ReaderDep
+from app.deps import ModelStoreDep, ReaderDep, WriterDep
 from app.errors import error_responses
 from app.schemas import BatchNormLayerOut, BatchNormOut, ModelList, ModelOut, UnusableModelOut
 from bnlenet.model_store import MODEL_ID_PATTERN
@@ -70,3 +70,17 @@ def get_batchnorm(model_id: ModelId, store: ModelStoreDep) -> BatchNormOut:
     loaded = store.get(model_id)
     layers = [BatchNormLayerOut.model_validate(layer) for layer in batchnorm_report(loaded.model)]
     return BatchNormOut(model_id=loaded.model_id, variant=loaded.metadata["variant"], layers=layers)
+
+
+@router.delete(
+    "/{model_id}",
+    status_code=204,
+    summary="Delete a model",
+    description="Removes the checkpoint. Every API process stops serving it within a second "
+    "(`NEWEST_MODEL_REFRESH_S`); the job that trained it stays.",
+    dependencies=[WriterDep],
+    responses=error_responses(401, 403, 404, 422),
+)
+def delete_model(model_id: ModelId, store: ModelStoreDep) -> Response:
+    store.delete(model_id)
+    return Response(status_code=204)

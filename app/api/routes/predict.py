@@ -13,6 +13,7 @@ JSON answer directly.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -25,7 +26,8 @@ from starlette.datastructures import UploadFile
 from torch import Tensor
 
 from app.deps import ReaderDep
-from app.errors import BadInput, PayloadTooLarge, UnsupportedMedia, error_responses
+from app.errors import STATUS, BadInput, PayloadTooLarge, UnsupportedMedia, error_responses
+from app.metrics import PredictTimer
 from app.schemas import TOP_K_DEFAULT, PredictBatchOut, PredictBatchRequest, PredictOut, PredictRequest
 from bnlenet.model_store import LoadedModel, ModelStore
 from bnlenet.settings import Settings
@@ -74,18 +76,32 @@ _ERRORS = error_responses(401, 403, 404, 409, 413, 415, 422)
     responses=_ERRORS,
 )
 async def predict(request: Request, top_k: TopK = TOP_K_DEFAULT) -> Response:
+    timer = PredictTimer()
+    try:
+        response = await _predict(request, top_k, timer)
+    except Exception as exc:
+        timer.done("client_error" if 400 <= STATUS.get(type(exc), 500) < 500
+                   or isinstance(exc, RequestValidationError) else "error")
+        raise
+    timer.done("ok")
+    return response
+
+
+async def _predict(request: Request, top_k: int, timer: PredictTimer) -> Response:
     settings: Settings = request.app.state.settings
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("application/json"):
         body = _parse(PredictRequest, await request.body())
-        return _json(_answers(_store(request), [_pixels(body.pixels)], body.model_id, top_k)[1][0])
+        timer.decoded()
+        return _json(_answers(_store(request), [_pixels(body.pixels)], body.model_id, top_k, timer)[1][0])
     if not ctype.startswith("multipart/form-data"):
         raise UnsupportedMedia(
             f"content type {ctype or 'none'!r} is not accepted: send multipart/form-data with the image in "
             "field 'file' (or JSON {\"pixels\": 28x28 numbers in [0, 1]} to /predict/pixels)"
         )
     images, model_id = await _read_uploads(request, settings, field="file", limit=1)
-    return _json(_answers(_store(request), images, model_id, top_k)[1][0])
+    timer.decoded()
+    return _json(_answers(_store(request), images, model_id, top_k, timer)[1][0])
 
 
 @router.post(
@@ -164,10 +180,14 @@ def _check_count(count: int, limit: int) -> None:
 
 
 def _answers(store: ModelStore, images: Sequence[Tensor], model_id: str | None,
-             top_k: int) -> tuple[LoadedModel, list[dict[str, Any]]]:
-    """The model and one answer per image, from one forward pass."""
+             top_k: int, timer: PredictTimer | None = None) -> tuple[LoadedModel, list[dict[str, Any]]]:
+    """The model and one answer per image, from one forward pass (timed for /metrics when asked)."""
     loaded = store.get(model_id)
+    started = time.perf_counter()
     probs = predict_images(loaded.model, images).tolist()  # (N, 10)
+    if timer is not None:
+        timer.variant = str(loaded.metadata.get("variant", "unknown"))
+        timer.inferred(time.perf_counter() - started)
     return loaded, [_answer(loaded.model_id, row, top_k) for row in probs]
 
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel
 
 from app.deps import JobStoreDep, PublisherDep, WriterDep
-from app.errors import error_responses
+from app.errors import QueueFull, error_responses
 from app.schemas import JobOut, train_request_model
 from bnlenet.settings import Settings
 
@@ -36,6 +36,11 @@ def make_router(settings: Settings) -> APIRouter:
         # published: a crash or a broker failure in between leaves the job in the outbox, and
         # the workers publish it a few seconds later. So once the record is stored, the answer
         # is 202; a 503 means nothing was stored.
+        # A soft limit (a check, then a create): a burst may pass it by a few, never by many.
+        queued = store.count("queued")
+        if settings.MAX_QUEUED_JOBS and queued >= settings.MAX_QUEUED_JOBS:
+            raise QueueFull(f"{queued} jobs are queued, the most this service takes (MAX_QUEUED_JOBS="
+                            f"{settings.MAX_QUEUED_JOBS}); try again when some have started, or cancel some")
         record, new = store.submit(body.model_dump(), idempotency_key=idempotency_key)
         job_id = record["job_id"]
         if new:
@@ -68,7 +73,7 @@ def make_router(settings: Settings) -> APIRouter:
         responses={
             202: {"description": "The job is queued", "headers": {"Location": {
                 "description": "the job's URL, `/jobs/<job_id>`: poll it", "schema": {"type": "string"}}}},
-            **error_responses(401, 403, 409, 413, 422, 503),
+            **error_responses(401, 403, 409, 413, 422, 429, 503),
         },
     )
     return router
