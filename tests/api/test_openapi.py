@@ -71,7 +71,7 @@ OPERATION_IDS = {
     ("get", "/models/{model_id}/checkpoint"): "download_checkpoint",
     ("get", "/healthz"): "healthz", ("get", "/readyz"): "readyz",
 }
-WRITES = {"train", "cancel_job"}
+WRITES = {"train", "cancel_job", "cancel_jobs", "delete_job", "delete_model"}
 
 
 def _operations(spec):

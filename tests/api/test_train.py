@@ -134,7 +134,7 @@ def test_train_idempotency_key_makes_a_retry_return_the_same_job(client, redis_u
     assert again.json()["job_id"] == first.json()["job_id"]
     assert again.headers["location"] == first.headers["location"]
     assert client.get("/jobs").json()["count"] == 1
-    assert redis.Redis.from_url(redis_url).llen("training") == 1  # one task, not two
+    assert redis.Redis.from_url(redis_url).llen(queue_key(get_settings())) == 1  # one task, not two
     other = client.post("/train", json=body, headers={"Idempotency-Key": "retry-me-2"})
     assert other.json()["job_id"] != first.json()["job_id"]
 

@@ -14,13 +14,13 @@ import redis
 from bnlenet.jobs import JobStore
 from bnlenet.local.redis_server import free_port
 from bnlenet.settings import Settings
-from bnlenet.training_queue import Publisher
+from bnlenet.training_queue import Publisher, queue_key
 from tests.worker.conftest import claim
 from worker.housekeeping import publish_outbox, reap_stale_jobs
 
 
 def _queue(settings: Settings) -> int:
-    return int(redis.Redis.from_url(settings.REDIS_URL).llen(settings.TRAINING_QUEUE))
+    return int(redis.Redis.from_url(settings.REDIS_URL).llen(queue_key(settings)))
 
 
 @pytest.fixture
