@@ -25,6 +25,7 @@ SECTIONS: list[str] = [
     "train_speed",
     "quality",
     "predict",
+    "events",
     "queueing",
     "memory",
     "export",

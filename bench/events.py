@@ -1,0 +1,175 @@
+"""Open job event streams: what 100 of them cost Redis and ``/predict``.
+
+Starts ``bnlenet up`` (its own Redis, a worker and one API process per core) with one
+checkpoint, and jobs written straight into the job store that no worker runs (they stay
+queued), so the streams are idle as a watched job is between events. Then:
+
+- ``/predict`` from wrk (concurrency 16, and 1 for latency) with no stream open, then with 100
+  streams open (one client thread holding them, reading their heartbeats);
+- Redis commands per second (``INFO stats`` ``total_commands_processed`` over a window, less
+  the INFO calls) with 0 and 100 idle streams, and with 1 and 100 streams following one job
+  whose progress the benchmark writes twice a second (as a running job's worker does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from bench.predict import _lua_script, _multipart, _png, _write_model, _wrk
+from bench.service import running_stack
+from bnlenet.jobs import JobStore
+from bnlenet.local.redis_server import free_port
+
+TITLE = "Event streams: /predict and Redis with 100 open streams"
+NOTES = (
+    "Streams are `GET /jobs/{id}/events` held open by one asyncio client in the benchmark process (httpx), "
+    "split by the kernel across the API processes; idle streams get a heartbeat comment every 15 s and no "
+    "Redis command. 'commands/sec' is the whole Redis server's rate (the worker's broker polling, heartbeats "
+    "and reaper included), so the rows compare with the 0-stream row. The progress rows add a writer that "
+    "updates one job's progress twice a second: the streams of that job share one read per API process per "
+    "write, not one per stream."
+)
+STREAMS = 100
+
+
+class Streams:
+    """``n`` event streams held open by an event loop in a thread, counting what they receive."""
+
+    def __init__(self, base: str, job_ids: list[str]) -> None:
+        self.base, self.job_ids = base, job_ids
+        self.events = 0
+        self.opened = 0
+        self.loop = asyncio.new_event_loop()
+        self.stop = asyncio.Event()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
+
+    async def _one(self, client: httpx.AsyncClient, job_id: str) -> None:
+        async with client.stream("GET", f"{self.base}/jobs/{job_id}/events") as r:
+            r.raise_for_status()
+            self.opened += 1
+            async for line in r.aiter_lines():
+                if line.startswith("event:"):
+                    self.events += 1
+
+    async def _main(self) -> None:
+        limits = httpx.Limits(max_connections=len(self.job_ids) + 10)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=None), limits=limits) as client:
+            tasks = [asyncio.create_task(self._one(client, j)) for j in self.job_ids]
+            await self.stop.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def __enter__(self) -> Streams:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while self.opened < len(self.job_ids):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {self.opened} of {len(self.job_ids)} streams opened")
+            time.sleep(0.05)
+        time.sleep(0.5)  # the snapshots are read and sent
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(30)
+
+
+def commands_per_sec(client: redis.Redis, seconds: float) -> float:
+    """The Redis server's command rate over ``seconds`` (without the two INFO calls that measure it)."""
+    before = int(client.info("stats")["total_commands_processed"])
+    time.sleep(seconds)
+    after = int(client.info("stats")["total_commands_processed"])
+    return (after - before - 1) / seconds
+
+
+class ProgressWriter:
+    """Writes one claimed job's progress twice a second, as a running job's heartbeat thread does."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+        self.done = threading.Event()
+        self.writes = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        batch = 0
+        while not self.done.wait(0.5):
+            batch += 1
+            progress = {"epoch": 1, "epochs": 1, "batch": batch, "batches": 10**6, "fraction": batch / 10**6,
+                        "loss": 1.0, "train_acc": 0.5}
+            self.store.heartbeat(self.job_id, worker="bench@writer", attempt=1, progress=progress)
+            self.writes += 1
+
+    def __enter__(self) -> ProgressWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(5)
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    if shutil.which("wrk") is None:
+        return [{"benchmark": "events", "result": "not measured: wrk is not installed (apt-get install wrk)"}]
+    seconds = 3 if quick else 10
+    window = 5.0 if quick else 10.0
+    rows: list[dict[str, Any]] = []
+    redis_port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        (tmpdir / "ck").mkdir()
+        _write_model(tmpdir / "ck")
+        script = tmpdir / "predict.lua"
+        script.write_text(_lua_script(_multipart(_png())))
+        with running_stack(tmpdir, env_extra={"BNLENET_REDIS_PORT": str(redis_port)}) as (base, _stack):
+            client = redis.Redis(host="127.0.0.1", port=redis_port)
+            store = JobStore(client)
+            idle_jobs = [store.create({"epochs": 1})["job_id"] for _ in range(STREAMS)]  # queued, never published
+            url = base + "/predict"
+            _wrk(url, script, 16, 2, 2)  # warm every API process
+
+            def predict_rows(streams: int) -> None:
+                many = _wrk(url, script, 16, 2, seconds)
+                one = _wrk(url, script, 1, 1, seconds)
+                rows.append({"benchmark": "predict, concurrency 16", "open streams": streams,
+                             "requests/sec": round(many["rps"]), "p50 ms": many["p50_ms"], "p99 ms": many["p99_ms"],
+                             "errors": many["errors"]})
+                rows.append({"benchmark": "predict, concurrency 1", "open streams": streams,
+                             "requests/sec": round(one["rps"]), "p50 ms": one["p50_ms"], "p99 ms": one["p99_ms"],
+                             "errors": one["errors"]})
+
+            rows.append({"benchmark": "Redis commands/sec, idle streams", "open streams": 0,
+                         "commands/sec": round(commands_per_sec(client, window), 1)})
+            predict_rows(0)
+            with Streams(base, idle_jobs):
+                rows.append({"benchmark": "Redis commands/sec, idle streams", "open streams": STREAMS,
+                             "commands/sec": round(commands_per_sec(client, window), 1)})
+                predict_rows(STREAMS)
+
+            busy = store.create({"epochs": 1})["job_id"]
+            store.claim(busy, worker="bench@writer", pid=0, task_id=None, max_attempts=3, stale_after=3600)
+            for n in (1, STREAMS):
+                with Streams(base, [busy] * n) as streams, ProgressWriter(store, busy) as writer:
+                    rate = commands_per_sec(client, window)
+                rows.append({"benchmark": "Redis commands/sec, streams of one job writing progress 2/s",
+                             "open streams": n, "commands/sec": round(rate, 1),
+                             "events delivered": streams.events, "progress writes": writer.writes})
+            store.finish(busy, "cancelled")
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run(quick="--quick" in sys.argv):
+        print(row)
