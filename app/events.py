@@ -206,7 +206,7 @@ async def follow_job(
             assert last_event_id is not None
             position = last_event_id
             if record["status"] in TERMINAL and event_id_key(last) <= event_id_key(position):
-                return  # the client saw the end already
+                return  # the client saw the end already (the route answers 204 for that, unless it just ended)
         else:
             # The snapshot: the whole record as a status event, at the id of the latest event it includes.
             position = last

@@ -56,12 +56,15 @@ class Streams:
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
 
     async def _one(self, client: httpx.AsyncClient, job_id: str) -> None:
+        opened = False
         async with client.stream("GET", f"{self.base}/jobs/{job_id}/events") as r:
             r.raise_for_status()
-            self.opened += 1
             async for line in r.aiter_lines():
                 if line.startswith("event:"):
                     self.events += 1
+                    if not opened:
+                        opened = True
+                        self.opened += 1  # open once its snapshot came: the reads of opening are done
 
     async def _main(self) -> None:
         limits = httpx.Limits(max_connections=len(self.job_ids) + 10)
@@ -79,7 +82,7 @@ class Streams:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {self.opened} of {len(self.job_ids)} streams opened")
             time.sleep(0.05)
-        time.sleep(0.5)  # the snapshots are read and sent
+        time.sleep(0.5)
         return self
 
     def __exit__(self, *exc: object) -> None:

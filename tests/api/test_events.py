@@ -250,3 +250,11 @@ def test_events_idle_streams_send_no_redis_commands(serve, store: JobStore, redi
         response.close()
         client.close()
     assert after - before <= 3  # the INFO call itself, and nothing for 20 idle streams
+
+
+def test_events_answer_204_once_the_client_saw_the_end(serve, store: JobStore) -> None:
+    url, _ = serve()
+    job_id = store.create({})["job_id"]
+    store.request_cancel(job_id)
+    final = read_events(url, job_id)[-1]["id"]
+    assert httpx.get(f"{url}/jobs/{job_id}/events", headers={"Last-Event-ID": final}).status_code == 204
