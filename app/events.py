@@ -200,8 +200,8 @@ async def follow_job(
             record, last = await run_in_threadpool(store.snapshot, job_id)
             resume = last_event_id is not None and await run_in_threadpool(
                 store.events_resumable, job_id, last_event_id)
-        except JobNotFound:
-            return
+        except (JobNotFound, StoreUnavailable):
+            return  # gone since the route checked, or Redis went away: the client may reconnect
         if resume:
             assert last_event_id is not None
             position = last_event_id
@@ -214,7 +214,10 @@ async def follow_job(
                                   id=position, retry=retry_ms)
             if record["status"] in TERMINAL:
                 return
-        backlog = await run_in_threadpool(store.events_after, job_id, position)
+        try:
+            backlog = await run_in_threadpool(store.events_after, job_id, position)
+        except StoreUnavailable:
+            return  # the client reconnects with the last id it got
         for event in backlog:
             position = event.id
             yield _sse(event)

@@ -34,6 +34,7 @@ __all__ = [
     "STATUSES",
     "TERMINAL",
     "EVENTS_CHANNEL",
+    "FIRST_EVENT_ID",
     "Claim",
     "JobEvent",
     "JobFinished",
@@ -42,6 +43,7 @@ __all__ = [
     "JobStatus",
     "JobStore",
     "StoreUnavailable",
+    "event_id_key",
     "is_stale",
 ]
 
