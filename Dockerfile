@@ -32,4 +32,4 @@ ENV CHECKPOINT_DIR=/checkpoints \
     DATA_DIR=/data
 
 EXPOSE 8000
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "app.edge", "--host", "0.0.0.0", "--port", "8000"]

@@ -153,11 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--timeout-graceful-shutdown", type=int, default=None,
+                        help="seconds to let running requests finish on shutdown")
     args = parser.parse_args(argv)
     settings = get_settings()
     uvicorn.run(
         "app.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-        http=GuardedHttpToolsProtocol,
+        http=GuardedHttpToolsProtocol, timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         timeout_keep_alive=settings.HTTP_KEEP_ALIVE_S,
         # Past this many open connections (or running requests) a process answers 503 at once
         # instead of running out of file descriptors.

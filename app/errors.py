@@ -3,10 +3,11 @@
     StoreUnavailable (bnlenet.jobs)        503  Redis is down: training and jobs wait for it
     JobNotFound (bnlenet.jobs)             404
     JobFinished (bnlenet.jobs)             409  cancelling a job that already ended
+    MalformedJob (bnlenet.jobs)            409  a stored record that cannot be read (that job alone)
+    IdempotencyConflict (bnlenet.jobs)     409  an Idempotency-Key reused with other parameters
     UnknownModel (bnlenet.model_store)     404  also any id that could never name a model
     NoModelYet (bnlenet.model_store)       409  train one first
     ModelUnusable (bnlenet.model_store)    409  the checkpoint is corrupt, tampered or not ours
-    QueueUnavailable                       503  the job was not queued (and not kept)
     BadInput                               422  a body that parsed but says something impossible
     UnsupportedMedia                       415  not an image, or a content type /predict does not take
     PayloadTooLarge                        413
@@ -26,23 +27,18 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from bnlenet.jobs import JobFinished, JobNotFound, StoreUnavailable
+from bnlenet.jobs import IdempotencyConflict, JobFinished, JobNotFound, MalformedJob, StoreUnavailable
 from bnlenet.model_store import ModelUnusable, NoModelYet, UnknownModel
 
 __all__ = [
     "BadInput",
     "Forbidden",
     "PayloadTooLarge",
-    "QueueUnavailable",
     "Unauthorized",
     "UnsupportedMedia",
     "error_responses",
     "install_error_handlers",
 ]
-
-
-class QueueUnavailable(RuntimeError):
-    """The training task could not be published."""
 
 
 class BadInput(ValueError):
@@ -67,10 +63,11 @@ class Forbidden(PermissionError):
 
 STATUS: dict[type[Exception], int] = {
     StoreUnavailable: 503,
-    QueueUnavailable: 503,
     JobNotFound: 404,
     UnknownModel: 404,
     JobFinished: 409,
+    MalformedJob: 409,
+    IdempotencyConflict: 409,
     NoModelYet: 409,
     ModelUnusable: 409,
     BadInput: 422,

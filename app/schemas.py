@@ -204,11 +204,23 @@ class ModelOut(BaseModel):
     job_id: str | None = None
 
 
+class UnusableModelOut(BaseModel):
+    """A checkpoint file that does not verify: never served, never the default."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: str
+    error: str = Field(description="why it cannot be used (corrupt, truncated, tampered, wrong shape)")
+
+
 class ModelList(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [], "count": 0}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [], "count": 0, "unusable": []}]})
 
     data: list[ModelOut]
     count: int
+    unusable: list[UnusableModelOut] = Field(
+        default_factory=list, description="checkpoint files that fail verification, left out of data"
+    )
 
 
 class BatchNormLayerOut(BaseModel):

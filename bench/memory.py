@@ -91,7 +91,7 @@ def api_rows(settle_s: float) -> list[dict[str, Any]]:
         port = free_port()
         env = {**os.environ, "CHECKPOINT_DIR": str(Path(tmp) / "ck"),
                "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens: predict needs no Redis
-        api = start([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+        api = start([sys.executable, "-m", "app.edge", "--host", "127.0.0.1", "--port", str(port),
                      "--workers", "1"], env)
         base = f"http://127.0.0.1:{port}"
         try:

@@ -23,6 +23,7 @@ from bench.machine import describe
 
 SECTIONS: list[str] = [
     "train_speed",
+    "process_speed",
     "quality",
     "predict",
     "events",

@@ -7,7 +7,17 @@ The one place that knows the key formats:
   creation time, for listing newest first, filtered by status, with a total;
 - ``bnlenet:workers``: a sorted set of worker names scored by when each was last seen;
 - ``bnlenet:job:<id>:events``: the job's events, a Redis Stream (see ``JobEvent``), and
-  ``bnlenet:job-events``, the pub/sub channel that names a job whenever its stream grows.
+  ``bnlenet:job-events``, the pub/sub channel that names a job whenever its stream grows;
+- ``bnlenet:outbox``: ids of queued jobs whose task may not be on the broker yet, scored by
+  when they were put there (the outbox: see ``submit``);
+- ``bnlenet:idempotency:<sha256 of the key>``: ``<job id> <sha256 of the parameters>`` for
+  ``POST /train``'s ``Idempotency-Key``, expiring after a day.
+
+Publishing a job is atomic with its record through the outbox: the record and its outbox
+entry are written in one transaction, the task is published after, and only then is the entry
+removed (with the task id written to the record). A crash or a broker failure in between leaves
+the entry, and the workers' sweep (``pending_publish``) publishes it again a few seconds later.
+A second publish of the same job is harmless: a delivery runs a job only if ``claim`` lets it.
 
 Every change to a record is a read-modify-write inside ``WATCH``/``MULTI`` (redis-py's
 ``Redis.transaction``), so a cancel, a heartbeat and a status change never overwrite one
@@ -19,7 +29,9 @@ watcher sees appends its events in the same transaction). Any Redis failure surf
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +51,7 @@ __all__ = [
     "JobEvent",
     "JobFinished",
     "JobNotFound",
+    "MalformedJob",
     "JobRecord",
     "JobStatus",
     "JobStore",
@@ -52,6 +65,7 @@ STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 TERMINAL: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
 
 _PREFIX = "bnlenet"
+log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = f"{_PREFIX}:job-events"  # pub/sub: each message is the id of a job whose events grew
 EVENTS_MAXLEN = 1000  # entries kept per job (approximately: Redis trims whole nodes)
@@ -94,6 +108,18 @@ class StoreUnavailable(RuntimeError):
 
 class JobNotFound(LookupError):
     """No job with this id."""
+
+
+class IdempotencyConflict(ValueError):
+    """An ``Idempotency-Key`` reused with different parameters."""
+
+
+class MalformedJob(ValueError):
+    """A stored job record this code cannot read; reported for that job, never for a whole listing."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"the record of job {job_id!r} is malformed ({reason}); delete the key or restore it")
+        self.job_id = job_id
 
 
 class JobFinished(RuntimeError):
@@ -170,11 +196,38 @@ def is_stale(record: Record, stale_after: float, now: float | None = None) -> bo
     return beat is None or now - beat >= stale_after
 
 
-def _load(raw: Any) -> Record:
-    """A stored record; records written before a field existed get its empty value."""
-    record: Record = json.loads(raw)
+def _load(raw: Any, job_id: str = "?") -> Record:
+    """A stored record, checked; records written before a field existed get its empty value.
+
+    Raises ``MalformedJob`` for anything that is not a record this code wrote (bit rot, a
+    bad restore, another program's key): callers report it for that job alone.
+    """
+    try:
+        record = json.loads(raw)
+    except (ValueError, TypeError) as exc:
+        raise MalformedJob(job_id, f"not JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise MalformedJob(job_id, f"a JSON {type(record).__name__}, not an object")
+    problems = [f"{name} should be {kind}" for name, (check, kind) in _SHAPE.items() if not check(record.get(name))]
+    if problems:
+        raise MalformedJob(job_id, "; ".join(problems))
     record.setdefault("final_test_acc", None)
-    return record
+    return record  # type: ignore[return-value]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# The fields every reader relies on, and what they must hold.
+_SHAPE: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "job_id": (lambda v: isinstance(v, str), "a string"),
+    "status": (lambda v: v in STATUSES, f"one of {', '.join(STATUSES)}"),
+    "params": (lambda v: isinstance(v, dict), "an object"),
+    "attempts": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number"),
+    "created_at": (_number, "a number"),
+    "history": (lambda v: isinstance(v, list), "a list"),
+}
 
 
 class JobStore:
@@ -201,6 +254,12 @@ class JobStore:
         return f"{_PREFIX}:jobs:all" if status is None else f"{_PREFIX}:jobs:status:{status}"
 
     _workers_key = f"{_PREFIX}:workers"
+    _outbox_key = f"{_PREFIX}:outbox"
+    IDEMPOTENCY_TTL_S = 24 * 3600
+
+    @staticmethod
+    def _idempotency_key(key: str) -> str:
+        return f"{_PREFIX}:idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
 
     @staticmethod
     def events_key(job_id: str) -> str:
@@ -224,7 +283,7 @@ class JobStore:
             raw = self.redis.get(self._job_key(job_id))
         if raw is None:
             raise JobNotFound(f"no job with id {job_id!r}")
-        return _load(raw)
+        return _load(raw, job_id)
 
     def list(self, *, status: str | None = None, offset: int = 0, limit: int = 50) -> tuple[list[Record], int]:
         """Records newest first, optionally of one status; and how many there are in all."""
@@ -235,42 +294,113 @@ class JobStore:
             pipe.zrevrange(key, offset, offset + limit - 1)
             total, ids = pipe.execute()
             raws = self.redis.mget([self._job_key(_text(i)) for i in ids]) if ids else []
-        return [_load(r) for r in raws if r is not None], int(total)
+        return self._readable(ids, raws), int(total)
 
     def running(self) -> builtins.list[Record]:
         with self._errors():
             ids = self.redis.zrange(self._index_key("running"), 0, -1)
             raws = self.redis.mget([self._job_key(_text(i)) for i in ids]) if ids else []
-        return [_load(r) for r in raws if r is not None]
+        return self._readable(ids, raws)
+
+    @staticmethod
+    def _readable(ids: builtins.list[Any], raws: builtins.list[Any]) -> builtins.list[Record]:
+        """The records that load; a malformed one is logged and left out, not fatal to the list."""
+        records = []
+        for job_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                records.append(_load(raw, _text(job_id)))
+            except MalformedJob as exc:
+                log.warning("%s", exc)
+        return records
 
     # writes
     def create(self, params: dict[str, Any]) -> Record:
-        """Store a new queued job with these (validated) parameters."""
+        """Store a new queued job with these (validated) parameters, in the outbox until published."""
+        return self.submit(params)[0]
+
+    def submit(self, params: dict[str, Any], *, idempotency_key: str | None = None) -> tuple[Record, bool]:
+        """Store a new queued job, or with a key seen before, find the job it made; (record, new?).
+
+        The record, its indexes, its outbox entry and the key are written in one transaction.
+        Raises ``IdempotencyConflict`` when the key was used with other parameters.
+        """
         now = time.time()
         record = new_record(uuid.uuid4().hex, params, now)
+        job_id = record["job_id"]
+        fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        idem = self._idempotency_key(idempotency_key) if idempotency_key else None
+        earlier: str | None = None
+
+        def transaction(pipe: Pipeline) -> None:
+            nonlocal earlier
+            earlier = None
+            if idem is not None:
+                seen = pipe.get(idem)
+                if seen is not None:
+                    earlier = _text(seen)
+                    return
+            pipe.multi()
+            pipe.set(self._job_key(job_id), json.dumps(record))
+            pipe.zadd(self._index_key(), {job_id: now})
+            pipe.zadd(self._index_key("queued"), {job_id: now})
+            pipe.zadd(self._outbox_key, {job_id: now})
+            if idem is not None:
+                pipe.set(idem, f"{job_id} {fingerprint}", ex=self.IDEMPOTENCY_TTL_S)
+
         with self._errors():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.set(self._job_key(record["job_id"]), json.dumps(record))
-            pipe.zadd(self._index_key(), {record["job_id"]: now})
-            pipe.zadd(self._index_key("queued"), {record["job_id"]: now})
-            pipe.execute()
-        return record
+            if idem is None:
+                self.redis.transaction(transaction)
+            else:
+                self.redis.transaction(transaction, idem)
+        if earlier is None:
+            return record, True
+        earlier_id, _, earlier_fingerprint = earlier.partition(" ")
+        if earlier_fingerprint != fingerprint:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was used for a job with other parameters; use a new key for a new job"
+            )
+        try:
+            return self.get(earlier_id), False
+        except JobNotFound:  # the job was deleted since: the key made it, so it is gone too
+            with self._errors():
+                self.redis.delete(idem)  # type: ignore[arg-type]
+            return self.submit(params, idempotency_key=idempotency_key)
+
+    def published(self, job_id: str, task_id: str) -> Record:
+        """The job's task is on the broker: note its id and take the job out of the outbox."""
+        return self.update(job_id, lambda r: {**r, "task_id": task_id},
+                           also=lambda pipe: pipe.zrem(self._outbox_key, job_id))
+
+    def pending_publish(self, older_than: float) -> builtins.list[str]:
+        """Ids in the outbox for at least ``older_than`` seconds (their publish may have been lost)."""
+        with self._errors():
+            ids = self.redis.zrangebyscore(self._outbox_key, "-inf", time.time() - older_than)
+        return [_text(i) for i in ids]
+
+    def drop_from_outbox(self, job_id: str) -> None:
+        with self._errors():
+            self.redis.zrem(self._outbox_key, job_id)
 
     def delete(self, job_id: str) -> None:
-        """Remove a job entirely (used when its task could not be queued)."""
+        """Remove a job entirely."""
         with self._errors():
             pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(self._job_key(job_id))
+            pipe.delete(self._job_key(job_id), self.events_key(job_id))
             pipe.zrem(self._index_key(), job_id)
+            pipe.zrem(self._outbox_key, job_id)
             for status in STATUSES:
                 pipe.zrem(self._index_key(status), job_id)
             pipe.execute()
 
-    def update(self, job_id: str, change: Callable[[Record], Record | None]) -> Record:
+    def update(self, job_id: str, change: Callable[[Record], Record | None],
+               also: Callable[[Pipeline], object] | None = None) -> Record:
         """Apply ``change`` to the record atomically; it returns the new record, or None for no change.
 
         ``change`` may run more than once (when another writer got in first), so it must not
-        have side effects; it may raise to abort.
+        have side effects; it may raise to abort. ``also`` adds commands to the same transaction
+        when the record changes.
         """
         key = self._job_key(job_id)
         result: Record | None = None
@@ -280,8 +410,8 @@ class JobStore:
             raw = pipe.get(key)  # a watched pipeline answers at once
             if raw is None:
                 raise JobNotFound(f"no job with id {job_id!r}")
-            old = _load(raw)
-            new = change(_load(raw))
+            old = _load(raw, job_id)  # a malformed record raises here, before anything is written
+            new = change(_load(raw, job_id))
             result = old if new is None else new
             if new is None:
                 return
@@ -293,6 +423,8 @@ class JobStore:
             if new["status"] != old["status"]:
                 pipe.zrem(self._index_key(old["status"]), job_id)
                 pipe.zadd(self._index_key(new["status"]), {job_id: new["created_at"]})
+            if also is not None:
+                also(pipe)
 
         with self._errors():
             self.redis.transaction(transaction, key)
@@ -413,18 +545,57 @@ class JobStore:
             record = self.update(job_id, change)
         except JobNotFound:
             return Claim(False, None, "no such job")
+        except MalformedJob as exc:  # never run it, and never leave it waiting for ever
+            return Claim(False, self._fail_malformed(job_id, str(exc)), "malformed record")
         return Claim(bool(outcome["run"]), record, outcome["reason"])
+
+    def _fail_malformed(self, job_id: str, reason: str) -> Record:
+        """Replace an unreadable record with a failed one that says why, keeping what can be kept."""
+        now = time.time()
+        key = self._job_key(job_id)
+        with self._errors():
+            raw = self.redis.get(key)
+            try:
+                old = json.loads(raw) if raw is not None else {}
+            except ValueError:
+                old = {}
+            old = old if isinstance(old, dict) else {}
+            created = float(old["created_at"]) if _number(old.get("created_at")) else now
+            params: dict[str, Any] = old["params"] if isinstance(old.get("params"), dict) else {}
+            record: Record = {**new_record(job_id, params, created), "status": "failed", "finished_at": now,
+                              "error": reason}
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.set(key, json.dumps(record))
+            for status in STATUSES:
+                pipe.zrem(self._index_key(status), job_id)
+            pipe.zadd(self._index_key("failed"), {job_id: created})
+            pipe.zadd(self._index_key(), {job_id: created})
+            self._append_events(pipe, job_id, [("status", dict(record))], -1)  # its watchers see it end
+            pipe.execute()
+        log.warning("job %s failed: %s", job_id, reason)
+        return record
 
     def heartbeat(
         self, job_id: str, *, worker: str, attempt: int | None = None, progress: dict[str, Any] | None = None
     ) -> bool:
         """Note that the job's worker is alive (and where it is); returns whether a cancel was asked."""
-        cancel = False
+        return self.beat(job_id, worker=worker, attempt=attempt, progress=progress)[0]
+
+    def beat(
+        self, job_id: str, *, worker: str, attempt: int | None = None, progress: dict[str, Any] | None = None
+    ) -> tuple[bool, bool]:
+        """A heartbeat that also says whether this worker (and attempt) still owns the job: (cancel?, owned?).
+
+        A worker that no longer owns it (it was declared lost and requeued, or it ended) must
+        stop: nothing it writes counts any more, and it must publish nothing.
+        """
+        cancel = owned = False
 
         def change(r: Record) -> Record | None:
-            nonlocal cancel
+            nonlocal cancel, owned
             cancel = bool(r["cancel_requested"])
-            if not _owned(r, worker, attempt):
+            owned = _owned(r, worker, attempt)
+            if not owned:
                 return None  # not ours any more: never resurrect a finished or requeued job
             new: Record = {**r, "heartbeat_at": time.time()}
             if progress is not None:
@@ -432,7 +603,7 @@ class JobStore:
             return new
 
         self.update(job_id, change)
-        return cancel
+        return cancel, owned
 
     def first_step(
         self, job_id: str, *, worker: str, attempt: int | None = None, at: float, progress: dict[str, Any]
@@ -477,9 +648,13 @@ class JobStore:
 
         return self.update(job_id, change)
 
-    def reap(self, job_id: str, *, stale_after: float, max_attempts: int) -> Record | None:
+    def reap(self, job_id: str, *, stale_after: float, max_attempts: int,
+             published: dict[str, Any] | None = None) -> Record | None:
         """Requeue a running job whose worker vanished, or fail it once attempts are used up.
 
+        ``published``: the metadata of the job's checkpoint, if one exists. When it is this
+        attempt's, the worker published its model and vanished before recording the outcome:
+        the job succeeded, and is recorded so (never trained again, never failed).
         Returns the record when it went back to ``queued`` (the caller publishes a new task),
         else None.
         """
@@ -492,6 +667,12 @@ class JobStore:
             if not is_stale(r, stale_after, now):
                 return None
             silent = now - (r["heartbeat_at"] or r["created_at"])
+            if published is not None and published.get("job_id") == job_id \
+                    and published.get("attempt") == r["attempts"]:
+                return {**r, "status": "succeeded", "finished_at": now, "model_id": job_id,
+                        "final_test_acc": published.get("final_test_acc"),
+                        "note": f"its worker {r['worker']} published the model of attempt {r['attempts']} and went "
+                                f"silent before recording it; recorded from the published checkpoint"}
             if r["cancel_requested"]:
                 return {**r, "status": "cancelled", "finished_at": now,
                         "note": f"its worker {r['worker']} vanished after the cancel was asked"}
@@ -504,7 +685,10 @@ class JobStore:
                         f"(attempt {r['attempts']} of {max_attempts})",
             }
 
-        record = self.update(job_id, change)
+        # A requeued job goes into the outbox with its record: if the publish that follows is
+        # lost, the sweep publishes it.
+        record = self.update(job_id, change,
+                             also=lambda pipe: pipe.zadd(self._outbox_key, {job_id: time.time()}) if requeued else None)
         return record if requeued else None
 
     # workers

@@ -5,26 +5,30 @@ The one place that knows the path rule: model ``<id>`` lives in
 separators, no dots), so no id can name a file outside the directory. The directory is the
 registry: listing and serving work from disk alone, with Redis down.
 
-Serving keeps the disk off the hot path: loaded models sit in a bounded LRU, header metadata
-is cached by (mtime, size), and "the newest model" is recomputed at most once per
-``refresh_s``.
+Serving keeps the disk off the hot path: loaded models sit in a bounded LRU, each file is
+verified (structure and checksum) once per (mtime, size) and the outcome cached, and "the
+newest model" is recomputed at most once per ``refresh_s``, among checkpoints that verify: a
+file that does not (bit rot, a bad copy, tampering) is logged and reported by ``unusable()``,
+and never becomes the default model.
 """
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from models.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = [
     "MODEL_ID_PATTERN",
@@ -75,7 +79,8 @@ class ModelStore:
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._meta: dict[str, tuple[tuple[int, int], dict[str, Any] | None]] = {}
+        # id -> ((mtime, size), verified metadata or None, why not)
+        self._meta: dict[str, tuple[tuple[int, int], dict[str, Any] | None, str | None]] = {}
         self._newest: str | None = None
         self._newest_at = float("-inf")
 
@@ -88,15 +93,20 @@ class ModelStore:
         return self.directory / f"{model_id}{SUFFIX}"
 
     # writing
-    def publish(self, model_id: str, model: nn.Module, metadata: dict[str, Any]) -> Path:
-        """Write the checkpoint atomically; it is visible whole or not at all."""
-        path = save_checkpoint(self.path_for(model_id), model, {**metadata, "model_id": model_id})
+    def publish(self, model_id: str, model: nn.Module, metadata: dict[str, Any], *,
+                before_commit: Callable[[], None] | None = None) -> Path:
+        """Write the checkpoint atomically; it is visible whole or not at all.
+
+        ``before_commit`` runs just before it becomes visible; raising there publishes nothing.
+        """
+        path = save_checkpoint(self.path_for(model_id), model, {**metadata, "model_id": model_id},
+                               before_commit=before_commit)
         self._newest_at = float("-inf")  # let this process see it at once
         return path
 
     # metadata
     def _scan(self) -> list[tuple[str, dict[str, Any]]]:
-        """(id, metadata) of every readable checkpoint; others are skipped with a warning."""
+        """(id, metadata) of every checkpoint that verifies, newest first."""
         found: list[tuple[str, dict[str, Any]]] = []
         seen: set[str] = set()
         try:
@@ -115,7 +125,7 @@ class ModelStore:
             except OSError:
                 continue
             seen.add(model_id)
-            meta = self._metadata_cached(model_id, Path(entry.path), (st.st_mtime_ns, st.st_size))
+            meta, _ = self._checked(model_id, Path(entry.path), (st.st_mtime_ns, st.st_size))
             if meta is not None:
                 found.append((model_id, meta))
         with self._lock:
@@ -124,22 +134,30 @@ class ModelStore:
         found.sort(key=lambda item: (str(item[1].get("created_at", "")), item[0]), reverse=True)
         return found
 
-    def _metadata_cached(self, model_id: str, path: Path, stamp: tuple[int, int]) -> dict[str, Any] | None:
+    def _checked(self, model_id: str, path: Path, stamp: tuple[int, int]) -> tuple[dict[str, Any] | None, str | None]:
+        """(metadata, None) for a checkpoint that verifies, else (None, why); once per file version."""
         cached = self._meta.get(model_id)
         if cached is not None and cached[0] == stamp:
-            return cached[1]
+            return cached[1], cached[2]
+        meta: dict[str, Any] | None = None
+        problem: str | None = None
         try:
-            meta: dict[str, Any] | None = read_metadata(path)
+            meta = load_checkpoint(path).metadata
         except CheckpointError as exc:
-            log.warning("skipping %s: %s", path, exc)
-            meta = None
+            problem = str(exc).replace(str(path), path.name)  # no server paths in answers
+            log.warning("model %s is unusable: %s", model_id, problem)
         with self._lock:
-            self._meta[model_id] = (stamp, meta)
-        return meta
+            self._meta[model_id] = (stamp, meta, problem)
+        return meta, problem
 
     def list(self) -> list[tuple[str, dict[str, Any]]]:
-        """Every usable-looking model, newest first."""
+        """Every model that verifies, newest first."""
         return self._scan()
+
+    def unusable(self) -> builtins.list[tuple[str, str]]:
+        """(id, why) of every checkpoint file that does not verify, as of the last listing."""
+        with self._lock:
+            return sorted((i, problem) for i, (_, meta, problem) in self._meta.items() if problem is not None)
 
     def metadata(self, model_id: str) -> dict[str, Any]:
         path = self.path_for(model_id)
@@ -147,13 +165,13 @@ class ModelStore:
             st = path.stat()
         except OSError as exc:
             raise UnknownModel(f"no model with id {model_id!r}") from exc
-        meta = self._metadata_cached(model_id, path, (st.st_mtime_ns, st.st_size))
+        meta, problem = self._checked(model_id, path, (st.st_mtime_ns, st.st_size))
         if meta is None:
-            raise ModelUnusable(f"model {model_id!r} exists but is not a valid bnlenet checkpoint")
+            raise ModelUnusable(f"model {model_id!r} cannot be used: {problem}")
         return meta
 
     def newest(self) -> str:
-        """The id of the newest model, recomputed at most every ``refresh_s`` seconds."""
+        """The id of the newest model that verifies, recomputed at most every ``refresh_s`` seconds."""
         now = time.monotonic()
         if now - self._newest_at >= self.refresh_s:
             models = self._scan()

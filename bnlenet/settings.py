@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     JOB_PROGRESS_INTERVAL_S: float = Field(0.5, gt=0)  # progress writes within an epoch, at most this often
     JOB_STALE_AFTER_S: float = Field(30.0, gt=0)  # a running job without a heartbeat this long lost its worker
     REAPER_INTERVAL_S: float = Field(10.0, gt=0)  # how often a worker looks for such jobs
+    OUTBOX_GRACE_S: float = Field(3.0, gt=0)  # a queued job's task not confirmed this long is published again
+    OUTCOME_RETRY_S: float = Field(300.0, gt=0)  # how long a worker retries recording a published model's success
     MAX_ATTEMPTS: int = Field(3, ge=1)  # deliveries of one job before it is failed as a worker killer
     VISIBILITY_TIMEOUT_S: int = 12 * 3600  # longer than the longest job, or Redis redelivers running jobs
     COMPILE_ON_CUDA: bool = True  # torch.compile jobs that train on a GPU (the worker compiles once, at start)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,11 +78,13 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "safetensors": safetensors.__version__, "python": platform.python_version()}
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, metadata: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, metadata: dict[str, Any], *,
+                    before_commit: Callable[[], None] | None = None) -> Path:
     """Write ``model``'s state_dict and ``metadata`` to ``path`` atomically; returns the path.
 
     ``metadata`` must name the ``variant``; format, versions, preprocessing, creation time
-    and the checksum are added here.
+    and the checksum are added here. ``before_commit`` runs just before the file takes its
+    name (see ``write_atomically``).
     """
     path = Path(path)
     if metadata.get("variant") not in VARIANTS:
@@ -96,11 +99,17 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, metadata: di
     }
     meta["checksum"] = _checksum(tensors, meta)
     payload = safetensors_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-    return write_atomically(path, payload)
+    return write_atomically(path, payload, before_commit=before_commit)
 
 
-def write_atomically(path: str | os.PathLike[str], payload: bytes) -> Path:
-    """Write ``payload`` to ``path`` so that readers see the old file or the whole new one; returns the path."""
+def write_atomically(path: str | os.PathLike[str], payload: bytes, *,
+                     before_commit: Callable[[], None] | None = None) -> Path:
+    """Write ``payload`` to ``path`` so that readers see the old file or the whole new one; returns the path.
+
+    ``before_commit`` runs after the bytes are on disk and just before the rename: raising
+    there leaves the old file (or none) in place, so a writer can check its right to publish
+    as late as possible.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Temporary file in the same directory, then rename: never a partial write under the
@@ -111,6 +120,8 @@ def write_atomically(path: str | os.PathLike[str], payload: bytes) -> Path:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        if before_commit is not None:
+            before_commit()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

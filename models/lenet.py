@@ -7,6 +7,7 @@ from typing import Literal, get_args
 from torch import nn
 
 from models.batchnorm import BatchNorm
+from models.pooling import MaxPool2d
 
 Variant = Literal["scratch", "builtin"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
@@ -23,14 +24,18 @@ def _bn(variant: str, num_features: int, num_dims: int) -> nn.Module:
 
 
 def build_lenet(variant: str) -> nn.Sequential:
-    """The chapter's ``nn.Sequential``; index 1 is the first BN layer (``net[1].gamma``)."""
+    """The chapter's ``nn.Sequential``; index 1 is the first BN layer (``net[1].gamma``).
+
+    The pooling layers are ``nn.MaxPool2d`` computed without PyTorch's slow CPU kernel
+    (``models/pooling.py``): the same values and gradients.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     net = nn.Sequential(
         nn.Conv2d(1, 6, kernel_size=5), _bn(variant, 6, 4), nn.Sigmoid(),   # (N, 6, 24, 24)
-        nn.MaxPool2d(kernel_size=2, stride=2),                              # (N, 6, 12, 12)
+        MaxPool2d(kernel_size=2, stride=2),                                 # (N, 6, 12, 12)
         nn.Conv2d(6, 16, kernel_size=5), _bn(variant, 16, 4), nn.Sigmoid(),  # (N, 16, 8, 8)
-        nn.MaxPool2d(kernel_size=2, stride=2), nn.Flatten(),                # (N, 256)
+        MaxPool2d(kernel_size=2, stride=2), nn.Flatten(),                   # (N, 256)
         nn.Linear(16 * 4 * 4, 120), _bn(variant, 120, 2), nn.Sigmoid(),     # (N, 120)
         nn.Linear(120, 84), _bn(variant, 84, 2), nn.Sigmoid(),              # (N, 84)
         nn.Linear(84, NUM_CLASSES),                                         # (N, 10)

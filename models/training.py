@@ -41,6 +41,7 @@ from models.data import FashionMNIST
 from models.lenet import VARIANTS, build_lenet
 from models.memory import keep_large_buffers
 from models.params import check_params, describes_run, param
+from models.threads import training_threads
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +291,20 @@ def train(
     Raises ``TrainingDiverged`` when the loss stops being finite and ``TrainingCancelled``
     when ``should_stop`` returns True (checked between batches).
     """
+    # One intra-op thread on the CPU (models/threads.py), restored afterwards.
+    with training_threads(resolve_device(config.device)):
+        return _train(config, data, on_progress=on_progress, on_epoch=on_epoch, should_stop=should_stop)
+
+
+def _train(
+    config: TrainConfig,
+    data: FashionMNIST,
+    *,
+    on_progress: ProgressCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> TrainResult:
+    """``train``'s body, run with the CPU thread setting in force."""
     device = resolve_device(config.device)
     if device.type == "cpu":
         keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step

@@ -20,7 +20,8 @@ from typing import Any
 
 from celery import signals
 
-from bnlenet.jobs import JobRecord, JobStore, StoreUnavailable, is_stale
+from bnlenet.jobs import JobNotFound, JobRecord, JobStore, MalformedJob, StoreUnavailable, is_stale
+from bnlenet.model_store import ModelStore, ModelUnusable, UnknownModel
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher
 from models.data import FashionMNIST
@@ -28,23 +29,35 @@ from models.memory import release_memory
 from models.training import TrainConfig, train
 from worker import resources
 
-__all__ = ["Heartbeat", "Reaper", "owner_gone", "reap_stale_jobs", "warm_up"]
+__all__ = ["Heartbeat", "LostJob", "Reaper", "owner_gone", "publish_outbox", "reap_stale_jobs", "warm_up"]
 
 log = logging.getLogger(__name__)
 
 
+class LostJob(RuntimeError):
+    """This worker no longer owns the job (or cannot tell within its lease): it must publish nothing."""
+
+
 class Heartbeat(threading.Thread):
-    """Keeps the job's heartbeat fresh, writes the latest progress, and watches for a cancel."""
+    """Keeps the job's heartbeat fresh, writes the latest progress, and watches for a cancel or a lost job.
+
+    ``cancel`` is the training loop's stop signal: set on a cancel request, and when a beat finds
+    that the job is no longer this attempt's (``lost`` set too), so a worker that was frozen or
+    cut off past ``JOB_STALE_AFTER_S`` stops within a heartbeat of coming back.
+    """
 
     def __init__(self, store: JobStore, job_id: str, *, worker: str, attempt: int, interval: float,
-                 progress_interval: float) -> None:
+                 progress_interval: float, lease: float) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.store, self.job_id, self.worker, self.attempt = store, job_id, worker, attempt
         self.interval = min(interval, progress_interval)
         self.heartbeat_interval = interval
+        self.lease = lease  # how long one confirmation of ownership lasts (well under JOB_STALE_AFTER_S)
         self.cancel = threading.Event()
+        self.lost = threading.Event()
         self.done = threading.Event()
         self.progress: dict[str, Any] | None = None  # set by the training thread, read here
+        self.confirmed_at = time.monotonic()  # the claim just confirmed it
         self._written: dict[str, Any] | None = None
         self._beat_at = float("-inf")
 
@@ -52,18 +65,43 @@ class Heartbeat(threading.Thread):
         while not self.done.wait(self.interval):
             self.beat()
 
-    def beat(self) -> None:
+    def beat(self, *, force: bool = False) -> None:
         """Write the heartbeat (and new progress), unless nothing changed and the last beat is recent."""
         progress = self.progress
         now = time.monotonic()
-        if progress is self._written and now - self._beat_at < self.heartbeat_interval:
+        if not force and progress is self._written and now - self._beat_at < self.heartbeat_interval:
             return
         try:
-            if self.store.heartbeat(self.job_id, worker=self.worker, attempt=self.attempt, progress=progress):
-                self.cancel.set()
-            self._written, self._beat_at = progress, now
+            cancel, owned = self.store.beat(self.job_id, worker=self.worker, attempt=self.attempt, progress=progress)
         except StoreUnavailable as exc:  # keep training; the next beat may get through
             log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
+            return
+        self._written, self._beat_at = progress, now
+        if not owned:
+            if not self.lost.is_set():
+                log.warning("job %s: attempt %d no longer owns the job (another attempt does, or it ended); "
+                            "stopping without publishing", self.job_id, self.attempt)
+            self.lost.set()
+            self.cancel.set()
+            return
+        self.confirmed_at = now
+        if cancel:
+            self.cancel.set()
+
+    def confirm_lease(self) -> None:
+        """Raise ``LostJob`` unless this attempt certainly owns the job for the next moments.
+
+        Called just before the checkpoint takes its name. A fresh beat confirms ownership
+        (or finds it lost); with Redis away, the last confirmation counts while it is younger
+        than the lease: nobody can take the job over before ``JOB_STALE_AFTER_S`` of silence.
+        """
+        self.beat(force=True)
+        if self.lost.is_set():
+            raise LostJob(f"job {self.job_id} is no longer attempt {self.attempt}'s")
+        age = time.monotonic() - self.confirmed_at
+        if age > self.lease:
+            raise LostJob(f"ownership of job {self.job_id} last confirmed {age:.1f}s ago, beyond the "
+                          f"{self.lease:.1f}s lease")
 
     def stop(self) -> None:
         self.done.set()
@@ -91,15 +129,52 @@ def reap_stale_jobs(store: JobStore, publisher: Publisher, settings: Settings) -
         if not is_stale(record, settings.JOB_STALE_AFTER_S):
             continue
         back = store.reap(record["job_id"], stale_after=settings.JOB_STALE_AFTER_S,
-                          max_attempts=settings.MAX_ATTEMPTS)
+                          max_attempts=settings.MAX_ATTEMPTS, published=_published(record["job_id"], settings))
         if back is not None:
+            log.warning("requeued job %s: %s", back["job_id"], back["note"])
+            requeued.append(back["job_id"])
             try:
-                store.set_task_id(back["job_id"], publisher.publish(back["job_id"]))
-                requeued.append(back["job_id"])
-                log.warning("requeued job %s: %s", back["job_id"], back["note"])
-            except Exception:
-                log.exception("could not requeue job %s; the next sweep retries", back["job_id"])
+                store.published(back["job_id"], publisher.publish(back["job_id"]))
+            except Exception as exc:  # it is in the outbox: the next sweep publishes it
+                log.warning("could not publish requeued job %s yet: %s", back["job_id"], exc)
     return requeued
+
+
+def _published(job_id: str, settings: Settings) -> dict[str, Any] | None:
+    """The metadata of the job's checkpoint if one verifies (a vanished worker may have published it)."""
+    try:
+        return ModelStore(settings.CHECKPOINT_DIR).metadata(job_id)
+    except (UnknownModel, ModelUnusable):
+        return None
+
+
+def publish_outbox(store: JobStore, publisher: Publisher, settings: Settings) -> list[str]:
+    """Publish the queued jobs whose task was never confirmed on the broker; returns their ids.
+
+    A job lands here when the API (or a reaper) stored it and then crashed, or lost the broker,
+    before the publish was confirmed. If the first publish did get through, this one is a
+    duplicate, which ``claim`` makes harmless.
+    """
+    published = []
+    for job_id in store.pending_publish(settings.OUTBOX_GRACE_S):
+        try:
+            record = store.get(job_id)
+        except (JobNotFound, MalformedJob):
+            store.drop_from_outbox(job_id)
+            continue
+        if record["status"] != "queued" or record["cancel_requested"]:
+            store.drop_from_outbox(job_id)  # it ran, ended or was cancelled: nothing to publish
+            continue
+        try:
+            store.published(job_id, publisher.publish(job_id))
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            log.warning("could not publish job %s from the outbox yet: %s", job_id, exc)
+            continue
+        log.warning("published job %s from the outbox: its first publish was never confirmed", job_id)
+        published.append(job_id)
+    return published
 
 
 class Reaper(threading.Thread):
@@ -111,11 +186,12 @@ class Reaper(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        beat_every = min(self.settings.REAPER_INTERVAL_S, 5.0)
+        beat_every = min(self.settings.REAPER_INTERVAL_S, self.settings.OUTBOX_GRACE_S, 5.0)
         next_sweep = 0.0
         while True:
             try:
                 self.store.worker_seen(self.worker)
+                publish_outbox(self.store, self.publisher, self.settings)  # one cheap read when empty
                 if time.monotonic() >= next_sweep:
                     reap_stale_jobs(self.store, self.publisher, self.settings)
                     next_sweep = time.monotonic() + self.settings.REAPER_INTERVAL_S

@@ -32,7 +32,7 @@ from models.training import (
 )
 from worker import resources
 from worker.celery_app import app
-from worker.housekeeping import Heartbeat, owner_gone
+from worker.housekeeping import Heartbeat, LostJob, owner_gone
 
 __all__ = ["job_config", "train_job"]
 
@@ -77,9 +77,9 @@ def run_job(job_id: str, task_id: str | None) -> str:
     attempt = claim.record["attempts"]
     owner: dict[str, Any] = {"worker": me, "attempt": attempt}
 
-    def finish(status: JobStatus, **fields: Any) -> JobStatus:
+    def finish(status: JobStatus, *, within: float = 60.0, **fields: Any) -> JobStatus:
         """Record the outcome, retrying for a while if Redis is briefly away."""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + within
         while True:
             try:
                 store.finish(job_id, status, **owner, **fields)
@@ -90,7 +90,7 @@ def run_job(job_id: str, task_id: str | None) -> str:
                 time.sleep(1)
 
     beat = Heartbeat(store, job_id, worker=me, attempt=attempt, interval=s.JOB_HEARTBEAT_INTERVAL_S,
-                     progress_interval=s.JOB_PROGRESS_INTERVAL_S)
+                     progress_interval=s.JOB_PROGRESS_INTERVAL_S, lease=s.JOB_STALE_AFTER_S / 2)
     beat.start()
     first_step_seen = False
 
@@ -116,15 +116,46 @@ def run_job(job_id: str, task_id: str | None) -> str:
         with resources.engine_lock:  # after the warm-up, which compiles what this job reuses
             result = train(config, data, on_progress=on_progress, on_epoch=on_epoch,
                            should_stop=beat.cancel.is_set)
-        metadata = {**training_metadata(config, result, data.classes), "job_id": job_id}
-        resources.model_store().publish(job_id, result.model, metadata)
-        return finish("succeeded", model_id=job_id, device=result.device, final_test_acc=result.final_test_acc)
     except TrainingCancelled:
-        return finish("cancelled")
+        if beat.lost.is_set():
+            beat.stop()
+            return "lost"  # another attempt owns the job: it writes the outcome
+        return _ended(beat, finish("cancelled"))
     except (TrainingDiverged, ValueError) as exc:
-        return finish("failed", error=str(exc))
-    except Exception as exc:
+        return _ended(beat, finish("failed", error=str(exc)))
+    except BaseException as exc:
+        beat.stop()  # whatever happens, this attempt's heartbeats end with it
+        if not isinstance(exc, Exception):
+            raise
         log.exception("job %s failed", job_id)
         return finish("failed", error=f"{type(exc).__name__}: {exc}")
-    finally:
+
+    # Trained. The outcome and the model must agree: the checkpoint takes its name only while
+    # this attempt certainly owns the job (the lease), and once it has, the job is recorded
+    # succeeded, or left for the reaper to record from the checkpoint, but never failed.
+    metadata = {**training_metadata(config, result, data.classes), "job_id": job_id, "attempt": attempt}
+    try:
+        resources.model_store().publish(job_id, result.model, metadata, before_commit=beat.confirm_lease)
+    except LostJob as exc:
+        log.warning("job %s: not publishing the model of attempt %d: %s", job_id, attempt, exc)
         beat.stop()
+        return "lost"
+    except BaseException as exc:  # nothing was published (a full disk, say): the job failed, and says why
+        beat.stop()
+        if not isinstance(exc, Exception):
+            raise
+        log.exception("job %s: could not publish its model", job_id)
+        return finish("failed", error=f"could not publish the model: {type(exc).__name__}: {exc}")
+    try:
+        return _ended(beat, finish("succeeded", within=s.OUTCOME_RETRY_S, model_id=job_id, device=result.device,
+                                   final_test_acc=result.final_test_acc))
+    except StoreUnavailable:
+        log.error("job %s: its model is published but Redis stayed away for %.0fs; the reaper records the "
+                  "success from the checkpoint once it can", job_id, s.OUTCOME_RETRY_S)
+        beat.stop()
+        return "succeeded"
+
+
+def _ended(beat: Heartbeat, status: JobStatus) -> JobStatus:
+    beat.stop()
+    return status

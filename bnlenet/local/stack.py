@@ -4,6 +4,11 @@ Every child runs in its own session, so a Ctrl-C in the terminal reaches only th
 which then stops the children in dependency order: the API first (no new jobs), then the
 workers (a warm shutdown lets a running batch finish; a job cut short is requeued by late
 acknowledgement), then Redis last, with SIGTERM, so it flushes its append-only file.
+
+Once up, the launcher supervises: a child that dies (Redis, a worker, the API) is started again
+after a backoff (1 s, doubling to 30 s, back to 1 s once it has run for a minute), with a log
+line each time, while the others keep running. The API keeps serving predictions while Redis or
+a worker is down. Only a signal stops the stack.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -140,6 +146,58 @@ def _check_alive(children: list[Child], redis: RedisServer | None) -> None:
             raise StackError(f"{child.name} (pid {child.pid}) exited unexpectedly with status {code}")
 
 
+@dataclass
+class _Restarts:
+    """When one supervised part may start again after dying, and how often it has."""
+
+    what: str
+    delay: float = 1.0
+    due_at: float | None = None  # set when its death is noticed
+    count: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    FIRST_DELAY_S = 1.0
+    MAX_DELAY_S = 30.0
+    STABLE_AFTER_S = 60.0  # up this long: the next death starts the backoff afresh
+
+    def ready(self, now: float, status: int | None) -> bool:
+        """Whether the dead part should be started now; logs its death the first time it is seen."""
+        if self.due_at is None:
+            if now - self.started_at >= self.STABLE_AFTER_S:
+                self.delay = self.FIRST_DELAY_S
+            self.due_at = now + self.delay
+            print(f"bnlenet: {self.what} exited with status {status}; starting it again in {self.delay:.0f}s "
+                  f"(restart {self.count + 1})", file=sys.stderr, flush=True)
+            self.delay = min(self.delay * 2, self.MAX_DELAY_S)
+        return now >= self.due_at
+
+    def restarted(self, now: float) -> None:
+        self.count += 1
+        self.due_at = None
+        self.started_at = now
+
+
+def _supervise(children: list[Child], redis: RedisServer | None, stop: threading.Event) -> None:
+    """Until ``stop``: start again, with backoff, any child (or Redis) that died."""
+    restarts = {id(child): _Restarts(child.name) for child in children}
+    redis_restarts = _Restarts("redis-server")
+    while not stop.is_set():
+        now = time.monotonic()
+        if redis is not None and redis.process is not None and redis.process.poll() is not None:
+            if redis_restarts.ready(now, redis.process.returncode):
+                try:
+                    redis.start()  # same port and data directory: the data comes back from its files
+                except RuntimeError as exc:
+                    print(f"bnlenet: redis-server did not start again: {exc}", file=sys.stderr, flush=True)
+                redis_restarts.restarted(now)
+        for child in children:
+            status = child.exited()
+            if status is not None and restarts[id(child)].ready(now, status):
+                child.start()
+                restarts[id(child)].restarted(now)
+        stop.wait(0.5)
+
+
 def _wait_healthy(url: str, children: list[Child], redis: RedisServer | None, stop: threading.Event,
                   timeout: float) -> None:
     def healthy_or_stopped() -> bool:
@@ -187,10 +245,10 @@ def worker_children(devices: list[str], env: dict[str, str], stop_timeout: float
 
 
 def api_child(host: str, port: int, workers: int, env: dict[str, str]) -> Child:
-    """uvicorn serving ``app.main:app`` with ``workers`` processes."""
+    """The API (``app.edge``: uvicorn with request deadlines and limits) with ``workers`` processes."""
     return Child(
         name="api",
-        argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
+        argv=[sys.executable, "-m", "app.edge", "--host", host, "--port", str(port),
               "--workers", str(workers), "--timeout-graceful-shutdown", "10"],
         env=env,
         stop_timeout=API_STOP_TIMEOUT_S,
@@ -203,7 +261,8 @@ def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wor
     ``workers`` is the number of API (uvicorn) processes, default ``BNLENET_API_WORKERS``, else
     the number of CPU cores. Celery runs one worker per visible GPU, or one on the CPU. The
     children get this process's environment, with ``REDIS_URL`` and ``CHECKPOINT_DIR`` set.
-    Returns 0 after a clean stop on SIGINT/SIGTERM/SIGHUP, 1 when something failed or died.
+    Once up, a child that dies is started again (see the module docstring). Returns 0 after a
+    clean stop on SIGINT/SIGTERM/SIGHUP, 1 when the stack could not start.
     """
     stop = threading.Event()
 
@@ -268,9 +327,7 @@ def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wor
                 "Press Ctrl-C to stop.\n",
                 flush=True,
             )
-        while not stop.is_set():
-            _check_alive(children, redis)
-            stop.wait(0.5)
+        _supervise(children, redis, stop)
         print("bnlenet: stopping (API, then workers, then Redis)", file=sys.stderr, flush=True)
     except (StackError, OSError) as exc:
         print(f"bnlenet: {exc}; stopping the rest", file=sys.stderr, flush=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bnlenet.local import procs
 from bnlenet.local.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,23 +31,19 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "CHECKPOINT_DIR": str(log.parent),
            "HTTP_HEADER_TIMEOUT_S": "1", "HTTP_BODY_TIMEOUT_S": "1", "HTTP_MAX_HEADERS": "100",
            "HTTP_MAX_HEADER_BYTES": "16384", "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.edge", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = procs.start([sys.executable, "-m", "app.edge", "--host", "127.0.0.1", "--port", str(port)],
+                       env=env, cwd=ROOT, log=log)
+
+    def healthy() -> bool:
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
-            time.sleep(0.1)
+        procs.wait_until(healthy, 60, lambda: log.read_text(errors="replace")[-3000:], interval=0.1,
+                         ignore=(httpx.HTTPError,))
         yield port, log
     finally:
-        proc.terminate()
-        proc.wait(15)
+        procs.stop(proc, 15)
 
 
 def _connect(port: int) -> socket.socket:

@@ -131,3 +131,18 @@ def test_jobs_work_again_when_redis_returns(trained_models):
                 assert client.get("/readyz").status_code == 200
         finally:
             server.stop()
+
+
+def test_jobs_malformed_record_is_409_for_itself_and_skipped_in_lists(client, redis_url):
+    import redis
+
+    ok = _submit(client, 1)[0]
+    r = redis.Redis.from_url(redis_url)
+    r.set("bnlenet:job:broken", b"\x00not json")
+    r.zadd("bnlenet:jobs:all", {"broken": 9e9})
+    r.zadd("bnlenet:jobs:status:queued", {"broken": 9e9})
+    listing = client.get("/jobs")
+    assert listing.status_code == 200 and [j["job_id"] for j in listing.json()["data"]] == [ok]
+    assert client.get("/jobs", params={"status": "queued"}).status_code == 200
+    for answer in (client.get("/jobs/broken"), client.post("/jobs/broken/cancel")):
+        assert answer.status_code == 409 and "malformed" in answer.json()["detail"]

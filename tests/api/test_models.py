@@ -122,3 +122,28 @@ def test_models_closed_with_protect_reads(make_client):
     client = make_client(API_TOKEN="tok", PROTECT_READS=True)
     assert client.get("/models").status_code == 401
     assert client.get("/models", headers={"Authorization": "Bearer tok"}).status_code == 200
+
+
+def test_models_bad_newest_checkpoint_never_blocks_default_predict(make_client, checkpoint_dir, trained_models):
+    # The reported case: one flipped tensor byte in a checkpoint whose metadata claims it is the
+    # newest (a far-future created_at). It is reported, and the newest model that verifies serves.
+    import json as _json
+
+    from models.checkpoint import load_checkpoint, save_checkpoint
+
+    good_newest = trained_models[1][-1]
+    source = load_checkpoint(checkpoint_dir / f"{good_newest}.safetensors")
+    rogue = checkpoint_dir / "rogue.safetensors"
+    save_checkpoint(rogue, source.model, {**source.metadata, "created_at": "2999-01-01T00:00:00+00:00"})
+    raw = bytearray(rogue.read_bytes())
+    raw[-5] ^= 0xFF
+    rogue.write_bytes(bytes(raw))
+
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)
+    listing = client.get("/models").json()
+    assert "rogue" not in [m["model_id"] for m in listing["data"]]
+    assert [u["model_id"] for u in listing["unusable"]] == ["rogue"]
+    assert "checksum" in listing["unusable"][0]["error"] and str(checkpoint_dir) not in _json.dumps(listing)
+    r = client.post("/predict", json={"pixels": [[0.0] * 28] * 28})
+    assert r.status_code == 200 and r.json()["model_id"] == good_newest
+    assert client.get("/models/rogue").status_code == 409

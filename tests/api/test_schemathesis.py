@@ -53,7 +53,7 @@ def served_api(redis_server: RedisServer, trained_models: tuple[Path, list[str]]
     env.pop("API_TOKEN", None)
     env.pop("PROTECT_READS", None)
     log = tmp_path / "api.log"
-    proc = procs.start([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+    proc = procs.start([sys.executable, "-m", "app.edge", "--host", "127.0.0.1", "--port", str(port),
                         "--log-level", "warning"], env=env, cwd=ROOT, log=log)
     url = f"http://127.0.0.1:{port}"
 

@@ -123,3 +123,56 @@ def test_train_limits_follow_the_apps_settings(make_client):
 
 def test_train_lr_accepts_an_integer(client):
     assert client.post("/train", json={"lr": 1}).status_code == 202
+
+
+def test_train_idempotency_key_makes_a_retry_return_the_same_job(client, redis_url):
+    body = {"epochs": 2, "batch_size": 64}
+    first = client.post("/train", json=body, headers={"Idempotency-Key": "retry-me-1"})
+    again = client.post("/train", json=body, headers={"Idempotency-Key": "retry-me-1"})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["job_id"] == first.json()["job_id"]
+    assert again.headers["location"] == first.headers["location"]
+    assert client.get("/jobs").json()["count"] == 1
+    assert redis.Redis.from_url(redis_url).llen("training") == 1  # one task, not two
+    other = client.post("/train", json=body, headers={"Idempotency-Key": "retry-me-2"})
+    assert other.json()["job_id"] != first.json()["job_id"]
+
+
+def test_train_idempotency_key_reused_with_other_parameters_is_409(client):
+    assert client.post("/train", json={"epochs": 2}, headers={"Idempotency-Key": "k"}).status_code == 202
+    r = client.post("/train", json={"epochs": 3}, headers={"Idempotency-Key": "k"})
+    assert r.status_code == 409 and "Idempotency-Key" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "has space", "tab\there"])
+def test_train_idempotency_key_must_be_a_short_printable_token(client, key):
+    assert client.post("/train", json={}, headers={"Idempotency-Key": key}).status_code == 422
+
+
+def test_train_stored_job_is_202_even_when_the_publish_fails(make_client, redis_url, dead_redis_url):
+    # The broker refuses the publish after the record is stored: the job is kept (in the
+    # outbox, for the workers to publish), so the answer is 202, never a 503 for a stored job.
+    from bnlenet.jobs import JobStore
+    from bnlenet.settings import Settings
+    from bnlenet.training_queue import Publisher
+
+    client = make_client()
+    client.app.state.publisher.close()
+    client.app.state.publisher = Publisher(Settings(REDIS_URL=dead_redis_url))  # a broker that is down
+    r = client.post("/train", json={})
+    assert r.status_code == 202
+    assert JobStore.from_url(redis_url).pending_publish(0) == [r.json()["job_id"]]
+
+
+def test_train_503_stores_nothing_when_redis_refuses_writes(client, redis_url):
+    r = redis.Redis.from_url(redis_url)
+    before = client.get("/jobs").json()["count"]
+    r.config_set("maxmemory", "1")  # Redis answers reads and refuses writes (OOM), as with a full disk
+    r.config_set("maxmemory-policy", "noeviction")
+    try:
+        answer = client.post("/train", json={})
+    finally:
+        r.config_set("maxmemory", "0")
+    assert answer.status_code == 503
+    assert client.get("/jobs").json()["count"] == before
+    assert r.zcard("bnlenet:outbox") == 0

@@ -87,3 +87,57 @@ def test_job_store_heartbeat_never_revives_a_finished_job(store):
     store.heartbeat(job_id, worker="host:1", progress={"epoch": 1})
     job = store.get(job_id)
     assert job["status"] == "succeeded" and job["progress"] is None
+
+
+# Records this code did not write (bit rot, a bad restore, another program): each is reported
+# for its job alone, never breaks a listing, and a queued one is failed instead of left waiting.
+MALFORMED = {
+    "not-json": b"{this is not json",
+    "no-status": b'{"job_id": "no-status", "params": {}, "attempts": 0, "created_at": 1.0, "history": []}',
+    "null-params": b'{"job_id": "null-params", "status": "queued", "params": null, "attempts": 0, '
+                   b'"created_at": 1.0, "history": []}',
+    "string-attempts": b'{"job_id": "string-attempts", "status": "queued", "params": {}, "attempts": "x", '
+                       b'"created_at": 1.0, "history": []}',
+    "string-created": b'{"job_id": "string-created", "status": "queued", "params": {}, "attempts": 0, '
+                      b'"created_at": "yesterday", "history": []}',
+}
+
+
+def _plant(store: JobStore) -> None:
+    for job_id, raw in MALFORMED.items():
+        store.redis.set(f"bnlenet:job:{job_id}", raw)
+        store.redis.zadd("bnlenet:jobs:all", {job_id: 2.0})
+        store.redis.zadd("bnlenet:jobs:status:queued", {job_id: 2.0})
+
+
+def test_job_store_malformed_records_leave_listings_whole(store):
+    good = store.create({"epochs": 1})["job_id"]
+    _plant(store)
+    records, total = store.list()
+    assert [r["job_id"] for r in records] == [good] and total == 1 + len(MALFORMED)
+    records, _ = store.list(status="queued")
+    assert [r["job_id"] for r in records] == [good]
+
+
+@pytest.mark.parametrize("job_id", sorted(MALFORMED))
+def test_job_store_malformed_record_is_reported_and_left_untouched(store, job_id):
+    from bnlenet.jobs import MalformedJob
+
+    _plant(store)
+    with pytest.raises(MalformedJob, match=job_id):
+        store.get(job_id)
+    with pytest.raises(MalformedJob):
+        store.request_cancel(job_id)  # nothing applied: the record and its indexes are as they were
+    assert store.redis.get(f"bnlenet:job:{job_id}") == MALFORMED[job_id]
+    assert store.redis.zscore("bnlenet:jobs:status:queued", job_id) == 2.0
+
+
+@pytest.mark.parametrize("job_id", sorted(MALFORMED))
+def test_job_store_claim_fails_a_malformed_job_instead_of_leaving_it(store, job_id):
+    _plant(store)
+    claim = _claim(store, job_id)
+    assert not claim.run and claim.reason == "malformed record"
+    record = store.get(job_id)
+    assert record["status"] == "failed" and "malformed" in record["error"]
+    assert store.redis.zscore("bnlenet:jobs:status:queued", job_id) is None
+    assert store.redis.zscore("bnlenet:jobs:status:failed", job_id) is not None

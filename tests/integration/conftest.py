@@ -1,4 +1,4 @@
-"""The real stack, as processes: a Redis server, a Celery worker and the API under uvicorn."""
+"""The real stack, as processes: a Redis server, a Celery worker and the API as it runs in production (``app.edge``)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ class Stack:
             "JOB_PROGRESS_INTERVAL_S": "0.2",
             "JOB_STALE_AFTER_S": "3",
             "REAPER_INTERVAL_S": "1",
+            "OUTBOX_GRACE_S": "1",
             "MAX_LR": "1e37",  # lets a test ask for a learning rate that diverges
             "PYTHONUNBUFFERED": "1",
         }
@@ -84,7 +85,7 @@ class Stack:
         return worker
 
     def start_api(self) -> Proc:
-        args = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port),
+        args = [sys.executable, "-m", "app.edge", "--host", "127.0.0.1", "--port", str(self.port),
                 "--log-level", "warning"]
         self.api = Proc(f"api-{time.monotonic_ns()}", args, self.env, self.root).start()
         wait_for(lambda: self._healthy(), 60, f"the API did not come up:\n{self.api.tail()}")

@@ -43,3 +43,16 @@ def test_reliability_killed_worker_job_is_requeued_and_succeeds(stack):
     assert job["attempts"] == 2
     assert "requeued" in (job["note"] or "")
     assert (stack.checkpoint_dir / f"{job_id}.safetensors").exists()
+
+
+def test_reliability_job_stored_by_an_api_that_died_before_publishing_still_runs(stack):
+    # What an API SIGKILLed between its two steps leaves: the record (in the outbox) and no task.
+    from bnlenet.jobs import JobStore
+
+    store = JobStore.from_url(stack.env["REDIS_URL"])
+    record, new = store.submit({"variant": "scratch", "epochs": 1, "lr": 0.5, "batch_size": 64, "seed": 0,
+                                "precise_bn": False, "device": None})
+    assert new and record["task_id"] is None
+    job = stack.wait_job(record["job_id"], {"succeeded", "failed", "cancelled"}, timeout=60)
+    assert job["status"] == "succeeded", job
+    assert store.get(record["job_id"])["task_id"] and store.pending_publish(0) == []

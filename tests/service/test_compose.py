@@ -120,9 +120,9 @@ def test_compose_every_service_has_a_healthcheck(services: dict[str, Any]) -> No
     assert "inspect ping" in " ".join(services["worker"]["healthcheck"]["test"])
 
 
-def test_compose_api_runs_uvicorn_on_the_asgi_app(services: dict[str, Any]) -> None:
+def test_compose_api_runs_the_guarded_server(services: dict[str, Any]) -> None:
     cmd = command(services["api"])
-    assert cmd[:2] == ["uvicorn", "app.main:app"]
+    assert cmd[:3] == ["python", "-m", "app.edge"]
     assert cmd[cmd.index("--port") + 1] == "8000"
     assert any(str(p).endswith(":8000") for p in services["api"]["ports"])
 
@@ -153,6 +153,6 @@ def test_dockerfile_builds_one_image_for_api_and_worker(services: dict[str, Any]
     assert users and users[-1] not in ("root", "0"), "the container must not run as root"
     cmd = re.findall(r"^CMD (.+)$", text, re.M)[-1]
     argv = json.loads(cmd) if cmd.startswith("[") else shlex.split(cmd)
-    assert argv[:2] == ["uvicorn", "app.main:app"]
+    assert argv[:3] == ["python", "-m", "app.edge"]
     for name in ("api", "worker"):
         assert services[name]["build"] in (".", {"context": "."})

@@ -160,7 +160,7 @@ def test_stack_starts_and_stops_cleanly_on_sigint(launcher: tuple[subprocess.Pop
 
     children = children_of(process.pid)
     names = " ".join(children.values())
-    assert "redis-server" in names and "celery" in names and "uvicorn" in names, names
+    assert "redis-server" in names and "celery" in names and "app.edge" in names, names
     assert (tmp_path / "var" / "redis").is_dir(), "Redis keeps its data under BNLENET_VAR_DIR"
 
     second = subprocess.run(launcher_argv(free_port()), env=stack_env, capture_output=True, text=True, timeout=60)
@@ -178,15 +178,32 @@ def test_stack_starts_and_stops_cleanly_on_sigint(launcher: tuple[subprocess.Pop
 
 
 @pytest.mark.integration
-def test_stack_exits_nonzero_when_a_child_dies(launcher: tuple[subprocess.Popen[bytes], int, Path]) -> None:
+def test_stack_restarts_a_child_that_dies_and_keeps_serving(launcher: tuple[subprocess.Popen[bytes], int, Path]) -> None:
     process, port, log = launcher
-    wait_for(lambda: get_json(f"http://127.0.0.1:{port}/healthz")[0] == 200, START_TIMEOUT_S, process, log)
-    children = children_of(process.pid)
-    redis_pid = next(pid for pid, cmd in children.items() if "redis-server" in cmd)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: (lambda r: r[0] == 200 and worker_listening(r[1]))(get_json(base + "/readyz")),
+             START_TIMEOUT_S, process, log)
+
+    # Redis dies: the API keeps answering, the launcher starts Redis again, and all is ready again.
+    redis_pid = next(pid for pid, cmd in children_of(process.pid).items() if "redis-server" in cmd)
     os.kill(redis_pid, signal.SIGKILL)
-    assert process.wait(STOP_TIMEOUT_S) != 0
-    survivors = {pid: cmd for pid, cmd in children.items() if alive(pid, cmd)}
-    assert not survivors, f"left running: {survivors}"
+    for _ in range(6):
+        assert get_json(base + "/healthz")[0] == 200
+        time.sleep(0.25)
+    wait_for(lambda: get_json(base + "/readyz")[0] == 200, START_TIMEOUT_S, process, log)
+    assert "redis-server exited" in log.read_text()
+    assert any("redis-server" in cmd and pid != redis_pid for pid, cmd in children_of(process.pid).items())
+
+    # The Celery worker dies: it is started again; the API never stopped.
+    old_workers = {pid for pid, cmd in children_of(process.pid).items() if "celery" in cmd}
+    os.killpg(os.getpgid(min(old_workers)), signal.SIGKILL)  # the worker and its pool
+    wait_for(lambda: any("celery" in cmd and pid not in old_workers for pid, cmd in children_of(process.pid).items()),
+             START_TIMEOUT_S, process, log)
+    assert get_json(base + "/healthz")[0] == 200
+    assert "starting it again" in log.read_text()
+
+    process.send_signal(signal.SIGINT)  # still stops cleanly, and only on a signal
+    assert process.wait(STOP_TIMEOUT_S) == 0, log.read_text()[-4000:]
 
 
 @pytest.mark.integration
@@ -283,9 +300,9 @@ def test_worker_children_one_cpu_worker_without_gpus() -> None:
     assert "CUDA_VISIBLE_DEVICES" not in worker.env
 
 
-def test_api_child_runs_uvicorn_with_the_asked_worker_count() -> None:
+def test_api_child_runs_the_guarded_server_with_the_asked_worker_count() -> None:
     api = api_child("127.0.0.1", 8123, 3, {})
-    assert api.argv[1:4] == ["-m", "uvicorn", "app.main:app"]
+    assert api.argv[1:3] == ["-m", "app.edge"]
     assert api.argv[api.argv.index("--workers") + 1] == "3"
     assert api.argv[api.argv.index("--port") + 1] == "8123"
 

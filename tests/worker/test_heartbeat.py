@@ -10,7 +10,7 @@ from worker.housekeeping import Heartbeat
 
 
 def _beat(store: JobStore, job_id: str, attempt: int, worker: str = "host:1") -> Heartbeat:
-    return Heartbeat(store, job_id, worker=worker, attempt=attempt, interval=0.05, progress_interval=0.05)
+    return Heartbeat(store, job_id, worker=worker, attempt=attempt, interval=0.05, progress_interval=0.05, lease=1.0)
 
 
 def test_heartbeat_keeps_the_record_fresh_and_writes_progress(store: JobStore) -> None:
@@ -67,3 +67,45 @@ def test_heartbeat_stops_quietly_when_redis_is_away(store: JobStore) -> None:
     beat.store = JobStore.from_url("redis://127.0.0.1:1/0", timeout=0.2)  # nothing listens there
     beat.beat()  # logs and carries on; training must not stop because Redis blinked
     assert not beat.cancel.is_set()
+
+
+def test_heartbeat_of_a_lost_attempt_stops_training(store: JobStore) -> None:
+    """A worker frozen past the stale limit comes back: its first beat finds the job taken and stops it."""
+    job_id = store.create({})["job_id"]
+    first = claim(store, job_id)
+    time.sleep(0.3)
+    store.reap(job_id, stale_after=0.2, max_attempts=3)
+    claim(store, job_id, worker="host:2")  # attempt 2 runs elsewhere
+    stale = _beat(store, job_id, first)
+    stale.beat()
+    assert stale.lost.is_set() and stale.cancel.is_set()  # the training loop's stop signal
+
+
+def test_heartbeat_lease_refuses_a_publish_after_the_job_was_lost(store: JobStore) -> None:
+    import pytest
+
+    from worker.housekeeping import LostJob
+
+    job_id = store.create({})["job_id"]
+    first = claim(store, job_id)
+    beat = _beat(store, job_id, first)
+    beat.confirm_lease()  # owned, confirmed just now: publishing is allowed
+    time.sleep(0.3)
+    store.reap(job_id, stale_after=0.2, max_attempts=3)
+    claim(store, job_id, worker="host:2")
+    with pytest.raises(LostJob, match="no longer attempt"):
+        beat.confirm_lease()
+
+
+def test_heartbeat_lease_with_redis_away_lasts_only_its_length(store: JobStore) -> None:
+    import pytest
+
+    from worker.housekeeping import LostJob
+
+    job_id = store.create({})["job_id"]
+    beat = _beat(store, job_id, claim(store, job_id))
+    beat.store = JobStore.from_url("redis://127.0.0.1:1/0", timeout=0.2)
+    beat.confirm_lease()  # the claim confirmed ownership under a second ago: still inside the lease
+    beat.confirmed_at -= beat.lease + 0.1  # ... and now the last confirmation is older than the lease
+    with pytest.raises(LostJob, match="lease"):
+        beat.confirm_lease()

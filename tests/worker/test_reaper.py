@@ -42,11 +42,35 @@ def test_reaper_fails_a_job_out_of_attempts(store: JobStore, settings: Settings)
 
 
 def test_reaper_survives_a_queue_that_is_down(store: JobStore, settings: Settings) -> None:
-    """The sweep goes on without raising; the job is queued in the store but has no new task yet
-    (a reconciler that republishes such jobs is not built: see the README's Reliability notes)."""
+    """The sweep goes on without raising; the job is requeued in the store and waits in the
+    outbox for its task (tests/worker/test_outbox.py shows the sweep publishing it)."""
     job_id = store.create({})["job_id"]
+    store.published(job_id, "t0")
     claim(store, job_id)
     time.sleep(0.3)
     down = Publisher(Settings(REDIS_URL="redis://127.0.0.1:1/0"))
-    assert reap_stale_jobs(store, down, settings) == []
+    assert reap_stale_jobs(store, down, settings) == [job_id]
     assert store.get(job_id)["status"] == "queued"
+    assert store.pending_publish(0) == [job_id]
+
+
+def test_reaper_records_the_success_of_a_published_model_instead_of_training_again(
+    store: JobStore, settings: Settings, tmp_path
+) -> None:
+    """The worker published attempt 1's model, then vanished before writing the outcome."""
+    import torch
+
+    from bnlenet.model_store import ModelStore
+    from models.lenet import build_lenet
+
+    job_id = store.create({})["job_id"]
+    attempt = claim(store, job_id)
+    settings = settings.model_copy(update={"CHECKPOINT_DIR": tmp_path})
+    torch.manual_seed(0)
+    ModelStore(tmp_path).publish(job_id, build_lenet("builtin").eval(),
+                                 {"variant": "builtin", "job_id": job_id, "attempt": attempt, "final_test_acc": 0.8})
+    time.sleep(0.3)
+    assert reap_stale_jobs(store, Publisher(settings), settings) == []  # nothing requeued
+    record = store.get(job_id)
+    assert record["status"] == "succeeded" and record["model_id"] == job_id
+    assert record["final_test_acc"] == 0.8 and "published the model" in record["note"]

@@ -42,7 +42,7 @@ def list_jobs(
     response_model=JobOut,
     summary="One job: status, progress, history, result",
     dependencies=[ReaderDep],
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 def get_job(job_id: JobId, store: JobStoreDep) -> JobOut:
     return JobOut.model_validate(store.get(job_id))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path
 
 from app.deps import ModelStoreDep, ReaderDep
 from app.errors import error_responses
-from app.schemas import BatchNormLayerOut, BatchNormOut, ModelList, ModelOut
+from app.schemas import BatchNormLayerOut, BatchNormOut, ModelList, ModelOut, UnusableModelOut
 from bnlenet.model_store import MODEL_ID_PATTERN
 from models.batchnorm import batchnorm_report
 from models.checkpoint import final_test_acc
@@ -35,14 +35,16 @@ def _model_out(model_id: str, meta: dict[str, Any]) -> ModelOut:
     "",
     response_model=ModelList,
     summary="List trained models, newest first",
-    description="Read from the checkpoint directory: works while Redis is down. Files that are not "
-    "valid checkpoints are left out.",
+    description="Read from the checkpoint directory: works while Redis is down. Every checkpoint is "
+    "verified (structure and checksum) once per file version; files that fail are listed under "
+    "`unusable` with the reason, and are never served or chosen as the default model.",
     dependencies=[ReaderDep],
     responses=error_responses(401, 403),
 )
 def list_models(store: ModelStoreDep) -> ModelList:
     models = store.list()
-    return ModelList(data=[_model_out(i, m) for i, m in models], count=len(models))
+    return ModelList(data=[_model_out(i, m) for i, m in models], count=len(models),
+                     unusable=[UnusableModelOut(model_id=i, error=e) for i, e in store.unusable()])
 
 
 @router.get(

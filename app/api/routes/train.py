@@ -8,14 +8,14 @@ both the validation and the schema.
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel
 
 from app.deps import JobStoreDep, PublisherDep, WriterDep
-from app.errors import QueueUnavailable, error_responses
+from app.errors import error_responses
 from app.schemas import JobOut, train_request_model
-from bnlenet.jobs import StoreUnavailable
 from bnlenet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,22 +24,25 @@ log = logging.getLogger(__name__)
 def make_router(settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/train", tags=["train"])
 
-    def create_training_job(body: BaseModel, store: JobStoreDep, publisher: PublisherDep,
-                            response: Response) -> JobOut:
-        # Record first, then publish: a job is never queued without a record. If publishing
-        # fails the record is removed and the client told, so nothing is silently lost.
-        record = store.create(body.model_dump())
+    def create_training_job(
+        body: BaseModel, store: JobStoreDep, publisher: PublisherDep, response: Response,
+        idempotency_key: Annotated[str | None, Header(
+            min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+            description="any unique string (a UUID, say): a retry with the same key and parameters returns "
+            "the job the first request made instead of a second one; kept for a day",
+        )] = None,
+    ) -> JobOut:
+        # The record goes into the outbox with the job (one transaction), then the task is
+        # published: a crash or a broker failure in between leaves the job in the outbox, and
+        # the workers publish it a few seconds later. So once the record is stored, the answer
+        # is 202; a 503 means nothing was stored.
+        record, new = store.submit(body.model_dump(), idempotency_key=idempotency_key)
         job_id = record["job_id"]
-        try:
-            task_id = publisher.publish(job_id)
-        except Exception as exc:
-            log.warning("could not queue job %s: %s", job_id, exc)
+        if new:
             try:
-                store.delete(job_id)
-            except StoreUnavailable:
-                log.error("job %s is stored but not queued and could not be removed", job_id)
-            raise QueueUnavailable(f"the training queue (Redis) is unavailable, the job was not queued: {exc}") from exc
-        record = store.set_task_id(job_id, task_id)
+                record = store.published(job_id, publisher.publish(job_id))
+            except Exception as exc:
+                log.warning("job %s is stored; its publish failed and the outbox will retry it: %s", job_id, exc)
         response.headers["Location"] = f"/jobs/{job_id}"
         return JobOut.model_validate(record)
 
@@ -53,11 +56,14 @@ def make_router(settings: Settings) -> APIRouter:
         response_model=JobOut,
         summary="Queue a training job",
         description="Validates the parameters, stores a queued job and hands it to a worker. "
-        "Answers 202 with the job and `Location: /jobs/<id>`; poll that to follow it. Precise BN is on "
+        "Answers 202 with the job and `Location: /jobs/<id>`; poll that to follow it. A 503 means nothing "
+        "was stored; after a 202 the job runs even if the broker hiccups (it is published again from an "
+        "outbox). Send `Idempotency-Key` to make retries safe: the same key and parameters return the same "
+        "job (409 if the key was used with other parameters). Precise BN is on "
         "by default: the stored model's BN statistics are recomputed as true averages after training, "
         "which scores higher and varies less across seeds than the moving averages (`precise_bn: false`). "
         "`final_test_acc` is the stored model's accuracy; `history` keeps the per-epoch moving-average figures.",
         dependencies=[WriterDep],
-        responses=error_responses(401, 403, 413, 422, 503),
+        responses=error_responses(401, 403, 409, 413, 422, 503),
     )
     return router

@@ -1,0 +1,71 @@
+"""The outbox, on a real Redis: a job stored but never confirmed on the broker is published by the workers' sweep.
+
+This is what a crash between ``POST /train``'s two steps (store, then publish) leaves, or a
+broker that refused the publish; and what the reaper leaves when its requeue publish fails.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from bnlenet.jobs import JobStore
+from bnlenet.local.redis_server import free_port
+from bnlenet.settings import Settings
+from bnlenet.training_queue import Publisher
+from tests.worker.conftest import claim
+from worker.housekeeping import publish_outbox, reap_stale_jobs
+
+
+def _queue(settings: Settings) -> int:
+    return int(redis.Redis.from_url(settings.REDIS_URL).llen(settings.TRAINING_QUEUE))
+
+
+@pytest.fixture
+def publisher(settings: Settings):
+    p = Publisher(settings)
+    yield p
+    p.close()
+
+
+def test_outbox_publishes_a_job_whose_publish_was_lost(store: JobStore, settings: Settings, publisher) -> None:
+    job_id = store.create({})["job_id"]  # the API stored it, then died before publishing
+    settings = settings.model_copy(update={"OUTBOX_GRACE_S": 0.2})
+    assert publish_outbox(store, publisher, settings) == []  # within the grace: the API may still publish
+    time.sleep(0.3)
+    assert publish_outbox(store, publisher, settings) == [job_id]
+    assert _queue(settings) == 1 and store.get(job_id)["task_id"]
+    assert publish_outbox(store, publisher, settings) == []  # confirmed: out of the outbox
+
+
+def test_outbox_confirmed_publish_leaves_nothing_to_sweep(store: JobStore, settings: Settings, publisher) -> None:
+    job_id = store.create({})["job_id"]
+    store.published(job_id, publisher.publish(job_id))
+    time.sleep(0.3)
+    assert publish_outbox(store, publisher, settings.model_copy(update={"OUTBOX_GRACE_S": 0.2})) == []
+    assert _queue(settings) == 1
+
+
+def test_outbox_drops_jobs_that_ran_or_were_cancelled(store: JobStore, settings: Settings, publisher) -> None:
+    ran = store.create({})["job_id"]
+    cancelled = store.create({})["job_id"]
+    claim(store, ran)  # its first publish did get through and a worker took it
+    store.request_cancel(cancelled)
+    time.sleep(0.3)
+    assert publish_outbox(store, publisher, settings.model_copy(update={"OUTBOX_GRACE_S": 0.2})) == []
+    assert _queue(settings) == 0 and store.pending_publish(0) == []
+
+
+def test_outbox_takes_a_requeue_whose_publish_failed(store: JobStore, settings: Settings, publisher) -> None:
+    job_id = store.create({})["job_id"]
+    store.published(job_id, "t0")
+    claim(store, job_id)
+    time.sleep(0.3)
+    dead_broker = Publisher(settings.model_copy(update={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}))
+    assert reap_stale_jobs(store, dead_broker, settings) == [job_id]  # requeued, but the publish failed
+    assert store.get(job_id)["status"] == "queued" and _queue(settings) == 0
+    time.sleep(0.3)
+    assert publish_outbox(store, publisher, settings.model_copy(update={"OUTBOX_GRACE_S": 0.2})) == [job_id]
+    assert _queue(settings) == 1
