@@ -1,8 +1,9 @@
 """Open job event streams: what 100 of them cost Redis and ``/predict``.
 
 Starts ``bnlenet up`` (its own Redis, a worker and one API process per core) with one
-checkpoint, and jobs written straight into the job store that no worker runs (they stay
-queued), so the streams are idle as a watched job is between events. Then:
+checkpoint, and jobs written straight into the job store and taken out of its outbox, so no
+worker runs them (they stay queued): the streams are idle, as a watched job's are between
+events. Then:
 
 - ``/predict`` from wrk (concurrency 16, and 1 for latency) with no stream open, then with 100
   streams open (one client thread holding them, reading their heartbeats);
@@ -90,12 +91,21 @@ class Streams:
         self.thread.join(30)
 
 
-def commands_per_sec(client: redis.Redis, seconds: float) -> float:
-    """The Redis server's command rate over ``seconds`` (without the two INFO calls that measure it)."""
-    before = int(client.info("stats")["total_commands_processed"])
+def commands_per_sec(client: redis.Redis, seconds: float) -> tuple[float, str]:
+    """The Redis server's command rate over ``seconds``, and which commands (the measuring INFO calls left out)."""
+    before = _command_counts(client)
     time.sleep(seconds)
-    after = int(client.info("stats")["total_commands_processed"])
-    return (after - before - 1) / seconds
+    after = _command_counts(client)
+    diff = {name: after[name] - before.get(name, 0) for name in after}
+    diff["info"] = diff.get("info", 0) - 1  # the second INFO call is counted before it answers
+    diff = {name: n for name, n in diff.items() if n > 0}
+    which = ", ".join(f"{name} {n}" for name, n in sorted(diff.items(), key=lambda kv: -kv[1]))
+    return sum(diff.values()) / seconds, which or "none"
+
+
+def _command_counts(client: redis.Redis) -> dict[str, int]:
+    stats: Any = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
 class ProgressWriter:
@@ -123,6 +133,13 @@ class ProgressWriter:
     def __exit__(self, *exc: object) -> None:
         self.done.set()
         self.thread.join(5)
+
+
+def _unpublished_job(store: JobStore) -> str:
+    """A queued job that no worker will run: out of the outbox before the workers' sweep publishes it."""
+    job_id = store.create({"epochs": 1})["job_id"]
+    store.drop_from_outbox(job_id)
+    return job_id
 
 
 def _median(values: list[float]) -> float:
@@ -155,7 +172,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         with running_stack(tmpdir, env_extra={"BNLENET_REDIS_PORT": str(redis_port)}) as (base, _stack):
             client = redis.Redis(host="127.0.0.1", port=redis_port)
             store = JobStore(client)
-            idle_jobs = [store.create({"epochs": 1})["job_id"] for _ in range(STREAMS)]  # queued, never published
+            idle_jobs = [_unpublished_job(store) for _ in range(STREAMS)]
             url = base + "/predict"
             _wrk(url, script, 16, 2, 2)  # warm every API process
 
@@ -166,11 +183,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 measured[0].append(_predict_pair(url, script, seconds))
                 with Streams(base, idle_jobs):
                     measured[STREAMS].append(_predict_pair(url, script, seconds))
-            rows.append({"benchmark": "Redis commands/sec, idle streams", "open streams": 0,
-                         "commands/sec": round(commands_per_sec(client, window), 1)})
-            with Streams(base, idle_jobs):
-                rows.append({"benchmark": "Redis commands/sec, idle streams", "open streams": STREAMS,
-                             "commands/sec": round(commands_per_sec(client, window), 1)})
+            for n in (0, STREAMS):
+                with Streams(base, idle_jobs[:n]):
+                    rate, which = commands_per_sec(client, window)
+                rows.append({"benchmark": "Redis commands/sec, idle streams", "open streams": n,
+                             "commands/sec": round(rate, 1), f"commands in {window:.0f} s": which})
             for concurrency in (16, 1):
                 for streams, results in measured.items():
                     rows.append({
@@ -180,13 +197,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                         "errors": sum(int(r[f"errors@{concurrency}"]) for r in results),
                         "rounds": len(results)})
 
-            busy = store.create({"epochs": 1})["job_id"]
+            busy = _unpublished_job(store)
             store.claim(busy, worker="bench@writer", pid=0, task_id=None, max_attempts=3, stale_after=3600)
             for n in (1, STREAMS):
                 with Streams(base, [busy] * n) as followers, ProgressWriter(store, busy) as writer:
-                    rate = commands_per_sec(client, window)
+                    rate, which = commands_per_sec(client, window)
                 rows.append({"benchmark": "Redis commands/sec, streams of one job writing progress 2/s",
-                             "open streams": n, "commands/sec": round(rate, 1),
+                             "open streams": n, "commands/sec": round(rate, 1), f"commands in {window:.0f} s": which,
                              "events delivered": followers.events, "progress writes": writer.writes})
             store.finish(busy, "cancelled")
     return rows
