@@ -96,6 +96,13 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
     return {code: {"model": ErrorOut, "description": _DESCRIPTIONS[code]} for code in codes}
 
 
+def json_error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """As ``error_responses``, stated as JSON for a route whose own answer is another type (an event stream)."""
+    schema = {"$ref": "#/components/schemas/ErrorOut"}  # the other routes' error_responses put it there
+    return {code: {"description": _DESCRIPTIONS[code], "content": {"application/json": {"schema": schema}}}
+            for code in codes}
+
+
 def _handler(status: int):  # type: ignore[no-untyped-def]
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None

@@ -10,7 +10,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import EventHubDep, JobStoreDep, ReaderDep, SettingsDep, StreamReaderDep, WriterDep
-from app.errors import error_responses
+from app.errors import error_responses, json_error_responses
 from app.events import follow_job
 from app.schemas import JobList, JobOut
 from bnlenet.jobs import TERMINAL, JobStatus, event_id_key
@@ -110,7 +110,7 @@ async def events_can_start(job_id: JobId, store: JobStoreDep, hub: EventHubDep) 
     description=EVENTS_DESCRIPTION,
     dependencies=[StreamReaderDep],
     responses={204: {"description": "`Last-Event-ID` is at or after the job's final status: nothing more "
-                     "will come (an EventSource stops reconnecting)"}, **error_responses(401, 403, 404, 422, 503)},
+                     "will come (an EventSource stops reconnecting)"}, **json_error_responses(401, 403, 404, 422, 503)},
 )
 async def job_events(
     job_id: JobId,
