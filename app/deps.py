@@ -52,8 +52,14 @@ PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 EventHubDep = Annotated[EventHub, Depends(get_event_hub)]
 
 
-_bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the server sets one")
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+# Two names for one scheme, so the OpenAPI document can tell writes from reads: app.openapi
+# keeps ``security`` on the operations that need a token under the app's settings and calls
+# the scheme ``bearer`` there.
+WRITER_SCHEME, READER_SCHEME = "bearer_writer", "bearer_reader"
+_writer_bearer = HTTPBearer(auto_error=False, scheme_name=WRITER_SCHEME, description="API_TOKEN")
+_reader_bearer = HTTPBearer(auto_error=False, scheme_name=READER_SCHEME, description="API_TOKEN")
+WriterBearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_writer_bearer)]
+ReaderBearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_reader_bearer)]
 
 
 def check_token(settings: Settings, authorization: str | None) -> None:
@@ -70,12 +76,12 @@ def check_token(settings: Settings, authorization: str | None) -> None:
         raise Forbidden("the bearer token is not valid")
 
 
-def require_writer(request: Request, _credentials: BearerDep) -> None:
+def require_writer(request: Request, _credentials: WriterBearerDep) -> None:
     """Training, cancelling, anything that changes state: needs the token when one is set."""
     check_token(request.app.state.settings, request.headers.get("authorization"))
 
 
-def require_reader(request: Request, _credentials: BearerDep) -> None:
+def require_reader(request: Request, _credentials: ReaderBearerDep) -> None:
     """Reads: need the token only when PROTECT_READS is on."""
     settings: Settings = request.app.state.settings
     if settings.PROTECT_READS:
@@ -84,7 +90,7 @@ def require_reader(request: Request, _credentials: BearerDep) -> None:
 
 def require_stream_reader(
     request: Request,
-    _credentials: BearerDep,
+    _credentials: ReaderBearerDep,
     access_token: Annotated[str | None, Query(
         description="API_TOKEN, for a browser's EventSource, which cannot send a header; "
         "it can end up in access logs, so other clients should send `Authorization: Bearer` instead",

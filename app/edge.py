@@ -76,7 +76,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._reading_head:
             if self._deadline is None:  # the first byte of the next request on a kept-alive connection
                 self._arm(self.header_timeout, 408, "did not finish sending the request head")
-            self._head_bytes += len(data)
+            # Only the head counts: a client may send the head and the start of a large body in
+            # one write (a JSON batch of images), and that body is MAX_BODY_BYTES's business.
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4
             if self._head_bytes > self.max_header_bytes:
                 self._refuse(431, f"request head over {self.max_header_bytes} bytes")
                 return

@@ -13,7 +13,9 @@
     PayloadTooLarge                        413
     Unauthorized / Forbidden               401 / 403
 
-Every answer is ``{"detail": "..."}`` with a message that says what to fix.
+Every answer is ``{"detail": "..."}`` with a message that says what to fix; a request that fails
+validation (422) adds ``errors``, a list of ``{loc, msg, type, ctx}``, one per field (the first
+``MAX_FIELD_ERRORS``), and its ``detail`` sums up the first few.
 """
 
 from __future__ import annotations
@@ -89,28 +91,39 @@ _DESCRIPTIONS = {
 }
 
 
+RETRY_AFTER_S = 5  # a 503's Retry-After: Redis restarts in about this long
+_HEADERS: dict[int, dict[str, object]] = {
+    401: {"headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}}},
+    503: {"headers": {"Retry-After": {"description": "seconds to wait before trying again",
+                                      "schema": {"type": "integer"}}}},
+}
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
     """OpenAPI ``responses`` entries for these status codes."""
     from app.schemas import ErrorOut
 
-    return {code: {"model": ErrorOut, "description": _DESCRIPTIONS[code]} for code in codes}
+    return {code: {"model": ErrorOut, "description": _DESCRIPTIONS[code], **_HEADERS.get(code, {})} for code in codes}
 
 
 def json_error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
     """As ``error_responses``, stated as JSON for a route whose own answer is another type (an event stream)."""
     schema = {"$ref": "#/components/schemas/ErrorOut"}  # the other routes' error_responses put it there
-    return {code: {"description": _DESCRIPTIONS[code], "content": {"application/json": {"schema": schema}}}
-            for code in codes}
+    return {code: {"description": _DESCRIPTIONS[code], "content": {"application/json": {"schema": schema}},
+                   **_HEADERS.get(code, {})} for code in codes}
 
 
 def _handler(status: int):  # type: ignore[no-untyped-def]
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status == 503:
-            headers = {"Retry-After": "5"}
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     return handle
+
+
+MAX_FIELD_ERRORS = 20  # a 28x28 array out of range has 784 errors; the first few say what is wrong
 
 
 def _plain_error(err: dict[str, Any]) -> dict[str, Any]:
@@ -121,9 +134,17 @@ def _plain_error(err: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _summary(errors: list[dict[str, Any]]) -> str:
+    """The field errors in one sentence: ``body.epochs: Input should be ...; ...``."""
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in errors[:3]]
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "invalid input: " + "; ".join(parts) + more
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": [_plain_error(e) for e in exc.errors()]}, status_code=422)
+    errors = [_plain_error(e) for e in exc.errors()]
+    return JSONResponse({"detail": _summary(errors), "errors": errors[:MAX_FIELD_ERRORS]}, status_code=422)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.main import api_router
 from app.errors import PayloadTooLarge, install_error_handlers
 from app.events import EventHub
+from app.openapi import build_openapi, operation_id
 from app.web import install_pages
 from bnlenet.jobs import JobStore
 from bnlenet.model_store import ModelStore
@@ -31,12 +32,41 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = None
         for key, value in scope["headers"]:
             if key == b"content-length":
+                declared = value
                 if value.isdigit() and int(value) > self.max_bytes:
                     await _send_413(send, self.max_bytes)
                     return
                 break
+        if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            # A chunked body has no length to check up front: read it here, up to the limit,
+            # so an oversized one is a 413 like any other (inside the app's own body parsing
+            # the overflow would surface as a 422).
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client left
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                more = bool(message.get("more_body"))
+                if size > self.max_bytes:
+                    await _send_413(send, self.max_bytes)
+                    return
+            whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            replayed = False
+
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return whole
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
         received = 0
 
         async def limited() -> Message:
@@ -78,7 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # app.web serves /docs and /redoc from vendored files
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
+    app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S)
     app.state.model_store = ModelStore(

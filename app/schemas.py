@@ -12,7 +12,7 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, create_model
 
 from bnlenet.jobs import JobStatus
 from bnlenet.settings import Settings
@@ -60,6 +60,30 @@ def train_request_model(settings: Settings) -> type[BaseModel]:
         **fields,
     )
     return model
+
+
+def _typed_record_model(name: str, doc: str, fields: list[ParamField]) -> type[BaseModel]:
+    """A response model for stored parameters: the declared fields and types, no limits.
+
+    Limits belong to requests; a stored record is shown as it is. Missing fields (a record
+    from an older version) are null, unknown ones are dropped.
+    """
+    typed: dict[str, Any] = {}
+    for f in fields:
+        annotation: Any = Literal[f.param.choices] if f.param.choices is not None else f.type
+        typed[f.name] = (annotation | None, Field(None, description=f.param.help))
+    model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="ignore"), __doc__=doc, **typed)
+    return model
+
+
+# What a job was asked to do (the POST /train fields) and what a model was trained with (the
+# TrainConfig fields that describe the run), both derived from the declarations. Typed ``Any``
+# for mypy: they are built at import, and pydantic reads them as the models they are.
+JobParams: Any = _typed_record_model("JobParams", "A job's parameters, as POST /train took them.", job_params())
+Hyperparameters: Any = _typed_record_model(
+    "Hyperparameters", "What the model was trained with (the run's parameters, not where or how fast it ran).",
+    [f for f in params_of(TrainConfig) if f.param.describes_run],
+)
 
 
 def _request_field(f: ParamField, cap: float | None) -> tuple[Any, Any]:
@@ -119,7 +143,7 @@ class JobOut(BaseModel):
 
     job_id: str
     status: JobStatus
-    params: dict[str, Any] = Field(description="the job's parameters, as POST /train took them (TrainRequest)")
+    params: JobParams = Field(description="the job's parameters, as POST /train took them")  # type: ignore[valid-type]
     progress: Progress | None = None
     history: list[EpochMetrics] = Field(default_factory=list, description=HISTORY_DESCRIPTION)
     final_test_acc: float | None = Field(None, description=FINAL_TEST_ACC_DESCRIPTION)
@@ -148,32 +172,87 @@ class JobList(BaseModel):
 
 # predict -----------------------------------------------------------------------------------
 
+Pixel = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+PixelRow = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
+Pixels = Annotated[
+    list[PixelRow],
+    Field(min_length=28, max_length=28, description="28 rows of 28 numbers in [0, 1] (pixel / 255, 0 is black)"),
+]
+_ZEROS: JsonValue = [[0] * 28] * 28  # the smallest valid image to show in /docs: 28 rows of 28 zeros
+MODEL_ID_DESCRIPTION = "default: the newest trained model"
+TOP_K_DEFAULT = 3
+
+
 class PredictRequest(BaseModel):
     """A 28x28 grayscale image as numbers in [0, 1] (pixel / 255), and optionally which model."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"pixels": [[0.0] * 28] * 28, "model_id": None}]},
+        protected_namespaces=(),
+        json_schema_extra={"examples": [{"pixels": _ZEROS}]},
     )
 
-    pixels: list[list[float]] = Field(description="28 rows of 28 numbers in [0, 1]")
-    model_id: str | None = Field(None, description="default: the newest trained model")
+    pixels: Pixels
+    model_id: str | None = Field(None, description=MODEL_ID_DESCRIPTION)
+
+
+class PredictBatchRequest(BaseModel):
+    """Up to MAX_PREDICT_BATCH (256 by default) 28x28 images, answered in order by one forward pass."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={"examples": [{"images": [_ZEROS]}]},
+    )
+
+    images: list[Pixels] = Field(min_length=1, description="each 28 rows of 28 numbers in [0, 1]; "
+                                 "at most MAX_PREDICT_BATCH (413 beyond)")
+    model_id: str | None = Field(None, description=MODEL_ID_DESCRIPTION)
+
+
+class ClassScore(BaseModel):
+    """One class and the probability the model gives it."""
+
+    class_index: int = Field(ge=0, le=9)
+    class_name: str
+    probability: float = Field(ge=0.0, le=1.0)
 
 
 class PredictOut(BaseModel):
+    """The model's answer for one image: the top class, every class's probability, the top k."""
+
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={"examples": [{
-            "class_index": 9, "class_name": "Ankle boot",
+            "model_id": _EXAMPLE_ID, "class_index": 9, "class_name": "Ankle boot", "probability": 0.97,
+            "scores": dict(zip(CLASS_NAMES, [0.0, 0.0, 0.0, 0.0, 0.0, 0.01, 0.0, 0.02, 0.0, 0.97], strict=True)),
+            "top_k": [{"class_index": 9, "class_name": "Ankle boot", "probability": 0.97},
+                      {"class_index": 7, "class_name": "Sneaker", "probability": 0.02},
+                      {"class_index": 5, "class_name": "Sandal", "probability": 0.01}],
             "probabilities": [0.0, 0.0, 0.0, 0.0, 0.0, 0.01, 0.0, 0.02, 0.0, 0.97],
-            "model_id": _EXAMPLE_ID,
+            "bn_mode": "eval",
         }]},
     )
 
-    class_index: int = Field(ge=0, le=9)
-    class_name: str = Field(description=f"one of {', '.join(CLASS_NAMES)}")
-    probabilities: list[float] = Field(min_length=10, max_length=10, description="per class, in class order")
     model_id: str
+    class_index: int = Field(ge=0, le=9, description="the most probable class")
+    class_name: str = Field(description=f"its name: one of {', '.join(CLASS_NAMES)}")
+    probability: float = Field(ge=0.0, le=1.0, description="its probability")
+    scores: dict[str, float] = Field(description="every class's probability, keyed by class name")
+    top_k: list[ClassScore] = Field(description="the k most probable classes, most probable first (?top_k=)")
+    probabilities: list[float] = Field(min_length=10, max_length=10,
+                                       description="every class's probability in class order (as scores)")
+    bn_mode: Literal["eval"] = Field("eval", description="always eval: BN uses its running statistics")
+
+
+class PredictBatchOut(BaseModel):
+    """One answer per image, in the order sent."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: str
+    data: list[PredictOut]
+    count: int
 
 
 # models ------------------------------------------------------------------------------------
@@ -196,7 +275,7 @@ class ModelOut(BaseModel):
 
     model_id: str
     variant: str
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: Hyperparameters = Field(default_factory=dict)  # type: ignore[valid-type]
     history: list[EpochMetrics] = Field(default_factory=list, description=HISTORY_DESCRIPTION)
     final_test_acc: float | None = Field(None, description="test accuracy of this model as stored and served")
     device: str | None = None
@@ -266,9 +345,23 @@ class ReadyOut(BaseModel):
     detail: str
 
 
+class FieldError(BaseModel):
+    """One field that failed validation."""
+
+    loc: list[str | int] = Field(description="where: 'body', 'query' or 'path', then the field's path")
+    msg: str
+    type: str = Field(description="pydantic's error type, e.g. 'less_than_equal'")
+    ctx: dict[str, str] | None = Field(None, description="the limit or pattern the value broke, as text")
+
+
 class ErrorOut(BaseModel):
-    """Every error answer: what went wrong and what to do about it."""
+    """Every error answer: what went wrong and what to do about it; field errors for a 422."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "no job with id 'abc'"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "no job with id 'abc'"}, {
+        "detail": "invalid input: body.epochs: Input should be less than or equal to 100",
+        "errors": [{"loc": ["body", "epochs"], "msg": "Input should be less than or equal to 100",
+                    "type": "less_than_equal", "ctx": {"le": "100"}}],
+    }]})
 
-    detail: Any
+    detail: str = Field(description="what went wrong, in words")
+    errors: list[FieldError] | None = Field(None, description="422 only: each field that failed validation")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.service import running_stack
+from bench.service import http, running_stack, start, stop, wait_for
 
 TITLE = "Predict over HTTP: latency and throughput"
 NOTES = (
@@ -106,7 +106,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             _wrk(url, script, 16, 2, 2)  # warm every API process: caches, allocator, model load
             one = _wrk(url, script, 1, 1, seconds)
             many = _wrk(url, script, 16, 2, seconds)
-    return [
+    rows = [
         {"benchmark": "predict, concurrency 1", "p50 ms": one["p50_ms"], "p99 ms": one["p99_ms"],
          "requests/sec": round(one["rps"]), "errors": one["errors"], "target": "p50 <= 1.5 ms, p99 <= 5 ms",
          "met": one["p50_ms"] <= 1.5 and one["p99_ms"] <= 5 and one["errors"] == 0},
@@ -114,6 +114,65 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
          "requests/sec": round(many["rps"]), "errors": many["errors"], "target": ">= 2,000 requests/sec",
          "met": many["rps"] >= 2000 and many["errors"] == 0},
     ]
+    for row in edge_cost(quick):
+        rows.append({"benchmark": f"predict through {row['server']}, one API process",
+                     "p50 ms": row["p50 ms (c=1)"], "p99 ms": row["p99 ms (c=1)"],
+                     "requests/sec": row["requests/sec (c=16)"], "errors": row["errors"],
+                     "target": "app.edge within noise of plain uvicorn", "met": row["x uvicorn (c=16)"]})
+    return rows
+
+
+SERVERS = {
+    "uvicorn (httptools, no deadlines)": ["-m", "uvicorn", "app.main:app"],
+    "app.edge (the guarded protocol)": ["-m", "app.edge"],
+}
+
+
+def edge_cost(quick: bool = False, rounds: int = 3) -> list[dict[str, Any]]:
+    """Predict latency and throughput through plain uvicorn and through ``app.edge``, side by side.
+
+    One API process each on the same checkpoint, measured in alternating rounds (medians), so
+    the deadlines' and limits' cost on the hot path shows as a ratio.
+    """
+    import os
+    import statistics
+
+    from bnlenet.local.redis_server import free_port
+
+    seconds = 3 if quick else 8
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in SERVERS}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        (tmpdir / "ck").mkdir()
+        _write_model(tmpdir / "ck")
+        script = tmpdir / "predict.lua"
+        script.write_text(_lua_script(_multipart(_png())))
+        env = {**os.environ, "CHECKPOINT_DIR": str(tmpdir / "ck"), "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+        for _ in range(1 if quick else rounds):
+            for name, argv in SERVERS.items():
+                port = free_port()
+                server = start([sys.executable, *argv, "--host", "127.0.0.1", "--port", str(port),
+                                "--log-level", "warning"], env)
+                try:
+                    base = f"http://127.0.0.1:{port}"
+                    wait_for(lambda base=base: http("GET", base + "/healthz", timeout=1)[0] == 200, 120, name)
+                    _wrk(base + "/predict", script, 4, 1, 2)  # warm up
+                    one = _wrk(base + "/predict", script, 1, 1, seconds)
+                    many = _wrk(base + "/predict", script, 16, 2, seconds)
+                    results[name].append({"p50": one["p50_ms"], "p99": one["p99_ms"], "rps16": many["rps"],
+                                          "errors": one["errors"] + many["errors"]})
+                finally:
+                    stop(server, 30)
+    rows = []
+    for name, runs in results.items():
+        rows.append({"server": name, "p50 ms (c=1)": statistics.median(r["p50"] for r in runs),
+                     "p99 ms (c=1)": statistics.median(r["p99"] for r in runs),
+                     "requests/sec (c=16)": round(statistics.median(r["rps16"] for r in runs)),
+                     "errors": sum(int(r["errors"]) for r in runs), "rounds": len(runs)})
+    base_rps = rows[0]["requests/sec (c=16)"]
+    for row in rows:
+        row["x uvicorn (c=16)"] = f"{row['requests/sec (c=16)'] / base_rps:.2f}"
+    return rows
 
 
 if __name__ == "__main__":

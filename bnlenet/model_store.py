@@ -29,6 +29,7 @@ from typing import Any
 from torch import nn
 
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.export import check_export_format, export_checkpoint
 
 __all__ = [
     "MODEL_ID_PATTERN",
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _MODEL_ID = re.compile(MODEL_ID_PATTERN)
 SUFFIX = ".safetensors"
+EXPORTS_DIR = "exports"  # cached exports, under the checkpoint directory unless EXPORT_DIR names another
 
 
 class UnknownModel(LookupError):
@@ -83,6 +85,40 @@ class ModelStore:
         self._meta: dict[str, tuple[tuple[int, int], dict[str, Any] | None, str | None]] = {}
         self._newest: str | None = None
         self._newest_at = float("-inf")
+
+    def export_path(self, model_id: str, fmt: str, directory: str | os.PathLike[str] | None = None) -> Path:
+        """Where the cached export of ``model_id`` in ``fmt`` lives (default directory: ``<checkpoints>/exports``).
+
+        The name carries the checkpoint's checksum, so a model id whose checkpoint is replaced
+        never serves the old export.
+        """
+        fmt = check_export_format(fmt)
+        checksum = str(self.metadata(model_id).get("checksum", ""))[:16] or "nochecksum"
+        root = Path(directory) if directory is not None else self.directory / EXPORTS_DIR
+        return root / f"{model_id}.{checksum}.{fmt}"
+
+    def export(self, model_id: str, fmt: str, directory: str | os.PathLike[str] | None = None) -> Path:
+        """The export of ``model_id`` in ``fmt``, made on first use and cached (atomically written) after.
+
+        ``safetensors`` is the checkpoint itself. Unknown or unusable models raise as ``metadata``
+        does; the checkpoint is verified again while exporting.
+        """
+        fmt = check_export_format(fmt)
+        if fmt == "safetensors":
+            self.metadata(model_id)
+            return self.path_for(model_id)
+        target = self.export_path(model_id, fmt, directory)
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = self.path_for(model_id)
+        try:
+            return export_checkpoint(source, fmt, target, model_id=model_id)
+        except CheckpointError as exc:
+            if not source.is_file():
+                raise UnknownModel(f"no model with id {model_id!r}") from exc
+            reason = str(exc).replace(str(source), source.name)  # no server paths in answers
+            raise ModelUnusable(f"model {model_id!r} cannot be used: {reason}") from exc
 
     def path_for(self, model_id: str) -> Path:
         """The checkpoint path of ``model_id``; an id that breaks the rule is an unknown model."""

@@ -36,7 +36,10 @@ class Settings(BaseSettings):
 
     MAX_UPLOAD_BYTES: int = 1 << 20  # one uploaded image
     MAX_BODY_BYTES: int = 2 << 20  # any request body (a JSON pixel array is ~20 KB)
+    MAX_PREDICT_BATCH: int = Field(256, ge=1)  # images in one POST /predict/batch
     MODEL_CACHE_SIZE: int = Field(8, ge=1)  # loaded models kept in memory per API process
+    # Cached model exports (GET /models/{id}/export); None: <CHECKPOINT_DIR>/exports.
+    EXPORT_DIR: Path | None = None
     NEWEST_MODEL_REFRESH_S: float = 1.0  # how stale "the newest model" may be, to keep disk off the hot path
 
     TRAINING_QUEUE: str = "training"

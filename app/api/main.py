@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import checkpoints, health, jobs, models, predict, train
+from app.api.routes import checkpoints, export, health, jobs, models, predict, train
 from bnlenet.settings import Settings
 
 
@@ -14,5 +14,6 @@ def api_router(settings: Settings) -> APIRouter:
     router.include_router(predict.router)
     router.include_router(models.router)
     router.include_router(checkpoints.router)
+    router.include_router(export.router)
     router.include_router(health.router)
     return router

@@ -57,6 +57,13 @@ def _build_parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint", type=Path)
     i.add_argument("--json", action="store_true")
 
+    e = sub.add_parser("export", help="export a model as ONNX, a torch.export program (pt2) or safetensors",
+                       description="Export a checkpoint (a file, or a model id in CHECKPOINT_DIR) in eval mode, "
+                       "as GET /models/{id}/export does.")
+    e.add_argument("checkpoint", help="a checkpoint file, or the id of a model in CHECKPOINT_DIR")
+    e.add_argument("--format", default="onnx", choices=_export_formats(), help="(default: %(default)s)")
+    e.add_argument("--out", type=Path, default=None, help="where to write it (default: <model id>.<format> here)")
+
     u = sub.add_parser("up", help="start Redis (unless REDIS_URL is set), a Celery worker per GPU (or one on the CPU) and the API")
     u.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
     u.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
@@ -159,6 +166,33 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_formats() -> tuple[str, ...]:
+    from models.export import EXPORT_FORMATS
+
+    return EXPORT_FORMATS
+
+
+def _export(args: argparse.Namespace) -> int:
+    from bnlenet.model_store import ModelStore, valid_model_id
+    from bnlenet.settings import get_settings
+    from models.export import export_checkpoint, export_filename
+
+    source = Path(args.checkpoint)
+    if source.is_file():
+        model_id = source.name.removesuffix(".safetensors")
+    elif valid_model_id(args.checkpoint):
+        model_id = args.checkpoint
+        source = ModelStore(get_settings().CHECKPOINT_DIR).path_for(model_id)
+        if not source.is_file():
+            raise ValueError(f"{args.checkpoint!r} is neither a file nor a model in CHECKPOINT_DIR ({source.parent})")
+    else:
+        raise ValueError(f"{args.checkpoint!r} is neither a file nor a model id")
+    out = args.out if args.out is not None else Path(export_filename(model_id, args.format))
+    path = export_checkpoint(source, args.format, out, model_id=model_id)
+    print(f"{args.format}: {path}")
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from bnlenet.local.stack import run_stack
     from bnlenet.settings import get_settings
@@ -185,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     from models.preprocess import ImageError
     from models.training import TrainingCancelled, TrainingDiverged
 
-    handlers = {"train": _train, "predict": _predict, "inspect": _inspect, "up": _up, "watch": _watch}
+    handlers = {"train": _train, "predict": _predict, "inspect": _inspect, "export": _export, "up": _up,
+                "watch": _watch}
     try:
         return handlers[args.command](args)
     except (CheckpointError, DataError, ImageError, TrainingDiverged, TrainingCancelled, ValueError, OSError) as exc:

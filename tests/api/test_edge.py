@@ -6,6 +6,7 @@ deadlines, so each case takes about a second.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -128,3 +129,15 @@ def test_edge_normal_requests_keep_working(edge: tuple[int, Path]) -> None:
         time.sleep(0.3)
         sock.sendall(b"Connection: close\r\n\r\n")
         assert _read_all(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_edge_large_body_in_one_write_with_the_head_is_not_431(edge: tuple[int, Path]) -> None:
+    # A JSON batch of images sent in one write with its head: only the head counts toward
+    # HTTP_MAX_HEADER_BYTES (16 KiB here); the body's limit is MAX_BODY_BYTES.
+    body = json.dumps({"images": [[[0.5] * 28] * 28] * 40}).encode()  # ~100 KB
+    assert len(body) > 4 * 16384
+    with _connect(edge[0]) as sock:
+        sock.sendall(b"POST /predict/batch/pixels HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 409"), answer[:300]  # no model trained yet: the app answered

@@ -8,6 +8,10 @@ EXPECTED = {
     ("get", "/jobs"): {"200", "503"},
     ("post", "/jobs/{job_id}/cancel"): {"200", "404", "409"},
     ("post", "/predict"): {"200", "404", "409", "413", "415", "422"},
+    ("post", "/predict/pixels"): {"200", "404", "409", "422"},
+    ("post", "/predict/batch"): {"200", "404", "409", "413", "415", "422"},
+    ("post", "/predict/batch/pixels"): {"200", "404", "409", "413", "422"},
+    ("get", "/models/{model_id}/export"): {"200", "404", "409", "422"},
     ("get", "/models"): {"200"},
     ("get", "/models/{model_id}"): {"200", "404"},
     ("get", "/models/{model_id}/batchnorm"): {"200", "404"},
@@ -24,9 +28,20 @@ def test_openapi_lists_every_endpoint_with_its_errors(client):
         assert codes <= set(op["responses"]), (method, path, set(op["responses"]))
 
 
-def test_openapi_predict_takes_multipart_or_json(client):
-    body = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
-    assert set(body["content"]) == {"multipart/form-data", "application/json"}
+def test_openapi_each_predict_operation_has_one_body_type(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    content = {path: set(paths[path]["post"]["requestBody"]["content"])
+               for path in ("/predict", "/predict/pixels", "/predict/batch", "/predict/batch/pixels")}
+    assert content == {"/predict": {"multipart/form-data"}, "/predict/pixels": {"application/json"},
+                       "/predict/batch": {"multipart/form-data"}, "/predict/batch/pixels": {"application/json"}}
+
+
+def test_openapi_pixels_state_their_shape_and_range(client):
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]["properties"]["pixels"]
+    assert (schema["minItems"], schema["maxItems"]) == (28, 28)
+    row = schema["items"]
+    assert (row["minItems"], row["maxItems"]) == (28, 28)
+    assert (row["items"]["minimum"], row["items"]["maximum"]) == (0.0, 1.0)
 
 
 def test_openapi_docs_page_is_served(client):
@@ -44,3 +59,98 @@ def test_openapi_cors_on_when_configured(make_client):
     assert r.headers["access-control-allow-origin"] == "http://ok.example"
     r = client.get("/healthz", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in r.headers
+
+
+OPERATION_IDS = {
+    ("post", "/train"): "train", ("get", "/jobs"): "list_jobs", ("get", "/jobs/{job_id}"): "get_job",
+    ("post", "/jobs/{job_id}/cancel"): "cancel_job", ("post", "/predict"): "predict",
+    ("post", "/predict/pixels"): "predict_pixels", ("post", "/predict/batch"): "predict_batch",
+    ("post", "/predict/batch/pixels"): "predict_batch_pixels", ("get", "/models"): "list_models",
+    ("get", "/models/{model_id}"): "get_model", ("get", "/models/{model_id}/batchnorm"): "get_batchnorm",
+    ("get", "/models/{model_id}/export"): "export_model",
+    ("get", "/models/{model_id}/checkpoint"): "download_checkpoint",
+    ("get", "/healthz"): "healthz", ("get", "/readyz"): "readyz",
+}
+WRITES = {"train", "cancel_job"}
+
+
+def _operations(spec):
+    return {op["operationId"]: op for item in spec["paths"].values() for op in item.values()}
+
+
+def test_openapi_operation_ids_are_readable(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for (method, path), op_id in OPERATION_IDS.items():
+        assert paths[path][method]["operationId"] == op_id
+
+
+def test_openapi_no_security_without_a_token(client):
+    spec = client.get("/openapi.json").json()
+    assert "securitySchemes" not in spec.get("components", {})
+    for op_id, op in _operations(spec).items():
+        assert "security" not in op and "401" not in op["responses"], op_id
+
+
+def test_openapi_security_on_writes_with_a_token(make_client):
+    spec = make_client(API_TOKEN="tok").get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"] == {"bearer": {
+        "type": "http", "scheme": "bearer", "description": "API_TOKEN: send `Authorization: Bearer <token>`"}}
+    for op_id, op in _operations(spec).items():
+        secured = op_id in WRITES
+        assert ("security" in op) == secured and ("401" in op["responses"]) == secured, op_id
+
+
+def test_openapi_security_on_reads_too_with_protect_reads(make_client):
+    spec = make_client(API_TOKEN="tok", PROTECT_READS=True).get("/openapi.json").json()
+    for op_id, op in _operations(spec).items():
+        secured = op_id not in {"healthz", "readyz"}
+        assert (op.get("security") == [{"bearer": []}]) == secured, op_id
+
+
+def test_openapi_security_matches_what_the_server_enforces(make_client):
+    """Every operation the document secures answers 401 without a token; every other one does not."""
+    client = make_client(API_TOKEN="tok")
+    spec = client.get("/openapi.json").json()
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            url = path.replace("{job_id}", "nojob").replace("{model_id}", "model-scratch")
+            status = client.request(method, url).status_code
+            assert (status == 401) == ("security" in op), (method, path, status)
+
+
+def test_openapi_integer_bounds_are_integers(client):
+    props = client.get("/openapi.json").json()["components"]["schemas"]["TrainRequest"]["properties"]
+    assert props["seed"]["maximum"] == 2**63 - 1 and isinstance(props["seed"]["minimum"], int)
+    assert props["epochs"]["maximum"] == 100 and isinstance(props["epochs"]["maximum"], int)
+
+
+def test_openapi_documents_response_headers(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "Location" in paths["/train"]["post"]["responses"]["202"]["headers"]
+    assert "Retry-After" in paths["/train"]["post"]["responses"]["503"]["headers"]
+    assert "Retry-After" in paths["/readyz"]["get"]["responses"]["503"]["headers"]
+
+
+def test_openapi_stored_parameters_are_typed(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["JobOut"]["properties"]["params"]["$ref"].endswith("/JobParams")
+    assert schemas["ModelOut"]["properties"]["hyperparameters"]["$ref"].endswith("/Hyperparameters")
+    assert {"variant", "epochs", "lr", "batch_size", "seed", "precise_bn"} <= set(schemas["JobParams"]["properties"])
+    for name, schema in schemas.items():
+        for prop, value in schema.get("properties", {}).items():
+            assert value.get("type") != "object" or "properties" in value or "additionalProperties" in value, (name, prop)
+
+
+def test_openapi_error_shape_is_one(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["ErrorOut"]["properties"]["detail"]["type"] == "string"
+    r = client.post("/train", json={"epochs": "3"})
+    body = r.json()
+    assert r.status_code == 422 and isinstance(body["detail"], str) and "epochs" in body["detail"]
+    assert body["errors"][0]["loc"] == ["body", "epochs"] and body["errors"][0]["type"]
+
+
+def test_openapi_pixels_example_is_small(client):
+    spec = client.get("/openapi.json").json()
+    import json as _json
+    assert len(_json.dumps(spec["components"]["schemas"]["PredictRequest"])) < 4000

@@ -18,6 +18,7 @@ from PIL import Image
 
 from bnlenet.model_store import ModelStore
 from models.checkpoint import load_checkpoint
+from models.data import CLASS_NAMES
 from models.inference import predict_probabilities
 from models.preprocess import image_to_tensor
 from tests.api.conftest import png_bytes, sample_image
@@ -265,3 +266,105 @@ def test_predict_cheap_file_declaring_a_huge_image_is_refused(client):
     r = _upload(client, buf.getvalue())
     assert r.status_code == 422
     assert "4096x4096" in r.json()["detail"] and "1024x1024" in r.json()["detail"]
+
+
+# answers people read, and batches -------------------------------------------------------------
+
+def test_predict_answer_names_the_classes(client, trained_models):
+    r = client.post("/predict?top_k=3", files={"file": ("x.png", png_bytes(sample_image(7)), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    probs = body["probabilities"]
+    assert body["bn_mode"] == "eval"
+    assert list(body["scores"]) == list(CLASS_NAMES)
+    assert list(body["scores"].values()) == probs
+    assert body["probability"] == max(probs) == probs[body["class_index"]]
+    assert [t["probability"] for t in body["top_k"]] == sorted(probs, reverse=True)[:3]
+    assert body["top_k"][0] == {"class_index": body["class_index"], "class_name": body["class_name"],
+                                "probability": body["probability"]}
+    assert all(CLASS_NAMES[t["class_index"]] == t["class_name"] for t in body["top_k"])
+
+
+@pytest.mark.parametrize("top_k", [0, 11, "x"])
+def test_predict_bad_top_k_is_422(client, top_k):
+    r = client.post(f"/predict/pixels?top_k={top_k}", json={"pixels": [[0.0] * 28] * 28})
+    assert r.status_code == 422
+
+
+def test_predict_pixels_equal_the_same_image_uploaded(client):
+    img = sample_image(6)
+    by_pixels = client.post("/predict/pixels", json={"pixels": (img / 255.0).tolist()})
+    assert by_pixels.status_code == 200, by_pixels.text
+    by_upload = _upload(client, png_bytes(img)).json()
+    np.testing.assert_allclose(by_pixels.json()["probabilities"], by_upload["probabilities"], atol=1e-6)
+
+
+def test_predict_pixels_out_of_range_is_422_with_field_errors(client):
+    r = client.post("/predict/pixels", json={"pixels": [[1.5] * 28] * 28})
+    assert r.status_code == 422
+    assert isinstance(r.json()["detail"], str)
+
+
+def test_predict_batch_equals_single_answers(client, trained_models):
+    model_id = trained_models[1][0]
+    images = [png_bytes(sample_image(i)) for i in range(20)]
+    r = client.post("/predict/batch?top_k=2", files=[("files", (f"{i}.png", data, "image/png"))
+                                                      for i, data in enumerate(images)], data={"model_id": model_id})
+    assert r.status_code == 200, r.text
+    batch = r.json()
+    assert batch["count"] == len(batch["data"]) == 20 and batch["model_id"] == model_id
+    for data, answer in zip(images, batch["data"], strict=True):
+        single = client.post("/predict?top_k=2", files={"file": ("x.png", data, "image/png")},
+                             data={"model_id": model_id}).json()
+        np.testing.assert_allclose(answer["probabilities"], single["probabilities"], atol=1e-6, rtol=0)
+        assert answer["class_index"] == single["class_index"]
+        assert [t["class_index"] for t in answer["top_k"]] == [t["class_index"] for t in single["top_k"]]
+
+
+def test_predict_batch_pixels_equal_single_answers(client):
+    arrays = [(sample_image(i) / 255.0).tolist() for i in range(8)]
+    r = client.post("/predict/batch/pixels", json={"images": arrays})
+    assert r.status_code == 200, r.text
+    for pixels, answer in zip(arrays, r.json()["data"], strict=True):
+        single = client.post("/predict/pixels", json={"pixels": pixels}).json()
+        np.testing.assert_allclose(answer["probabilities"], single["probabilities"], atol=1e-6, rtol=0)
+    # the JSON form on /predict/batch itself, for clients that post there
+    again = client.post("/predict/batch", json={"images": arrays})
+    assert again.status_code == 200 and again.json()["data"] == r.json()["data"]
+
+
+def test_predict_batch_bad_image_names_its_index(client):
+    files = [("files", ("a.png", png_bytes(sample_image(1)), "image/png")),
+             ("files", ("b.png", png_bytes(sample_image(2)), "image/png")),
+             ("files", ("c.png", b"not an image", "image/png"))]
+    r = client.post("/predict/batch", files=files)
+    assert r.status_code == 415
+    assert "image 2" in r.json()["detail"]
+    arrays = [[[0.0] * 28] * 28, [[0.0] * 28] * 27]
+    r = client.post("/predict/batch/pixels", json={"images": arrays})
+    assert r.status_code == 422
+    assert any(e["loc"][:3] == ["body", "images", 1] for e in r.json()["errors"])
+
+
+def test_predict_batch_over_the_limit_names_the_limit(make_client):
+    client = make_client(MAX_PREDICT_BATCH=4)
+    data = png_bytes(sample_image(1))
+    r = client.post("/predict/batch", files=[("files", (f"{i}.png", data, "image/png")) for i in range(5)])
+    assert r.status_code == 413
+    assert "4" in r.json()["detail"] and "MAX_PREDICT_BATCH" in r.json()["detail"]
+    r = client.post("/predict/batch", files=[("files", (f"{i}.png", data, "image/png")) for i in range(4)])
+    assert r.status_code == 200
+    r = client.post("/predict/batch/pixels", json={"images": [[[0.0] * 28] * 28] * 5})
+    assert r.status_code == 413 and "MAX_PREDICT_BATCH" in r.json()["detail"]
+
+
+def test_predict_batch_default_limit_is_256(client):
+    data = png_bytes(sample_image(1))
+    r = client.post("/predict/batch", files=[("files", (f"{i}.png", data, "image/png")) for i in range(257)])
+    assert r.status_code == 413 and "256" in r.json()["detail"]
+
+
+def test_predict_unknown_multipart_field_is_422(client):
+    r = client.post("/predict", files={"file": ("x.png", png_bytes(sample_image()), "image/png")},
+                    data={"modelid": "typo"})
+    assert r.status_code == 422 and "'modelid'" in r.json()["detail"]

@@ -50,7 +50,7 @@ def test_train_job_is_readable_at_its_location(client):
 def test_train_rejects_invalid_fields(client, body, field):
     r = client.post("/train", json=body)
     assert r.status_code == 422, r.text
-    assert any(field in err["loc"] for err in r.json()["detail"])
+    assert any(field in err["loc"] for err in r.json()["errors"])
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
@@ -108,7 +108,7 @@ def test_train_undecodable_body_is_422(client):
 def test_train_types_are_strict(client, body, field):
     r = client.post("/train", json=body)
     assert r.status_code == 422, r.text
-    assert any(field in err["loc"] for err in r.json()["detail"])
+    assert any(field in err["loc"] for err in r.json()["errors"])
 
 
 def test_train_limits_follow_the_apps_settings(make_client):
@@ -176,3 +176,18 @@ def test_train_503_stores_nothing_when_redis_refuses_writes(client, redis_url):
     assert answer.status_code == 503
     assert client.get("/jobs").json()["count"] == before
     assert r.zcard("bnlenet:outbox") == 0
+
+
+def test_train_chunked_body_over_the_limit_is_413(make_client):
+    client = make_client(MAX_BODY_BYTES=4096)
+
+    def chunks():
+        yield b'{"epochs": 1, "pad": "'
+        for _ in range(10):
+            yield b"x" * 1024
+        yield b'"}'
+
+    r = client.post("/train", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "4096" in r.json()["detail"]
+    small = client.post("/train", content=iter([b'{"epochs": ', b"1}"]), headers={"Content-Type": "application/json"})
+    assert small.status_code == 202, small.text

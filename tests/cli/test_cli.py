@@ -110,3 +110,31 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "batch_size must be at least 2" in proc.stderr
     proc = _bnlenet("train", "--variant", "fancy")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_cli_export_by_path_and_by_model_id(trained: tuple[Path, list[dict[str, object]]], tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from models.export import INPUT_NAME, OUTPUT_NAME
+
+    checkpoint, _ = trained
+    out = tmp_path / "m.onnx"
+    proc = _bnlenet("export", str(checkpoint), "--format", "onnx", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    x = torch.rand(3, 1, 28, 28)
+    expected = predict_probabilities(load_checkpoint(checkpoint).model, x).numpy()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0], expected, atol=1e-5)
+
+    models = tmp_path / "checkpoints"
+    models.mkdir()
+    here = {"CHECKPOINT_DIR": str(models), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    (models / "my-model.safetensors").write_bytes(checkpoint.read_bytes())
+    proc = _bnlenet("export", "my-model", "--format", "safetensors", env=here, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "my-model.safetensors").read_bytes() == checkpoint.read_bytes()
+
+    proc = _bnlenet("export", "no-such-model", env=here, cwd=tmp_path)
+    assert proc.returncode == 2 and "bnlenet export: error:" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _bnlenet("export", str(checkpoint), "--format", "torchscript")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr

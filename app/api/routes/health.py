@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.deps import JobStoreDep
-from app.errors import error_responses
+from app.errors import RETRY_AFTER_S, error_responses
 from app.schemas import HealthOut, ReadyOut
 from bnlenet.jobs import StoreUnavailable
 
@@ -32,7 +32,7 @@ def readyz(store: JobStoreDep) -> ReadyOut | JSONResponse:
         workers = store.live_workers(WORKER_SEEN_WITHIN_S)
     except StoreUnavailable as exc:
         return JSONResponse({"detail": f"not ready: {exc}; training and job endpoints answer 503 until it is back"},
-                            status_code=503)
+                            status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
     detail = (f"{len(workers)} worker(s) listening" if workers
               else "no worker seen recently: training jobs will wait in the queue until one starts")
     return ReadyOut(workers=workers, detail=detail)

@@ -54,6 +54,7 @@ def make_router(settings: Settings) -> APIRouter:
         methods=["POST"],
         status_code=202,
         response_model=JobOut,
+        operation_id="train",
         summary="Queue a training job",
         description="Validates the parameters, stores a queued job and hands it to a worker. "
         "Answers 202 with the job and `Location: /jobs/<id>`; poll that to follow it. A 503 means nothing "
@@ -64,6 +65,10 @@ def make_router(settings: Settings) -> APIRouter:
         "which scores higher and varies less across seeds than the moving averages (`precise_bn: false`). "
         "`final_test_acc` is the stored model's accuracy; `history` keeps the per-epoch moving-average figures.",
         dependencies=[WriterDep],
-        responses=error_responses(401, 403, 409, 413, 422, 503),
+        responses={
+            202: {"description": "The job is queued", "headers": {"Location": {
+                "description": "the job's URL, `/jobs/<job_id>`: poll it", "schema": {"type": "string"}}}},
+            **error_responses(401, 403, 409, 413, 422, 503),
+        },
     )
     return router

@@ -99,10 +99,14 @@ export async function api(path, { method = "GET", json, form, interactive = true
       return type.includes("json") ? response.json() : response;
     }
     let detail = response.statusText;
+    let fieldErrors = null;
     try {
-      detail = (await response.json()).detail;
+      const body = await response.json();
+      detail = body.detail;
+      fieldErrors = Array.isArray(body.errors) ? body.errors : null;  // a 422's {loc, msg, type} per field
     } catch { /* not JSON: keep the status text */ }
     const error = new ApiError(response.status, detail);
+    error.errors = fieldErrors;
     if ((response.status === 401 || response.status === 403) && interactive && attempt === 0) {
       const reason = response.status === 401
         ? "This action needs the API token (the server has API_TOKEN set). It is kept in this tab only."

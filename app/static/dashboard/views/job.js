@@ -94,9 +94,10 @@ export function render(main, jobId) {
     if (job.status === "succeeded" && job.model_id) {
       let model = null;
       try { model = await api(`/models/${job.model_id}`, { interactive: false }); } catch { /* shown below */ }
-      const acc = model?.test_acc ?? last?.test_acc;
+      // The accuracy of the model as stored and served (after precise BN when the job used it).
+      const acc = job.final_test_acc ?? model?.final_test_acc ?? last?.test_acc;
       parts.push(el("p.big", { id: "job-final" }, `Final test accuracy ${pct(acc, 2)}`,
-        model?.precise_bn_test_acc != null ? ` (with precise BN ${pct(model.precise_bn_test_acc, 2)})` : ""));
+        job.params?.precise_bn ? " (with precise BN)" : " (moving-average BN statistics)"));
       parts.push(el("p", {}, el("a", { href: `#/models/${job.model_id}`, id: "job-model-link" }, `Model ${job.model_id}`),
         " · ", el("a", { href: `#/predict?model=${job.model_id}` }, "Predict with it")));
     } else {

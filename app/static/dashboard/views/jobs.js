@@ -235,9 +235,9 @@ function buildForm(box, spec, refresh) {
       done.replaceChildren(`Queued job ${shortId(job.job_id)}. `, el("a", { href: `#/jobs/${job.job_id}`, id: "train-follow" }, "Follow it"));
       refresh();
     } catch (err) {
-      if (err.status === 422 && Array.isArray(err.detail)) {
+      if (err.status === 422 && Array.isArray(err.errors)) {
         const general = [];
-        for (const d of err.detail) {
+        for (const d of err.errors) {
           const name = d.loc?.[0] === "body" ? d.loc[1] : undefined;
           if (name in errors) {
             errors[name].textContent = d.msg;

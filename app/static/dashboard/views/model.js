@@ -54,8 +54,8 @@ export function render(main, modelId) {
       const rows = [
         ["Variant", m.variant],
         ["Hyperparameters", Object.entries(h).map(([k, v]) => `${k} ${v}`).join(", ")],
-        ["Final test accuracy", pct(m.test_acc, 2)],
-        ["With precise BN", m.precise_bn_test_acc != null ? pct(m.precise_bn_test_acc, 2) : "not used"],
+        ["Final test accuracy", pct(m.final_test_acc, 2)],
+        ["BN statistics", h.precise_bn ? "precise BN (true averages after training)" : "moving averages"],
         ["Device", m.device || "—"],
         ["Created", when(m.created_at)],
       ];
@@ -64,7 +64,7 @@ export function render(main, modelId) {
       const chart = makeChart(curves, {
         title: "Per epoch: loss and accuracy", xLabel: "epoch", series: EPOCH_SERIES, scales: ACC_SCALE, integerX: true,
       });
-      chart.update(epochData(m.metrics || []));
+      chart.update(epochData(m.history || []));
       charts.push(chart);
     } catch (err) {
       error.textContent = err.message;

@@ -44,9 +44,9 @@ export function render(main) {
       return;
     }
     const key = metric.value;
-    const epochs = Math.max(...chosen.map((m) => m.metrics.length ? Math.max(...m.metrics.map((h) => h.epoch)) : 0), 1);
+    const epochs = Math.max(...chosen.map((m) => m.history.length ? Math.max(...m.history.map((h) => h.epoch)) : 0), 1);
     const xs = Array.from({ length: epochs }, (_, i) => i + 1);
-    const data = [xs, ...chosen.map((m) => xs.map((e) => m.metrics.find((h) => h.epoch === e)?.[key] ?? null))];
+    const data = [xs, ...chosen.map((m) => xs.map((e) => m.history.find((h) => h.epoch === e)?.[key] ?? null))];
     chart = makeChart(chartBox, {
       title: `Per epoch ${METRICS[key]}`, xLabel: "epoch",
       series: chosen.map((m, i) => ({ label: `${shortId(m.model_id)} ${m.variant}`, color: COLORS[i % COLORS.length] })),
@@ -72,7 +72,7 @@ export function render(main) {
           el("td", {}, el("a", { href: `#/models/${m.model_id}`, title: m.model_id }, shortId(m.model_id))),
           el("td", {}, m.variant),
           el("td.small", {}, `epochs ${h.epochs ?? "?"}, lr ${h.lr ?? "?"}, batch ${h.batch_size ?? "?"}, seed ${h.seed ?? "?"}${h.precise_bn ? ", precise BN" : ""}`),
-          el("td", {}, pct(m.test_acc, 2), m.precise_bn_test_acc != null ? ` (precise BN ${pct(m.precise_bn_test_acc, 2)})` : ""),
+          el("td", {}, pct(m.final_test_acc, 2), m.hyperparameters?.precise_bn ? " (precise BN)" : ""),
           el("td", {}, when(m.created_at)));
       }));
       if (!models.length) tbody.append(el("tr", {}, el("td.muted", { colspan: 6 }, "No trained model yet.")));

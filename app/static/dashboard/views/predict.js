@@ -155,7 +155,7 @@ export function render(main) {
 
   api("/models").then((page) => {
     modelSelect.append(...page.data.map((m) => el("option", { value: m.model_id },
-      `${shortId(m.model_id)} · ${m.variant} · ${pct(m.test_acc)} · ${when(m.created_at)}`)));
+      `${shortId(m.model_id)} · ${m.variant} · ${pct(m.final_test_acc)} · ${when(m.created_at)}`)));
     const wanted = new URLSearchParams(location.hash.split("?")[1] || "").get("model");
     if (wanted) modelSelect.value = wanted;
   }).catch((err) => {
