@@ -5,10 +5,11 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import Forbidden, Unauthorized
+from app.events import EventHub
 from bnlenet.jobs import JobStore
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings
@@ -40,10 +41,15 @@ def get_publisher(request: Request) -> Publisher:
     return _state(request, "publisher", Publisher)
 
 
+def get_event_hub(request: Request) -> EventHub:
+    return _state(request, "event_hub", EventHub)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
+EventHubDep = Annotated[EventHub, Depends(get_event_hub)]
 
 
 # Two names for one scheme, so the OpenAPI document can tell writes from reads: app.openapi
@@ -82,5 +88,23 @@ def require_reader(request: Request, _credentials: ReaderBearerDep) -> None:
         check_token(settings, request.headers.get("authorization"))
 
 
+def require_stream_reader(
+    request: Request,
+    _credentials: ReaderBearerDep,
+    access_token: Annotated[str | None, Query(
+        description="API_TOKEN, for a browser's EventSource, which cannot send a header; "
+        "it can end up in access logs, so other clients should send `Authorization: Bearer` instead",
+    )] = None,
+) -> None:
+    """Reads that a browser's EventSource makes: as ``require_reader``, or the token as ``?access_token=``."""
+    settings: Settings = request.app.state.settings
+    if settings.PROTECT_READS:
+        authorization = request.headers.get("authorization")
+        if authorization is None and access_token is not None:
+            authorization = f"Bearer {access_token}"
+        check_token(settings, authorization)
+
+
 WriterDep = Depends(require_writer)
 ReaderDep = Depends(require_reader)
+StreamReaderDep = Depends(require_stream_reader)

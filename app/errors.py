@@ -22,6 +22,7 @@ validation (422) adds ``errors``, a list of ``{loc, msg, type, ctx}``, one per f
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -117,6 +118,13 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
     return {code: {"model": ErrorOut, "description": _DESCRIPTIONS[code], **_HEADERS.get(code, {})} for code in codes}
 
 
+def json_error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """As ``error_responses``, stated as JSON for a route whose own answer is another type (an event stream)."""
+    schema = {"$ref": "#/components/schemas/ErrorOut"}  # the other routes' error_responses put it there
+    return {code: {"description": _DESCRIPTIONS[code], "content": {"application/json": {"schema": schema}},
+                   **_HEADERS.get(code, {})} for code in codes}
+
+
 def _handler(status: int):  # type: ignore[no-untyped-def]
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
@@ -159,7 +167,27 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 400:
         return JSONResponse({"detail": f"the body cannot be parsed: {exc.detail}; send valid JSON (UTF-8)"},
                             status_code=422)
+    if exc.status_code == 405:
+        # Starlette names only the first route that matched the path; a path served by several
+        # routes (GET and DELETE /jobs/{id}) allows the methods of them all, as the document says.
+        allowed = _allowed_methods(request)
+        if allowed:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
     return await http_exception_handler(request, exc)  # type: ignore[return-value]
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API document offers on this request's path (a literal path wins over a template)."""
+    paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    path = request.url.path
+    matching = [template for template in paths if re.fullmatch(_template_pattern(template), path)]
+    literal = [t for t in matching if t == path]
+    return sorted({m.upper() for t in (literal or matching) for m in paths[t]})
+
+
+def _template_pattern(template: str) -> str:
+    """``/jobs/{job_id}`` as a regular expression: each ``{name}`` one path segment."""
+    return "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{[^}]+\})", template))
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.main import api_router
 from app.errors import PayloadTooLarge, install_error_handlers
+from app.events import EventHub
 from app.metrics import HttpMetrics
 from app.openapi import build_openapi, operation_id
 from app.web import install_pages
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One intra-op thread per API process: requests are tiny, processes give parallelism.
         torch.set_num_threads(1)
         yield
+        await app.state.event_hub.close()
         app.state.publisher.close()
         app.state.job_store.redis.close()
 
@@ -130,6 +132,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_store = ModelStore(
         settings.CHECKPOINT_DIR, cache_size=settings.MODEL_CACHE_SIZE, refresh_s=settings.NEWEST_MODEL_REFRESH_S
     )
+    # One pub/sub subscription per process for the job event streams, opened by the first one.
+    app.state.event_hub = EventHub(settings.REDIS_URL, app.state.job_store, timeout=settings.REDIS_TIMEOUT_S)
     app.state.publisher = Publisher(settings)  # one long-lived broker connection, opened on first use
     install_error_handlers(app)
     app.include_router(api_router(settings))

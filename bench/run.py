@@ -26,6 +26,7 @@ SECTIONS: list[str] = [
     "process_speed",
     "quality",
     "predict",
+    "events",
     "queueing",
     "memory",
     "export",

@@ -49,11 +49,12 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
-def running_stack(tmpdir: Path, api_workers: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def running_stack(tmpdir: Path, api_workers: int | None = None,
+                  env_extra: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``bnlenet up`` on a free port with its state in ``tmpdir``; (base URL, launcher), stopped on exit.
 
     Checkpoints live in ``tmpdir / "ck"``. ``api_workers`` None: one API process per core, as
-    the README runs it.
+    the README runs it. ``env_extra`` is added to the stack's environment.
     """
     from bnlenet.local.redis_server import free_port
 
@@ -62,6 +63,7 @@ def running_stack(tmpdir: Path, api_workers: int | None = None) -> Iterator[tupl
     env.update(CHECKPOINT_DIR=str(tmpdir / "ck"), BNLENET_VAR_DIR=str(tmpdir / "var"))
     if api_workers is not None:
         env["BNLENET_API_WORKERS"] = str(api_workers)
+    env.update(env_extra or {})
     stack = start([sys.executable, "-m", "bnlenet.local.cli", "up", "--host", "127.0.0.1", "--port", str(port)], env)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -6,6 +6,8 @@ The one place that knows the key formats:
 - ``bnlenet:jobs:all`` and ``bnlenet:jobs:status:<status>``: sorted sets of ids scored by
   creation time, for listing newest first, filtered by status, with a total;
 - ``bnlenet:workers``: a sorted set of worker names scored by when each was last seen;
+- ``bnlenet:job:<id>:events``: the job's events, a Redis Stream (see ``JobEvent``), and
+  ``bnlenet:job-events``, the pub/sub channel that names a job whenever its stream grows;
 - ``bnlenet:outbox``: ids of queued jobs whose task may not be on the broker yet, scored by
   when they were put there (the outbox: see ``submit``);
 - ``bnlenet:idempotency:<sha256 of the key>``: ``<job id> <sha256 of the parameters>`` for
@@ -23,7 +25,8 @@ A second publish of the same job is harmless: a delivery runs a job only if ``cl
 
 Every change to a record is a read-modify-write inside ``WATCH``/``MULTI`` (redis-py's
 ``Redis.transaction``), so a cancel, a heartbeat and a status change never overwrite one
-another, and a record and its indexes always agree. Any Redis failure surfaces as
+another, and a record, its indexes and its events always agree (an update that changes what a
+watcher sees appends its events in the same transaction). Any Redis failure surfaces as
 ``StoreUnavailable``. Every change a worker makes is conditional on still owning the job.
 """
 
@@ -48,7 +51,10 @@ from bnlenet import job_stats
 __all__ = [
     "STATUSES",
     "TERMINAL",
+    "EVENTS_CHANNEL",
+    "FIRST_EVENT_ID",
     "Claim",
+    "JobEvent",
     "JobFinished",
     "JobNotFound",
     "MalformedJob",
@@ -57,6 +63,7 @@ __all__ = [
     "JobStatus",
     "JobStore",
     "StoreUnavailable",
+    "event_id_key",
     "is_stale",
 ]
 
@@ -66,6 +73,12 @@ TERMINAL: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
 
 _PREFIX = "bnlenet"
 log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = f"{_PREFIX}:job-events"  # pub/sub: each message is the id of a job whose events grew
+EVENTS_MAXLEN = 1000  # entries kept per job (approximately: Redis trims whole nodes)
+EVENTS_TTL_S = 7 * 24 * 3600  # how long a job's events outlive its last one, when its record does not expire
+FIRST_EVENT_ID = "0-0"  # the position before a job's first event
+JobEventType = Literal["progress", "epoch", "status"]
 
 
 class JobRecord(TypedDict):
@@ -131,6 +144,47 @@ class Claim:
     run: bool
     record: Record | None
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One entry of a job's event stream: ``id`` is the Redis Stream entry id (``<ms>-<seq>``).
+
+    ``progress``: ``{"progress": {...}}``; ``epoch``: one finished epoch's metrics (a
+    ``models.training.EpochMetrics`` as a dict); ``status``: the whole record, written when the
+    status, the attempt, the worker, the cancel request or the note changes.
+    """
+
+    id: str
+    type: JobEventType
+    data: dict[str, Any]
+
+
+def job_events(old: Record, new: Record) -> builtins.list[tuple[JobEventType, dict[str, Any]]]:
+    """What a watcher should be told about the change from ``old`` to ``new`` (heartbeats alone: nothing)."""
+    watched = ("status", "attempts", "worker", "cancel_requested", "note")
+    if any(new[f] != old[f] for f in watched):  # type: ignore[literal-required]
+        return [("status", dict(new))]
+    events: builtins.list[tuple[JobEventType, dict[str, Any]]] = []
+    if len(new["history"]) > len(old["history"]) and new["history"][: len(old["history"])] == old["history"]:
+        events += [("epoch", dict(m)) for m in new["history"][len(old["history"]):]]
+    if new["progress"] != old["progress"]:
+        events.append(("progress", {"progress": new["progress"]}))
+    return events
+
+
+def event_id_key(event_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable pair; ``ValueError`` unless it reads ``<ms>-<seq>``."""
+    ms, sep, seq = event_id.partition("-")
+    if not (sep and ms.isdigit() and seq.isdigit()):
+        raise ValueError(f"not a stream entry id: {event_id!r}")
+    return int(ms), int(seq)
+
+
+def _event(entry_id: Any, fields: dict[Any, Any]) -> JobEvent:
+    kind = _text(fields[b"type"])
+    assert kind in ("progress", "epoch", "status")
+    return JobEvent(_text(entry_id), kind, json.loads(fields[b"data"]))  # type: ignore[arg-type]
 
 
 def new_record(job_id: str, params: dict[str, Any], now: float) -> Record:
@@ -222,6 +276,10 @@ class JobStore:
     # For readers that only count (the metrics collector): the same keys, public.
     index_key = _index_key
     workers_key = _workers_key
+
+    @staticmethod
+    def events_key(job_id: str) -> str:
+        return f"{_PREFIX}:job:{job_id}:events"
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -349,7 +407,7 @@ class JobStore:
             pipe.execute()
 
     def _queue_removal(self, pipe: Pipeline, job_id: str) -> None:
-        pipe.delete(self._job_key(job_id))
+        pipe.delete(self._job_key(job_id), self.events_key(job_id))
         pipe.zrem(self._index_key(), job_id)
         for status in STATUSES:
             pipe.zrem(self._index_key(status), job_id)
@@ -415,8 +473,11 @@ class JobStore:
             result = old if new is None else new
             if new is None:
                 return
+            events = job_events(old, new)
+            ttl_ms = int(pipe.pttl(key)) if events else -1  # events expire with an expiring record
             pipe.multi()
             pipe.set(key, json.dumps(new))
+            self._append_events(pipe, job_id, events, ttl_ms)
             if new["status"] != old["status"]:
                 pipe.zrem(self._index_key(old["status"]), job_id)
                 pipe.zadd(self._index_key(new["status"]), {job_id: new["created_at"]})
@@ -430,6 +491,54 @@ class JobStore:
             self.redis.transaction(transaction, key)
         assert result is not None
         return result
+
+    def _append_events(
+        self, pipe: Pipeline, job_id: str, events: builtins.list[tuple[JobEventType, dict[str, Any]]], ttl_ms: int,
+    ) -> None:
+        """Queue, in the caller's transaction, the events on the job's stream and a note on the channel."""
+        if not events:
+            return
+        key = self.events_key(job_id)
+        for kind, data in events:
+            pipe.xadd(key, {"type": kind, "data": json.dumps(data)}, maxlen=EVENTS_MAXLEN, approximate=True)
+        if ttl_ms > 0:
+            pipe.pexpire(key, ttl_ms)
+        else:
+            pipe.expire(key, EVENTS_TTL_S)
+        pipe.publish(EVENTS_CHANNEL, job_id)
+
+    def snapshot(self, job_id: str) -> tuple[Record, str]:
+        """The record and the id of the job's latest event, read together (``FIRST_EVENT_ID`` when none)."""
+        with self._errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.get(self._job_key(job_id))
+            pipe.xrevrange(self.events_key(job_id), count=1)
+            raw, last = pipe.execute()
+        if raw is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return _load(raw), _text(last[0][0]) if last else FIRST_EVENT_ID
+
+    def events_after(self, job_id: str, after: str, *, count: int | None = None) -> builtins.list[JobEvent]:
+        """The job's events after the entry id ``after``, oldest first."""
+        with self._errors():
+            entries: Any = self.redis.xrange(self.events_key(job_id), min=f"({after}", count=count)
+        return [_event(entry_id, fields) for entry_id, fields in entries]
+
+    def events_resumable(self, job_id: str, after: str) -> bool:
+        """Whether every event after ``after`` is still stored (none was trimmed or expired).
+
+        Trimming drops the oldest entries, and only once the stream holds ``EVENTS_MAXLEN``; an
+        expired stream is gone as a whole. When unsure, the answer is no (the caller sends the
+        whole record again).
+        """
+        with self._errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xlen(self.events_key(job_id))
+            pipe.xrange(self.events_key(job_id), count=1)
+            length, first = pipe.execute()
+        if not first:
+            return after == FIRST_EVENT_ID
+        return length < EVENTS_MAXLEN or event_id_key(_text(first[0][0])) <= event_id_key(after)
 
     def set_task_id(self, job_id: str, task_id: str) -> Record:
         return self.update(job_id, lambda r: {**r, "task_id": task_id})
@@ -524,6 +633,7 @@ class JobStore:
                 pipe.zrem(self._index_key(status), job_id)
             pipe.zadd(self._index_key("failed"), {job_id: created})
             pipe.zadd(self._index_key(), {job_id: created})
+            self._append_events(pipe, job_id, [("status", dict(record))], -1)  # its watchers see it end
             pipe.execute()
         log.warning("job %s failed: %s", job_id, reason)
         return record

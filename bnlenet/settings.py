@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     MAX_ATTEMPTS: int = Field(3, ge=1)  # deliveries of one job before it is failed as a worker killer
     VISIBILITY_TIMEOUT_S: int = 12 * 3600  # longer than the longest job, or Redis redelivers running jobs
     COMPILE_ON_CUDA: bool = True  # torch.compile jobs that train on a GPU (the worker compiles once, at start)
+    EVENTS_HEARTBEAT_S: float = Field(15.0, gt=0)  # a comment on an idle job event stream, this often
     REDIS_TIMEOUT_S: float = 2.0  # connect and read timeout: a down Redis answers 503 quickly, never hangs
 
     # The HTTP edge (app/edge.py): what a client may send, and how slowly.

@@ -69,6 +69,13 @@ def _build_parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     u.add_argument("--workers", type=int, default=None,
                    help="API worker processes (default: BNLENET_API_WORKERS, else one per core)")
+
+    w = sub.add_parser("watch", help="follow a job of a running service: a progress bar and one line per epoch",
+                       description="Follow a job of a running service (GET /jobs/{id}/events) until it ends. "
+                       "Exit status: 0 succeeded, 1 failed or cancelled, 2 no such job, refused or unreachable.")
+    w.add_argument("job_id")
+    w.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default: %(default)s)")
+    w.add_argument("--token", default=None, help="API_TOKEN, for a service that protects reads (default: $API_TOKEN)")
     return parser
 
 
@@ -193,6 +200,18 @@ def _up(args: argparse.Namespace) -> int:
     return run_stack(get_settings(), host=args.host, port=args.port, workers=args.workers)
 
 
+def _watch(args: argparse.Namespace) -> int:
+    from bnlenet.local.watch import WatchError, watch_job
+    from bnlenet.settings import get_settings
+
+    try:
+        record = watch_job(args.url, args.job_id, token=args.token or get_settings().API_TOKEN)
+    except WatchError as exc:
+        print(f"bnlenet watch: error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if record["status"] == "succeeded" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     from models.checkpoint import CheckpointError
@@ -200,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     from models.preprocess import ImageError
     from models.training import TrainingCancelled, TrainingDiverged
 
-    handlers = {"train": _train, "predict": _predict, "inspect": _inspect, "export": _export, "up": _up}
+    handlers = {"train": _train, "predict": _predict, "inspect": _inspect, "export": _export, "up": _up,
+                "watch": _watch}
     try:
         return handlers[args.command](args)
     except (CheckpointError, DataError, ImageError, TrainingDiverged, TrainingCancelled, ValueError, OSError) as exc:

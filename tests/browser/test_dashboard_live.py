@@ -1,9 +1,10 @@
-"""The dashboard with an API token, and following a job by server-sent events where the server offers them."""
+"""The dashboard with an API token, and following a job by the API's server-sent events (GET /jobs/{id}/events)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -15,58 +16,26 @@ pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 TOKEN = "browser-test-token"
 
-# Until the API has GET /jobs/{id}/events, the page's stream path is driven by a stand-in:
-# /openapi.json gains the path, and EventSource becomes a source that turns the job's record
-# into the events the stream will send (progress, epoch, status; JSON data).
-STREAM_STANDIN = """
+# Counts the page's fetches of the job's record, to show that a followed job is not polled.
+COUNT_JOB_FETCHES = """
 (() => {
   const realFetch = window.fetch.bind(window);
   window.__jobFetches = 0;
   window.fetch = async (input, init) => {
-    const url = String(input);
-    if (/\\/jobs\\/[A-Za-z0-9_-]+$/.test(url)) window.__jobFetches++;
-    const response = await realFetch(input, init);
-    if (url.endsWith("/openapi.json")) {
-      const spec = await response.json();
-      spec.paths["/jobs/{job_id}/events"] = { get: { summary: "stand-in" } };
-      return new Response(JSON.stringify(spec), { headers: { "content-type": "application/json" } });
-    }
-    return response;
+    if (/\\/jobs\\/[A-Za-z0-9_-]+$/.test(String(input))) window.__jobFetches++;
+    return realFetch(input, init);
   };
-  class StandInEventSource extends EventTarget {
-    constructor(url) {
-      super();
-      this.url = url;
-      this.readyState = 0;
-      const id = url.split("/")[2];
-      let lastEpoch = 0, lastProgress = "";
-      setTimeout(() => { this.readyState = 1; this.dispatchEvent(new Event("open")); }, 10);
-      this.timer = setInterval(async () => {
-        const job = await (await realFetch("/jobs/" + id)).json();
-        if (job.progress && JSON.stringify(job.progress) !== lastProgress) {
-          lastProgress = JSON.stringify(job.progress);
-          this.emit("progress", job.progress);
-        }
-        for (const h of job.history.filter((h) => h.epoch > lastEpoch)) { lastEpoch = h.epoch; this.emit("epoch", h); }
-        if (["succeeded", "failed", "cancelled"].includes(job.status)) this.emit("status", { status: job.status });
-      }, 250);
-    }
-    emit(type, data) { this.dispatchEvent(new MessageEvent(type, { data: JSON.stringify(data) })); }
-    close() { this.readyState = 2; clearInterval(this.timer); }
-  }
-  StandInEventSource.CONNECTING = 0; StandInEventSource.OPEN = 1; StandInEventSource.CLOSED = 2;
-  window.EventSource = StandInEventSource;
 })();
 """
 
 
-@pytest.fixture(scope="module")
-def token_api(stack) -> Iterator[str]:
-    """A second API process on the same Redis, with API_TOKEN set."""
+@contextmanager
+def _api(stack, name: str, **env: str) -> Iterator[str]:
+    """A second API process on the same Redis, with ``env`` added."""
     port = free_port()
     args = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
             "--log-level", "warning"]
-    proc = Proc("api-token", args, {**stack.env, "API_TOKEN": TOKEN}, stack.root).start()
+    proc = Proc(name, args, {**stack.env, **env}, stack.root).start()
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -76,10 +45,24 @@ def token_api(stack) -> Iterator[str]:
             return False
 
     try:
-        wait_for(up, 60, lambda: f"the token API did not come up:\n{proc.tail()}")
+        wait_for(up, 60, lambda: f"the {name} API did not come up:\n{proc.tail()}")
         yield url
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def token_api(stack) -> Iterator[str]:
+    """A second API process on the same Redis, with API_TOKEN set."""
+    with _api(stack, "api-token", API_TOKEN=TOKEN) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def protected_api(stack) -> Iterator[str]:
+    """A third, with API_TOKEN set and reads protected."""
+    with _api(stack, "api-protected", API_TOKEN=TOKEN, PROTECT_READS="true") as url:
+        yield url
 
 
 def test_dashboard_asks_for_the_token_and_says_when_it_is_missing_or_wrong(browser, token_api, stack):
@@ -121,7 +104,7 @@ def test_dashboard_asks_for_the_token_and_says_when_it_is_missing_or_wrong(brows
 
 
 def test_dashboard_follows_a_job_by_its_event_stream_without_polling(browser, stack):
-    browser.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": STREAM_STANDIN})
+    browser.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": COUNT_JOB_FETCHES})
     job_id = stack.client.post("/train", json={"epochs": 3, "batch_size": 16, "lr": 0.5}).json()["job_id"]
     browser.open(f"/#/jobs/{job_id}")
     live = browser.wait("#job-live", check=lambda e: e.get_attribute("data-mode") == "stream")
@@ -133,3 +116,17 @@ def test_dashboard_follows_a_job_by_its_event_stream_without_polling(browser, st
     assert "Final test accuracy" in browser.find("#job-final").text
     # the record once at the start and once at the end: everything else came by events
     assert browser.driver.execute_script("return window.__jobFetches") <= 2
+
+
+def test_dashboard_follows_a_job_by_its_stream_with_the_query_token_when_reads_are_protected(
+        browser, protected_api, stack):
+    browser.base_url = protected_api
+    browser.expect_error("/events")  # the first try, without the token, is refused (401)
+    job_id = stack.client.post("/train", json={"epochs": 2, "batch_size": 16, "lr": 0.5}).json()["job_id"]
+    browser.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
+                                   {"source": f"sessionStorage.setItem('bnlenet.apiToken', '{TOKEN}');"})
+    browser.open(f"/#/jobs/{job_id}")
+    browser.wait("#job-live", check=lambda e: e.get_attribute("data-mode") == "stream", timeout=30)
+    browser.wait("#job-final", timeout=90)
+    assert int(browser.find("#chart-epochs").get_attribute("data-points")) == 2
+    browser.screenshot("job-stream-protected", full_page=False)

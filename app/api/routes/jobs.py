@@ -1,15 +1,20 @@
-"""GET /jobs, GET /jobs/{job_id}, POST /jobs/{job_id}/cancel, POST /jobs/cancel, DELETE /jobs/{job_id}."""
+"""GET /jobs, GET /jobs/{job_id}, GET /jobs/{job_id}/events, POST /jobs/{job_id}/cancel, POST /jobs/cancel,
+DELETE /jobs/{job_id}."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
 
-from app.deps import JobStoreDep, ReaderDep, WriterDep
-from app.errors import error_responses
+from app.deps import EventHubDep, JobStoreDep, ReaderDep, SettingsDep, StreamReaderDep, WriterDep
+from app.errors import error_responses, json_error_responses
+from app.events import follow_job
 from app.schemas import BulkCancelOut, JobList, JobOut
-from bnlenet.jobs import JobFinished, JobNotFound, JobStatus
+from bnlenet.jobs import TERMINAL, JobFinished, JobNotFound, JobStatus, event_id_key
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -42,6 +47,80 @@ def list_jobs(
 )
 def get_job(job_id: JobId, store: JobStoreDep) -> JobOut:
     return JobOut.model_validate(store.get(job_id))
+
+
+EVENTS_DESCRIPTION = """Server-sent events (`text/event-stream`) that follow one job until it ends:
+
+- first a `status` event whose data is the whole job (as `GET /jobs/{job_id}` answers), the snapshot;
+- `progress` (`{"progress": {...}}`) as a running job reports within an epoch;
+- `epoch` with each finished epoch's metrics (an entry of `history`);
+- `status` with the whole job when its status, attempt, worker, cancel request or note changes;
+  after a final status (`succeeded`, `failed`, `cancelled`) the stream closes.
+
+Each event's `id` is its position in the job's stream; reconnecting with `Last-Event-ID` replays
+what came after it, with no gaps and no repeats (no snapshot, unless events after it were already
+trimmed: then the snapshot again); 204 once the client has seen the final status. A comment line is sent every `EVENTS_HEARTBEAT_S` seconds
+(15) while nothing happens. With `PROTECT_READS`, send `Authorization: Bearer` or, from a
+browser's `EventSource`, `?access_token=`."""
+
+
+async def events_start(
+    job_id: JobId,
+    store: JobStoreDep,
+    hub: EventHubDep,
+    last_event_id: Annotated[str | None, Header(
+        pattern=r"^[0-9]+-[0-9]+$", max_length=64, description="resume after this event id")] = None,
+) -> str | None:
+    """Refuse before the stream starts: 404 unknown job, 503 no Redis, 204 nothing will come after ``Last-Event-ID``.
+
+    A 204 is how a server tells a browser's EventSource to stop reconnecting, here once it has
+    seen the job's final status.
+    """
+    record, last = await run_in_threadpool(store.snapshot, job_id)
+    if last_event_id is not None and record["status"] in TERMINAL and event_id_key(last) <= event_id_key(last_event_id):
+        raise HTTPException(status_code=204)
+    await hub.start()
+    return last_event_id
+
+
+EVENTS_DESCRIPTION = """Server-sent events (`text/event-stream`) that follow one job until it ends:
+
+- first a `status` event whose data is the whole job (as `GET /jobs/{job_id}` answers), the snapshot;
+- `progress` (`{"progress": {...}}`) as a running job reports within an epoch;
+- `epoch` with each finished epoch's metrics (an entry of `history`);
+- `status` with the whole job when its status, attempt, worker, cancel request or note changes;
+  after a final status (`succeeded`, `failed`, `cancelled`) the stream closes.
+
+Each event's `id` is its position in the job's stream; reconnecting with `Last-Event-ID` replays
+what came after it, with no gaps and no repeats (no snapshot, unless events after it were already
+trimmed: then the snapshot again); 204 once the client has seen the final status. A comment line is sent every `EVENTS_HEARTBEAT_S` seconds
+(15) while nothing happens. With `PROTECT_READS`, send `Authorization: Bearer` or, from a
+browser's `EventSource`, `?access_token=`."""
+
+
+async def events_can_start(job_id: JobId, store: JobStoreDep, hub: EventHubDep) -> None:
+    """Refuse before the stream starts: 404 for an unknown job, 503 when Redis cannot be reached."""
+    await run_in_threadpool(store.get, job_id)
+    await hub.start()
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    summary="Follow one job live (server-sent events)",
+    description=EVENTS_DESCRIPTION,
+    dependencies=[StreamReaderDep],
+    responses={204: {"description": "`Last-Event-ID` is at or after the job's final status: nothing more "
+                     "will come (an EventSource stops reconnecting)"}, **json_error_responses(401, 403, 404, 422, 503)},
+)
+async def job_events(
+    job_id: JobId,
+    hub: EventHubDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Depends(events_start)],
+) -> AsyncIterator[ServerSentEvent]:
+    async for event in follow_job(hub, job_id, last_event_id, heartbeat_s=settings.EVENTS_HEARTBEAT_S):
+        yield event
 
 
 @router.post(

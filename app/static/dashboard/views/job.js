@@ -1,6 +1,6 @@
 // One job: its record and live curves, from the event stream when the server has one, else by polling.
 
-import { api, getOpenApi } from "../api.js";
+import { api, getOpenApi, getToken } from "../api.js";
 import { ACC_SCALE, EPOCH_SERIES, epochData, makeChart } from "../charts.js";
 import { el, duration, notice, num, pct, statusBadge, TERMINAL, when, every } from "../util.js";
 
@@ -125,9 +125,12 @@ export function render(main, jobId) {
     poll = every(1000, fetchJob);
   }
 
-  function startStream() {
+  // An EventSource cannot send the Authorization header: where the stream refuses it (protected
+  // reads) and the page has a token, it tries once more with the token as ?access_token=.
+  function startStream(withToken = false) {
     let opened = false;
-    const source = new EventSource(`/jobs/${jobId}/events`);
+    const query = withToken ? `?access_token=${encodeURIComponent(getToken())}` : "";
+    const source = new EventSource(`/jobs/${jobId}/events${query}`);
     stream = source;
     source.addEventListener("open", () => {
       opened = true;
@@ -161,6 +164,12 @@ export function render(main, jobId) {
       else if (job) show({ ...job, ...data });
     });
     source.addEventListener("error", () => {
+      if (!opened && !withToken && getToken() && !stopped) {
+        source.close();
+        stream = null;
+        startStream(true);
+        return;
+      }
       if (source.readyState === EventSource.CLOSED || !opened) {
         // refused (404, 401 with protected reads, ...) or gone: polling always works
         source.close();
@@ -194,8 +203,7 @@ export function render(main, jobId) {
     if (stopped || (job && TERMINAL.has(job.status))) return;
     let hasStream = false;
     try { hasStream = EVENTS_PATH in (await getOpenApi()).paths; } catch { /* poll */ }
-    // An EventSource cannot send the Authorization header: where the stream refuses it (protected
-    // reads), the error handler falls back to polling, which sends the token.
+    // Where the stream is refused even so, the error handler falls back to polling, which sends the token.
     if (hasStream) startStream();
     else startPolling("this server has no event stream yet");
   })();
