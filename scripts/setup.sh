@@ -37,6 +37,7 @@ fi
 # serve.sh (embedded) and test.sh (embedded,dev) never undo each other. Otherwise it installs
 # the union of the extras asked for and those already there.
 hash=$(sha256sum pyproject.toml | cut -d' ' -f1)
+stamp_hash="" stamp_extras=""  # a fresh checkout has no stamp
 read -r stamp_hash stamp_extras < "$STAMP" 2>/dev/null || true
 union=$(printf '%s\n' ${extras//,/ } ${stamp_extras//,/ } | sort -u | paste -sd, -)
 if [ "${stamp_hash:-}" = "$hash" ] && [ "$union" = "$(printf '%s\n' ${stamp_extras//,/ } | sort -u | paste -sd, -)" ]; then
@@ -59,8 +60,7 @@ if ! "$VENV/bin/python" -c "$has_data"; then
             || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; } \
             || echo "setup: apt-get could not install dataset-fashion-mnist" >&2
     fi
-    has_data='import sys; from bnlenet.settings import Settings; from models.data import find_data_dir; sys.exit(find_data_dir(Settings().DATA_DIR) is None)'
-if ! "$VENV/bin/python" -c "$has_data"; then
+    if ! "$VENV/bin/python" -c "$has_data"; then
         echo "setup: Fashion-MNIST not found. Set DATA_DIR to a directory holding the four IDX files," >&2
         echo "  or install Debian's dataset-fashion-mnist; otherwise training downloads it (needs network)." >&2
     fi
