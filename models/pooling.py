@@ -62,9 +62,12 @@ def max_pool_2x2(X: Tensor) -> Tensor:
     """``F.max_pool2d(X, 2, 2)``: on the CPU, for ``(N, C, H, W)`` with even H and W, by elementwise maxima.
 
     Elsewhere PyTorch's kernel: on a GPU it is one launch each way where this is three forward
-    and about nine backward, and launches are what a network this small waits on there.
+    and about nine backward, and launches are what a network this small waits on there. Under
+    ``torch.compile`` and ``torch.export`` too: the compiler makes its own kernel of it, and an
+    exported model keeps the standard ``MaxPool`` operator (ONNX, pt2).
     """
-    if X.device.type != "cpu" or X.dim() != 4 or X.shape[2] % 2 or X.shape[3] % 2:
+    if (X.device.type != "cpu" or X.dim() != 4 or X.shape[2] % 2 or X.shape[3] % 2
+            or torch.compiler.is_compiling()):
         return cast(Tensor, F.max_pool2d(X, 2, 2))
     return cast(Tensor, _MaxPool2x2.apply(X))
 

@@ -56,7 +56,7 @@ def test_dashboard_starts_a_job_and_its_curves_grow_live(browser, stack):
     assert "Final test accuracy" in browser.find("#job-final").text
     assert points(browser.find("#chart-epochs")) == 4
     assert points(browser.find("#chart-progress")) > seen
-    assert browser.find("#job-live").get_attribute("data-mode") == "polling"  # no event stream on this server yet
+    assert browser.find("#job-live").get_attribute("data-mode") == "stream"  # followed by the job's event stream
     assert "succeeded" in browser.find("#job-status").text
     assert browser.find("#job-model-link").get_attribute("href").endswith("#/models/" + stack.client.get(
         "/jobs").json()["data"][0]["job_id"])
