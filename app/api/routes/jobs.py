@@ -83,27 +83,6 @@ async def events_start(
     return last_event_id
 
 
-EVENTS_DESCRIPTION = """Server-sent events (`text/event-stream`) that follow one job until it ends:
-
-- first a `status` event whose data is the whole job (as `GET /jobs/{job_id}` answers), the snapshot;
-- `progress` (`{"progress": {...}}`) as a running job reports within an epoch;
-- `epoch` with each finished epoch's metrics (an entry of `history`);
-- `status` with the whole job when its status, attempt, worker, cancel request or note changes;
-  after a final status (`succeeded`, `failed`, `cancelled`) the stream closes.
-
-Each event's `id` is its position in the job's stream; reconnecting with `Last-Event-ID` replays
-what came after it, with no gaps and no repeats (no snapshot, unless events after it were already
-trimmed: then the snapshot again); 204 once the client has seen the final status. A comment line is sent every `EVENTS_HEARTBEAT_S` seconds
-(15) while nothing happens. With `PROTECT_READS`, send `Authorization: Bearer` or, from a
-browser's `EventSource`, `?access_token=`."""
-
-
-async def events_can_start(job_id: JobId, store: JobStoreDep, hub: EventHubDep) -> None:
-    """Refuse before the stream starts: 404 for an unknown job, 503 when Redis cannot be reached."""
-    await run_in_threadpool(store.get, job_id)
-    await hub.start()
-
-
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
