@@ -10,6 +10,8 @@
     UnknownModel (bnlenet.model_store)     404  also any id that could never name a model
     NoModelYet (bnlenet.model_store)       409  train one first
     ModelUnusable (bnlenet.model_store)    409  the checkpoint is corrupt, tampered or not ours
+    AliasConflict (bnlenet.model_store)    409  an alias that would shadow a model, or a delete under an alias
+    ObjectStoreUnavailable                 503  the S3 model store cannot be reached (loaded models still serve)
     BadInput                               422  a body that parsed but says something impossible
     UnsupportedMedia                       415  not an image, or a content type /predict does not take
     PayloadTooLarge                        413
@@ -33,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from bnlenet.jobs import IdempotencyConflict, JobFinished, JobNotFound, JobRunning, MalformedJob, StoreUnavailable
-from bnlenet.model_store import ModelUnusable, NoModelYet, UnknownModel
+from bnlenet.model_store import AliasConflict, ModelUnusable, NoModelYet, ObjectStoreUnavailable, UnknownModel
 
 __all__ = [
     "BadInput",
@@ -73,6 +75,7 @@ class Forbidden(PermissionError):
 
 STATUS: dict[type[Exception], int] = {
     StoreUnavailable: 503,
+    ObjectStoreUnavailable: 503,
     JobNotFound: 404,
     UnknownModel: 404,
     JobFinished: 409,
@@ -82,6 +85,7 @@ STATUS: dict[type[Exception], int] = {
     QueueFull: 429,
     NoModelYet: 409,
     ModelUnusable: 409,
+    AliasConflict: 409,
     BadInput: 422,
     UnsupportedMedia: 415,
     PayloadTooLarge: 413,
@@ -98,7 +102,7 @@ _DESCRIPTIONS = {
     415: "Unsupported media type or not an image",
     422: "Invalid input: the message says what is allowed",
     429: "Too many jobs queued (MAX_QUEUED_JOBS); Retry-After says when to try again",
-    503: "Redis (job store and queue) unavailable",
+    503: "A backing service is unavailable: Redis (job store and queue), or the model object store",
 }
 
 

@@ -129,9 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S,
                                             retention_s=settings.JOB_RETENTION_DAYS * 86400)
-    app.state.model_store = ModelStore(
-        settings.CHECKPOINT_DIR, cache_size=settings.MODEL_CACHE_SIZE, refresh_s=settings.NEWEST_MODEL_REFRESH_S
-    )
+    app.state.model_store = ModelStore.from_settings(settings)
     # One pub/sub subscription per process for the job event streams, opened by the first one.
     app.state.event_hub = EventHub(settings.REDIS_URL, app.state.job_store, timeout=settings.REDIS_TIMEOUT_S)
     app.state.publisher = Publisher(settings)  # one long-lived broker connection, opened on first use

@@ -191,7 +191,8 @@ Pixels = Annotated[
     Field(min_length=28, max_length=28, description="28 rows of 28 numbers in [0, 1] (pixel / 255, 0 is black)"),
 ]
 _ZEROS: JsonValue = [[0] * 28] * 28  # the smallest valid image to show in /docs: 28 rows of 28 zeros
-MODEL_ID_DESCRIPTION = "default: the newest trained model"
+MODEL_ID_DESCRIPTION = ("a model id or alias; default: the model the alias DEFAULT_MODEL_ALIAS (`production`) "
+                        "points at, else the newest")
 TOP_K_DEFAULT = 3
 
 
@@ -292,6 +293,7 @@ class ModelOut(BaseModel):
     final_test_acc: float | None = Field(None, description="test accuracy of this model as stored and served")
     device: str | None = None
     created_at: datetime | None = None
+    aliases: list[str] = Field(default_factory=list, description="the aliases that point at this model")
     job_id: str | None = None
 
 
@@ -305,13 +307,28 @@ class UnusableModelOut(BaseModel):
 
 
 class ModelList(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [], "count": 0, "unusable": []}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"data": [], "count": 0, "unusable": [], "aliases": {}, "default_model_id": None}]})
 
     data: list[ModelOut]
     count: int
     unusable: list[UnusableModelOut] = Field(
         default_factory=list, description="checkpoint files that fail verification, left out of data"
     )
+    aliases: dict[str, str] = Field(default_factory=dict, description="every alias and the model id it points at")
+    default_model_id: str | None = Field(
+        None, description="the model POST /predict serves when none is named: the one DEFAULT_MODEL_ALIAS points "
+        "at if that alias exists, else the newest; null when there is no model")
+
+
+class AliasOut(BaseModel):
+    """An alias and the model it points at."""
+
+    model_config = ConfigDict(protected_namespaces=(),
+                              json_schema_extra={"examples": [{"alias": "production", "model_id": _EXAMPLE_ID}]})
+
+    alias: str
+    model_id: str
 
 
 class BatchNormLayerOut(BaseModel):

@@ -8,6 +8,7 @@ on first use.
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,7 +25,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, case_sensitive=False, extra="ignore")
 
     REDIS_URL: str = "redis://127.0.0.1:6379/0"  # broker, result backend and job store
-    CHECKPOINT_DIR: Path = Path("./var/checkpoints")  # the model registry: one file per model
+    # The model registry: a directory, or an S3-compatible bucket (s3://bucket/prefix) shared by
+    # workers and APIs on several hosts, reached with the standard AWS_* settings.
+    CHECKPOINT_DIR: str = "./var/checkpoints"
+    MODEL_CACHE_DIR: Path = Path("./var/model-cache")  # downloads from an s3:// CHECKPOINT_DIR (and their exports)
+    MODEL_CACHE_MAX_BYTES: int = Field(1 << 30, ge=1 << 20)  # that cache's bound; least recently used files go first
+    OBJECT_STORE_RETRY_S: float = Field(60.0, ge=0)  # a worker retries an upload this long, then fails the job
+    DEFAULT_MODEL_ALIAS: str = "production"  # POST /predict without a model serves this alias's model, if set; else the newest
     DATA_DIR: Path | None = None  # Fashion-MNIST IDX files; None: the usual places
     DATA_DOWNLOAD: bool = True  # let the worker download Fashion-MNIST when it is nowhere on disk
 
@@ -38,9 +45,11 @@ class Settings(BaseSettings):
     MAX_BODY_BYTES: int = 2 << 20  # any request body (a JSON pixel array is ~20 KB)
     MAX_PREDICT_BATCH: int = Field(256, ge=1)  # images in one POST /predict/batch
     MODEL_CACHE_SIZE: int = Field(8, ge=1)  # loaded models kept in memory per API process
-    # Cached model exports (GET /models/{id}/export); None: <CHECKPOINT_DIR>/exports.
+    # Cached model exports (GET /models/{id}/export); None: <CHECKPOINT_DIR>/exports, or <MODEL_CACHE_DIR>/exports for S3.
     EXPORT_DIR: Path | None = None
-    NEWEST_MODEL_REFRESH_S: float = 1.0  # how stale "the newest model" may be, to keep disk off the hot path
+    # How stale the listing of models and aliases may be ("the newest model", an alias just moved,
+    # a model deleted elsewhere), to keep the storage off the hot path.
+    NEWEST_MODEL_REFRESH_S: float = 1.0
 
     TRAINING_QUEUE: str = "training"
     # Celery's keys (the queue, unacked, _kombu.*, task results) carry this prefix, apart from
@@ -83,6 +92,11 @@ class Settings(BaseSettings):
     # A warm shutdown waits for the running task; past this the worker is killed and its job,
     # acknowledged late, goes back to the queue for the next worker.
     BNLENET_WORKER_STOP_TIMEOUT: float = Field(30.0, gt=0)
+
+    @field_validator("CHECKPOINT_DIR", mode="before")
+    @classmethod
+    def _location(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, os.PathLike) else value
 
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod

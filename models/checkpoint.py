@@ -31,6 +31,7 @@ __all__ = [
     "FORMAT",
     "Checkpoint",
     "CheckpointError",
+    "checkpoint_bytes",
     "load_checkpoint",
     "read_metadata",
     "final_test_acc",
@@ -78,15 +79,12 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "safetensors": safetensors.__version__, "python": platform.python_version()}
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, metadata: dict[str, Any], *,
-                    before_commit: Callable[[], None] | None = None) -> Path:
-    """Write ``model``'s state_dict and ``metadata`` to ``path`` atomically; returns the path.
+def checkpoint_bytes(model: nn.Module, metadata: dict[str, Any]) -> bytes:
+    """The safetensors file of ``model``'s state_dict and ``metadata``, as bytes.
 
     ``metadata`` must name the ``variant``; format, versions, preprocessing, creation time
-    and the checksum are added here. ``before_commit`` runs just before the file takes its
-    name (see ``write_atomically``).
+    and the checksum are added here.
     """
-    path = Path(path)
     if metadata.get("variant") not in VARIANTS:
         raise ValueError(f"metadata must name the variant ({', '.join(VARIANTS)})")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -98,8 +96,16 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, metadata: di
         **metadata,
     }
     meta["checksum"] = _checksum(tensors, meta)
-    payload = safetensors_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-    return write_atomically(path, payload, before_commit=before_commit)
+    return safetensors_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, metadata: dict[str, Any], *,
+                    before_commit: Callable[[], None] | None = None) -> Path:
+    """Write ``checkpoint_bytes(model, metadata)`` to ``path`` atomically; returns the path.
+
+    ``before_commit`` runs just before the file takes its name (see ``write_atomically``).
+    """
+    return write_atomically(path, checkpoint_bytes(model, metadata), before_commit=before_commit)
 
 
 def write_atomically(path: str | os.PathLike[str], payload: bytes, *,

@@ -23,7 +23,7 @@ from celery import signals
 
 from bnlenet.jobs import TERMINAL, JobNotFound, JobRecord, JobStore, MalformedJob, StoreUnavailable, is_stale
 from bnlenet.logs import configure_handlers, current_job
-from bnlenet.model_store import ModelStore, ModelUnusable, UnknownModel
+from bnlenet.model_store import ModelStore, ModelUnusable, ObjectStoreUnavailable, UnknownModel
 from bnlenet.settings import Settings
 from bnlenet.training_queue import TRAIN_TASK, Publisher
 from models.data import FashionMNIST
@@ -154,9 +154,11 @@ def reap_stale_jobs(store: JobStore, publisher: Publisher, settings: Settings) -
 def _published(job_id: str, settings: Settings) -> dict[str, Any] | None:
     """The metadata of the job's checkpoint if one verifies (a vanished worker may have published it)."""
     try:
-        return ModelStore(settings.CHECKPOINT_DIR).metadata(job_id)
+        return ModelStore.from_settings(settings).metadata(job_id)
     except (UnknownModel, ModelUnusable):
         return None
+    except ObjectStoreUnavailable as exc:  # unknown yet: a later sweep looks again
+        raise StoreUnavailable(str(exc)) from exc
 
 
 def publish_outbox(store: JobStore, publisher: Publisher, settings: Settings) -> list[str]:

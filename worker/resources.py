@@ -21,6 +21,7 @@ _lock = threading.Lock()
 _data_lock = threading.Lock()  # its own: loading takes seconds, and must not hold up the store
 _store: JobStore | None = None
 _publisher: Publisher | None = None
+_models: ModelStore | None = None
 _data: FashionMNIST | None = None
 
 
@@ -46,7 +47,11 @@ def publisher() -> Publisher:
 
 
 def model_store() -> ModelStore:
-    return ModelStore(settings().CHECKPOINT_DIR)
+    global _models
+    with _lock:
+        if _models is None:
+            _models = ModelStore.from_settings(settings())
+        return _models
 
 
 def training_data() -> FashionMNIST:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import types
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,34 @@ def _add_train_option(parser: argparse.ArgumentParser, f: ParamField) -> None:
                         help=f"{help_text} (default: %(default)s)")
 
 
+_CHECKPOINT_HELP = ("a checkpoint: a file, an s3://bucket/key URL, or the id or alias of a model in CHECKPOINT_DIR "
+                    "(the service's store: a directory or s3://bucket/prefix)")
+
+
+def _checkpoint_file(name: str, scratch: Path) -> tuple[Path, str]:
+    """The local file and model id for a checkpoint named as ``_CHECKPOINT_HELP`` says (downloads go to ``scratch``)."""
+    from bnlenet.checkpoint_storage import download_s3_url, is_s3_url
+    from bnlenet.model_store import ModelStore, UnknownModel, valid_model_id
+    from bnlenet.settings import get_settings
+
+    if is_s3_url(name):
+        path = download_s3_url(name, scratch)
+        return path, path.name.removesuffix(".safetensors")
+    path = Path(name)
+    if path.is_file():
+        return path, path.name.removesuffix(".safetensors")
+    if not valid_model_id(name):
+        raise ValueError(f"{name!r} is not a file, an s3:// URL or a model id")
+    settings = get_settings()
+    store = ModelStore.from_settings(settings)
+    try:
+        model_id = store.resolve(name)
+        return store.local_checkpoint(model_id), model_id
+    except UnknownModel:
+        raise ValueError(f"{name!r} is not a file, and no model or alias in CHECKPOINT_DIR "
+                         f"({store.location}) has that name") from None
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnlenet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,23 +73,22 @@ def _build_parser() -> argparse.ArgumentParser:
     for option in train_options():
         _add_train_option(t, option)
     t.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: DATA_DIR or the usual places)")
-    t.add_argument("--out", type=Path, default=None,
-                   help="checkpoint path (default: a new model in CHECKPOINT_DIR, served by the API)")
+    t.add_argument("--out", default=None,
+                   help="checkpoint path or s3://bucket/key URL (default: a new model in CHECKPOINT_DIR, served by the API)")
     t.add_argument("--json", action="store_true", help="one JSON object per line: each epoch, then the result")
 
     p = sub.add_parser("predict", help="classify images with a checkpoint")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", help=_CHECKPOINT_HELP)
     p.add_argument("images", type=Path, nargs="+", help="PNG, JPEG or any common format")
     p.add_argument("--json", action="store_true", help="one JSON object per image, with every probability")
 
     i = sub.add_parser("inspect", help="each BN layer's gamma, beta, running mean and running variance")
-    i.add_argument("checkpoint", type=Path)
+    i.add_argument("checkpoint", help=_CHECKPOINT_HELP)
     i.add_argument("--json", action="store_true")
 
     e = sub.add_parser("export", help="export a model as ONNX, a torch.export program (pt2) or safetensors",
-                       description="Export a checkpoint (a file, or a model id in CHECKPOINT_DIR) in eval mode, "
-                       "as GET /models/{id}/export does.")
-    e.add_argument("checkpoint", help="a checkpoint file, or the id of a model in CHECKPOINT_DIR")
+                       description="Export a checkpoint in eval mode, as GET /models/{id}/export does.")
+    e.add_argument("checkpoint", help=_CHECKPOINT_HELP)
     e.add_argument("--format", default="onnx", choices=_export_formats(), help="(default: %(default)s)")
     e.add_argument("--out", type=Path, default=None, help="where to write it (default: <model id>.<format> here)")
 
@@ -86,6 +114,7 @@ def _emit(obj: dict[str, Any]) -> None:
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from bnlenet.checkpoint_storage import is_s3_url, upload_s3_url
     from bnlenet.model_store import ModelStore
     from bnlenet.settings import get_settings
     from models.checkpoint import save_checkpoint, training_metadata
@@ -113,11 +142,15 @@ def _train(args: argparse.Namespace) -> int:
     result = train(config, data, on_progress=on_progress, on_epoch=on_epoch)
     bar.close()
     metadata = training_metadata(config, result, data.classes)
-    if args.out is not None:
-        path = save_checkpoint(args.out, result.model, metadata)
+    if args.out is not None and is_s3_url(args.out):
+        with tempfile.TemporaryDirectory() as scratch:
+            local = save_checkpoint(Path(scratch) / "model.safetensors", result.model, metadata)
+            path = upload_s3_url(local, args.out)
+    elif args.out is not None:
+        path = str(save_checkpoint(args.out, result.model, metadata))
     else:
         model_id = f"cli-{config.variant}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
-        path = ModelStore(settings.CHECKPOINT_DIR).publish(model_id, result.model, metadata)
+        path = ModelStore.from_settings(settings).publish(model_id, result.model, metadata)
     summary = {"checkpoint": str(path), "variant": config.variant, "precise_bn": config.precise_bn,
                "final_test_acc": result.final_test_acc}
     if args.json:
@@ -133,7 +166,8 @@ def _predict(args: argparse.Namespace) -> int:
     from models.inference import predict_probabilities
     from models.preprocess import image_to_tensor
 
-    checkpoint = load_checkpoint(args.checkpoint)
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = load_checkpoint(_checkpoint_file(args.checkpoint, Path(scratch))[0])
     classes = checkpoint.metadata.get("classes") or []
     for image in args.images:
         probs = predict_probabilities(checkpoint.model, image_to_tensor(image.read_bytes()))[0]
@@ -151,7 +185,8 @@ def _inspect(args: argparse.Namespace) -> int:
     from models.batchnorm import batchnorm_report
     from models.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(args.checkpoint)
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = load_checkpoint(_checkpoint_file(args.checkpoint, Path(scratch))[0])
     stats = ("gamma", "beta", "running_mean", "running_var")
     layers = {str(layer["name"]): {k: layer[k] for k in stats} for layer in batchnorm_report(checkpoint.model)}
     if args.json:
@@ -173,22 +208,12 @@ def _export_formats() -> tuple[str, ...]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from bnlenet.model_store import ModelStore, valid_model_id
-    from bnlenet.settings import get_settings
     from models.export import export_checkpoint, export_filename
 
-    source = Path(args.checkpoint)
-    if source.is_file():
-        model_id = source.name.removesuffix(".safetensors")
-    elif valid_model_id(args.checkpoint):
-        model_id = args.checkpoint
-        source = ModelStore(get_settings().CHECKPOINT_DIR).path_for(model_id)
-        if not source.is_file():
-            raise ValueError(f"{args.checkpoint!r} is neither a file nor a model in CHECKPOINT_DIR ({source.parent})")
-    else:
-        raise ValueError(f"{args.checkpoint!r} is neither a file nor a model id")
-    out = args.out if args.out is not None else Path(export_filename(model_id, args.format))
-    path = export_checkpoint(source, args.format, out, model_id=model_id)
+    with tempfile.TemporaryDirectory() as scratch:
+        source, model_id = _checkpoint_file(args.checkpoint, Path(scratch))
+        out = args.out if args.out is not None else Path(export_filename(model_id, args.format))
+        path = export_checkpoint(source, args.format, out, model_id=model_id)
     print(f"{args.format}: {path}")
     return 0
 
@@ -214,6 +239,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    from bnlenet.model_store import ModelUnusable, ObjectStoreUnavailable
     from models.checkpoint import CheckpointError
     from models.data import DataError
     from models.preprocess import ImageError
@@ -223,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                 "watch": _watch}
     try:
         return handlers[args.command](args)
-    except (CheckpointError, DataError, ImageError, TrainingDiverged, TrainingCancelled, ValueError, OSError) as exc:
+    except (CheckpointError, DataError, ImageError, TrainingDiverged, TrainingCancelled, ValueError, OSError,
+            ModelUnusable, ObjectStoreUnavailable) as exc:
         print(f"bnlenet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

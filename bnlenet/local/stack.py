@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from bnlenet.checkpoint_storage import is_s3_url
 from bnlenet.local import procs
 from bnlenet.local.redis_server import RedisNotFound, RedisServer
 from bnlenet.metrics import MULTIPROC_ENV, prepare_multiproc_dir
@@ -287,9 +288,12 @@ def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wor
         var_dir = settings.BNLENET_VAR_DIR.resolve()
         env = dict(os.environ)
         explicit = settings.model_fields_set
-        checkpoints = settings.CHECKPOINT_DIR if "CHECKPOINT_DIR" in explicit else var_dir / "checkpoints"
-        env["CHECKPOINT_DIR"] = str(checkpoints)
-        checkpoints.mkdir(parents=True, exist_ok=True)
+        checkpoints = settings.CHECKPOINT_DIR if "CHECKPOINT_DIR" in explicit else str(var_dir / "checkpoints")
+        env["CHECKPOINT_DIR"] = checkpoints
+        if not is_s3_url(checkpoints):
+            Path(checkpoints).mkdir(parents=True, exist_ok=True)
+        if "MODEL_CACHE_DIR" not in explicit:
+            env["MODEL_CACHE_DIR"] = str(var_dir / "model-cache")
 
         if "REDIS_URL" in explicit:
             env["REDIS_URL"] = settings.REDIS_URL

@@ -69,9 +69,11 @@ OPERATION_IDS = {
     ("get", "/models/{model_id}"): "get_model", ("get", "/models/{model_id}/batchnorm"): "get_batchnorm",
     ("get", "/models/{model_id}/export"): "export_model",
     ("get", "/models/{model_id}/checkpoint"): "download_checkpoint",
+    ("put", "/models/{model_id}/aliases/{alias}"): "set_alias",
+    ("delete", "/models/{model_id}/aliases/{alias}"): "delete_alias",
     ("get", "/healthz"): "healthz", ("get", "/readyz"): "readyz",
 }
-WRITES = {"train", "cancel_job", "cancel_jobs", "delete_job", "delete_model"}
+WRITES = {"train", "cancel_job", "cancel_jobs", "delete_job", "delete_model", "set_alias", "delete_alias"}
 
 
 def _operations(spec):

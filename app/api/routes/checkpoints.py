@@ -25,10 +25,10 @@ MEDIA_TYPE = "application/octet-stream"
     responses={
         200: {"content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
               "description": "The safetensors file, as an attachment named `<model_id>.safetensors`"},
-        **error_responses(401, 403, 404, 409, 422),
+        **error_responses(401, 403, 404, 409, 422, 503),
     },
 )
 def download_checkpoint(model_id: ModelId, store: ModelStoreDep) -> FileResponse:
-    store.metadata(model_id)  # the lookup GET /models/{id} does: 404 unknown, 409 not a valid checkpoint
-    path = store.path_for(model_id)
-    return FileResponse(path, media_type=MEDIA_TYPE, filename=path.name)
+    resolved = store.resolve(model_id)
+    path = store.local_checkpoint(resolved)  # verified: 404 unknown, 409 not a valid checkpoint
+    return FileResponse(path, media_type=MEDIA_TYPE, filename=f"{resolved}.safetensors")

@@ -38,7 +38,7 @@ MEDIA_TYPE = "application/octet-stream"  # none of the three formats has a regis
     responses={
         200: {"content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
               "description": "The file, as an attachment named `<model_id>.<format>`"},
-        **error_responses(401, 403, 404, 409, 422),
+        **error_responses(401, 403, 404, 409, 422, 503),
     },
 )
 def export_model(
@@ -47,5 +47,6 @@ def export_model(
     settings: SettingsDep,
     format: Annotated[ExportFormat, Query(description="onnx, pt2 or safetensors")] = "onnx",
 ) -> FileResponse:
-    path = store.export(model_id, format, settings.EXPORT_DIR)
-    return FileResponse(path, media_type=MEDIA_TYPE, filename=export_filename(model_id, format))
+    resolved = store.resolve(model_id)
+    path = store.export(resolved, format, settings.EXPORT_DIR)
+    return FileResponse(path, media_type=MEDIA_TYPE, filename=export_filename(resolved, format))

@@ -1,4 +1,5 @@
-"""GET /models, GET /models/{model_id}, GET /models/{model_id}/batchnorm, DELETE /models/{model_id}."""
+"""GET /models, GET /models/{model_id}, GET /models/{model_id}/batchnorm, DELETE /models/{model_id},
+PUT and DELETE /models/{model_id}/aliases/{alias}."""
 
 from __future__ import annotations
 
@@ -8,17 +9,19 @@ from fastapi import APIRouter, Path, Response
 
 from app.deps import ModelStoreDep, ReaderDep, WriterDep
 from app.errors import error_responses
-from app.schemas import BatchNormLayerOut, BatchNormOut, ModelList, ModelOut, UnusableModelOut
-from bnlenet.model_store import MODEL_ID_PATTERN
+from app.schemas import AliasOut, BatchNormLayerOut, BatchNormOut, ModelList, ModelOut, UnusableModelOut
+from bnlenet.model_store import MODEL_ID_PATTERN, AliasConflict, ModelStore, NoModelYet
 from models.batchnorm import batchnorm_report
 from models.checkpoint import final_test_acc
 
 router = APIRouter(prefix="/models", tags=["models"])
 
-ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description="the model's id (its training job's id)")]
+ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN,
+                               description="the model's id (its training job's id), or an alias that points at it")]
+AliasName = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description="the alias, e.g. `production`")]
 
 
-def _model_out(model_id: str, meta: dict[str, Any]) -> ModelOut:
+def _model_out(model_id: str, meta: dict[str, Any], aliases: list[str]) -> ModelOut:
     return ModelOut(
         model_id=model_id,
         variant=meta["variant"],
@@ -28,6 +31,7 @@ def _model_out(model_id: str, meta: dict[str, Any]) -> ModelOut:
         device=meta.get("device"),
         created_at=meta.get("created_at"),
         job_id=meta.get("job_id"),
+        aliases=aliases,
     )
 
 
@@ -35,27 +39,36 @@ def _model_out(model_id: str, meta: dict[str, Any]) -> ModelOut:
     "",
     response_model=ModelList,
     summary="List trained models, newest first",
-    description="Read from the checkpoint directory: works while Redis is down. Every checkpoint is "
-    "verified (structure and checksum) once per file version; files that fail are listed under "
-    "`unusable` with the reason, and are never served or chosen as the default model.",
+    description="Read from the model store (a directory or a bucket, listed at most once a second): works "
+    "while Redis is down. Every checkpoint is verified (structure and checksum) once per version; files that "
+    "fail are listed under `unusable` with the reason, and are never served or chosen as the default model.",
     dependencies=[ReaderDep],
-    responses=error_responses(401, 403),
+    responses=error_responses(401, 403, 503),
 )
 def list_models(store: ModelStoreDep) -> ModelList:
     models = store.list()
-    return ModelList(data=[_model_out(i, m) for i, m in models], count=len(models),
-                     unusable=[UnusableModelOut(model_id=i, error=e) for i, e in store.unusable()])
+    return ModelList(data=[_model_out(i, m, store.aliases_of(i)) for i, m in models], count=len(models),
+                     unusable=[UnusableModelOut(model_id=i, error=e) for i, e in store.unusable()],
+                     aliases=store.aliases(), default_model_id=_default(store))
+
+
+def _default(store: ModelStore) -> str | None:
+    try:
+        return store.default()
+    except NoModelYet:
+        return None
 
 
 @router.get(
     "/{model_id}",
     response_model=ModelOut,
-    summary="One model: variant, hyperparameters, history, final test accuracy, created time",
+    summary="One model: variant, hyperparameters, history, final test accuracy, created time, aliases",
     dependencies=[ReaderDep],
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 def get_model(model_id: ModelId, store: ModelStoreDep) -> ModelOut:
-    return _model_out(model_id, store.metadata(model_id))
+    resolved = store.resolve(model_id)
+    return _model_out(resolved, store.metadata(resolved), store.aliases_of(resolved))
 
 
 @router.get(
@@ -64,7 +77,7 @@ def get_model(model_id: ModelId, store: ModelStoreDep) -> ModelOut:
     summary="Every BN layer's gamma, beta, running mean and running variance",
     description="The chapter's look at `net[1].gamma` and `net[1].beta`, for any trained model.",
     dependencies=[ReaderDep],
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 def get_batchnorm(model_id: ModelId, store: ModelStoreDep) -> BatchNormOut:
     loaded = store.get(model_id)
@@ -77,10 +90,42 @@ def get_batchnorm(model_id: ModelId, store: ModelStoreDep) -> BatchNormOut:
     status_code=204,
     summary="Delete a model",
     description="Removes the checkpoint. Every API process stops serving it within a second "
-    "(`NEWEST_MODEL_REFRESH_S`); the job that trained it stays.",
+    "(`NEWEST_MODEL_REFRESH_S`); the job that trained it stays. A model an alias points at is not deleted "
+    "(409 naming the aliases): move or delete the alias first, so nothing served by name disappears.",
     dependencies=[WriterDep],
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 def delete_model(model_id: ModelId, store: ModelStoreDep) -> Response:
     store.delete(model_id)
+    return Response(status_code=204)
+
+
+@router.put(
+    "/{model_id}/aliases/{alias}",
+    response_model=AliasOut,
+    summary="Point an alias at a model",
+    description="Creates the alias or moves it here. `POST /predict` without a model serves the model "
+    "`DEFAULT_MODEL_ALIAS` (default `production`) points at; every API process follows a move within a second. "
+    "An alias may be given wherever a model id is accepted; it may not be the id of an existing model (409), "
+    "and the model must verify (409 otherwise).",
+    dependencies=[WriterDep],
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+)
+def set_alias(model_id: ModelId, alias: AliasName, store: ModelStoreDep) -> AliasOut:
+    return AliasOut(alias=alias, model_id=store.set_alias(alias, model_id))
+
+
+@router.delete(
+    "/{model_id}/aliases/{alias}",
+    status_code=204,
+    summary="Remove an alias",
+    description="The model stays. Without its default alias, `POST /predict` serves the newest model again.",
+    dependencies=[WriterDep],
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+)
+def delete_alias(model_id: ModelId, alias: AliasName, store: ModelStoreDep) -> Response:
+    target = store.aliases().get(alias)
+    if target is not None and target != store.resolve(model_id):
+        raise AliasConflict(f"alias {alias!r} points at model {target!r}, not {model_id!r}: nothing removed")
+    store.delete_alias(alias)
     return Response(status_code=204)

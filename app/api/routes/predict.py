@@ -28,8 +28,15 @@ from torch import Tensor
 from app.deps import ReaderDep
 from app.errors import STATUS, BadInput, PayloadTooLarge, UnsupportedMedia, error_responses
 from app.metrics import PredictTimer
-from app.schemas import TOP_K_DEFAULT, PredictBatchOut, PredictBatchRequest, PredictOut, PredictRequest
-from bnlenet.model_store import LoadedModel, ModelStore
+from app.schemas import (
+    MODEL_ID_DESCRIPTION,
+    TOP_K_DEFAULT,
+    PredictBatchOut,
+    PredictBatchRequest,
+    PredictOut,
+    PredictRequest,
+)
+from bnlenet.model_store import MODEL_ID_PATTERN, LoadedModel, ModelStore
 from bnlenet.settings import Settings
 from models.data import CLASS_NAMES
 from models.inference import predict_batch as predict_images
@@ -41,7 +48,8 @@ M = TypeVar("M", bound=BaseModel)
 TopK = Annotated[int, Query(ge=1, le=len(CLASS_NAMES), description="how many classes `top_k` lists")]
 
 _FILE_DESCRIPTION = "an image (PNG, JPEG, ...); made 28x28 grayscale like the training data"
-_MODEL_ID = {"type": "string", "description": "default: the newest trained model"}
+_MODEL_ID = {"type": "string", "description": MODEL_ID_DESCRIPTION}
+ModelQuery = Annotated[str | None, Query(pattern=MODEL_ID_PATTERN, description=MODEL_ID_DESCRIPTION + " (here or in the body)")]
 _UPLOAD_BODY = {
     "required": True,
     "content": {"multipart/form-data": {"schema": {
@@ -75,10 +83,10 @@ _ERRORS = error_responses(401, 403, 404, 409, 413, 415, 422)
     dependencies=[ReaderDep],
     responses=_ERRORS,
 )
-async def predict(request: Request, top_k: TopK = TOP_K_DEFAULT) -> Response:
+async def predict(request: Request, top_k: TopK = TOP_K_DEFAULT, model_id: ModelQuery = None) -> Response:
     timer = PredictTimer()
     try:
-        response = await _predict(request, top_k, timer)
+        response = await _predict(request, top_k, model_id, timer)
     except Exception as exc:
         timer.done("client_error" if 400 <= STATUS.get(type(exc), 500) < 500
                    or isinstance(exc, RequestValidationError) else "error")
@@ -87,13 +95,14 @@ async def predict(request: Request, top_k: TopK = TOP_K_DEFAULT) -> Response:
     return response
 
 
-async def _predict(request: Request, top_k: int, timer: PredictTimer) -> Response:
+async def _predict(request: Request, top_k: int, query_model: str | None, timer: PredictTimer) -> Response:
     settings: Settings = request.app.state.settings
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("application/json"):
         body = _parse(PredictRequest, await request.body())
         timer.decoded()
-        return _json(_answers(_store(request), [_pixels(body.pixels)], body.model_id, top_k, timer)[1][0])
+        return _json(_answers(_store(request), [_pixels(body.pixels)], _model(query_model, body.model_id), top_k,
+                              timer)[1][0])
     if not ctype.startswith("multipart/form-data"):
         raise UnsupportedMedia(
             f"content type {ctype or 'none'!r} is not accepted: send multipart/form-data with the image in "
@@ -101,7 +110,7 @@ async def _predict(request: Request, top_k: int, timer: PredictTimer) -> Respons
         )
     images, model_id = await _read_uploads(request, settings, field="file", limit=1)
     timer.decoded()
-    return _json(_answers(_store(request), images, model_id, top_k, timer)[1][0])
+    return _json(_answers(_store(request), images, _model(query_model, model_id), top_k, timer)[1][0])
 
 
 @router.post(
@@ -114,8 +123,9 @@ async def _predict(request: Request, top_k: int, timer: PredictTimer) -> Respons
     dependencies=[ReaderDep],
     responses=_ERRORS,
 )
-def predict_pixels(body: PredictRequest, request: Request, top_k: TopK = TOP_K_DEFAULT) -> Response:
-    return _json(_answers(_store(request), [_pixels(body.pixels)], body.model_id, top_k)[1][0])
+def predict_pixels(body: PredictRequest, request: Request, top_k: TopK = TOP_K_DEFAULT,
+                   model_id: ModelQuery = None) -> Response:
+    return _json(_answers(_store(request), [_pixels(body.pixels)], _model(model_id, body.model_id), top_k)[1][0])
 
 
 @router.post(
@@ -131,19 +141,19 @@ def predict_pixels(body: PredictRequest, request: Request, top_k: TopK = TOP_K_D
     dependencies=[ReaderDep],
     responses=_ERRORS,
 )
-async def predict_batch(request: Request, top_k: TopK = TOP_K_DEFAULT) -> Response:
+async def predict_batch(request: Request, top_k: TopK = TOP_K_DEFAULT, model_id: ModelQuery = None) -> Response:
     settings: Settings = request.app.state.settings
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("application/json"):
         body = _parse(PredictBatchRequest, await request.body())
-        return _batch(request, body, top_k)
+        return _batch(request, body, top_k, model_id)
     if not ctype.startswith("multipart/form-data"):
         raise UnsupportedMedia(
             f"content type {ctype or 'none'!r} is not accepted: send multipart/form-data with one field 'files' "
             "per image (or JSON {\"images\": [...]} to /predict/batch/pixels)"
         )
-    images, model_id = await _read_uploads(request, settings, field="files", limit=settings.MAX_PREDICT_BATCH)
-    loaded, answers = _answers(_store(request), images, model_id, top_k)
+    images, form_model = await _read_uploads(request, settings, field="files", limit=settings.MAX_PREDICT_BATCH)
+    loaded, answers = _answers(_store(request), images, _model(model_id, form_model), top_k)
     return _json({"model_id": loaded.model_id, "data": answers, "count": len(answers)})
 
 
@@ -158,11 +168,12 @@ async def predict_batch(request: Request, top_k: TopK = TOP_K_DEFAULT) -> Respon
     dependencies=[ReaderDep],
     responses=_ERRORS,
 )
-def predict_batch_pixels(body: PredictBatchRequest, request: Request, top_k: TopK = TOP_K_DEFAULT) -> Response:
-    return _batch(request, body, top_k)
+def predict_batch_pixels(body: PredictBatchRequest, request: Request, top_k: TopK = TOP_K_DEFAULT,
+                         model_id: ModelQuery = None) -> Response:
+    return _batch(request, body, top_k, model_id)
 
 
-def _batch(request: Request, body: PredictBatchRequest, top_k: int) -> Response:
+def _batch(request: Request, body: PredictBatchRequest, top_k: int, query_model: str | None) -> Response:
     _check_count(len(body.images), request.app.state.settings.MAX_PREDICT_BATCH)
     images = []
     for index, pixels in enumerate(body.images):
@@ -170,8 +181,15 @@ def _batch(request: Request, body: PredictBatchRequest, top_k: int) -> Response:
             images.append(_pixels(pixels))
         except BadInput as exc:
             raise BadInput(f"image {index}: {exc}") from exc
-    loaded, answers = _answers(_store(request), images, body.model_id, top_k)
+    loaded, answers = _answers(_store(request), images, _model(query_model, body.model_id), top_k)
     return _json({"model_id": loaded.model_id, "data": answers, "count": len(answers)})
+
+
+def _model(query: str | None, body: str | None) -> str | None:
+    """The model named in the query or the body (either; both must agree)."""
+    if query is not None and body is not None and query != body:
+        raise BadInput(f"model_id is {query!r} in the query but {body!r} in the body: name one model, once")
+    return query if query is not None else body
 
 
 def _check_count(count: int, limit: int) -> None:

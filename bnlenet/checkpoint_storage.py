@@ -1,0 +1,433 @@
+"""Where checkpoints live: a local directory, or an S3-compatible bucket (``s3://bucket/prefix``).
+
+Both hold the same names: model ``<id>`` is ``<id>.safetensors`` and alias ``<name>`` is
+``aliases/<name>.json`` (``{"model_id": ...}``). Both publish atomically: a local file is
+written beside its name and renamed; an S3 object becomes visible only when its one PUT
+completes, so a writer killed mid-upload leaves nothing listed.
+
+A checkpoint's *version* changes whenever its bytes do (local: mtime and size; S3: the ETag),
+so readers verify each version once. ``fetch`` gives a local file for a model: the file itself,
+or a download into a bounded cache directory that several processes may share.
+
+S3 is reached with boto3, which reads the standard AWS settings (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, profiles, instance
+roles), so AWS S3, SeaweedFS, MinIO, Ceph, R2 and GCS's S3 endpoint all work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from models.checkpoint import write_atomically
+
+S3Client = Any  # boto3's clients are made at run time; their types come from a separate stubs package
+
+__all__ = [
+    "SUFFIX",
+    "CheckpointStorage",
+    "LocalStorage",
+    "ObjectStoreUnavailable",
+    "S3Storage",
+    "download_s3_url",
+    "is_s3_url",
+    "open_storage",
+    "s3_client",
+    "split_s3_url",
+    "upload_s3_url",
+]
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".safetensors"
+ALIASES = "aliases"
+EXPORTS = "exports"
+# Cached files another process may be about to read are spared this long by eviction.
+_RECENT_S = 60.0
+
+
+class ObjectStoreUnavailable(RuntimeError):
+    """The object store cannot be reached, or refuses us (credentials, missing bucket); the message says which."""
+
+
+class CheckpointStorage(Protocol):
+    """What the model store needs of a place that holds checkpoints and aliases (ids already validated)."""
+
+    location: str  # for messages: a directory or an s3:// URL
+    exports_dir: Path  # a local directory for cached exports
+
+    def versions(self) -> dict[str, str]:
+        """Every checkpoint's id and version."""
+
+    def version(self, model_id: str) -> str | None:
+        """One checkpoint's version, or None when there is none."""
+
+    def fetch(self, model_id: str, version: str | None = None) -> tuple[Path, str]:
+        """A local file with the checkpoint's bytes, and their version; FileNotFoundError when gone.
+
+        Given the ``version`` a listing showed, a cached copy of it is used without asking the store.
+        """
+
+    def publish(self, model_id: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
+        """Store ``payload`` under ``model_id`` atomically (``before_commit`` runs just before it is visible)."""
+
+    def delete(self, model_id: str) -> bool:
+        """Remove the checkpoint; False when there was none."""
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias and the model id it points at."""
+
+    def set_alias(self, alias: str, model_id: str) -> None: ...
+
+    def delete_alias(self, alias: str) -> bool:
+        """Remove the alias; False when there was none."""
+
+
+def _alias_payload(model_id: str) -> bytes:
+    return json.dumps({"model_id": model_id, "updated_at": datetime.now(UTC).isoformat()}).encode()
+
+
+def _alias_target(raw: bytes) -> str | None:
+    try:
+        target = json.loads(raw).get("model_id")
+    except (ValueError, AttributeError):
+        return None
+    return target if isinstance(target, str) else None
+
+
+class LocalStorage:
+    """Checkpoints as files in one directory (the embedded default, or a shared filesystem)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.location = str(self.directory)
+        self.exports_dir = self.directory / EXPORTS
+
+    def path(self, model_id: str) -> Path:
+        return self.directory / f"{model_id}{SUFFIX}"
+
+    @staticmethod
+    def _stamp(st: os.stat_result) -> str:
+        return f"{st.st_mtime_ns}-{st.st_size}"
+
+    def versions(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            if entry.name.endswith(SUFFIX) and not entry.name.startswith("."):  # ".name.tmp": a write under way
+                try:
+                    found[entry.name[: -len(SUFFIX)]] = self._stamp(entry.stat())
+                except OSError:
+                    continue
+        return found
+
+    def version(self, model_id: str) -> str | None:
+        try:
+            return self._stamp(self.path(model_id).stat())
+        except OSError:
+            return None
+
+    def fetch(self, model_id: str, version: str | None = None) -> tuple[Path, str]:
+        path = self.path(model_id)
+        version = self.version(model_id)
+        if version is None:
+            raise FileNotFoundError(path)
+        return path, version
+
+    def publish(self, model_id: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
+        return str(write_atomically(self.path(model_id), payload, before_commit=before_commit))
+
+    def delete(self, model_id: str) -> bool:
+        try:
+            self.path(model_id).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _alias_path(self, alias: str) -> Path:
+        return self.directory / ALIASES / f"{alias}.json"
+
+    def aliases(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        try:
+            entries = list(os.scandir(self.directory / ALIASES))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                try:
+                    target = _alias_target(Path(entry.path).read_bytes())
+                except OSError:
+                    continue
+                if target is not None:
+                    found[entry.name[: -len(".json")]] = target
+        return found
+
+    def set_alias(self, alias: str, model_id: str) -> None:
+        write_atomically(self._alias_path(alias), _alias_payload(model_id))
+
+    def delete_alias(self, alias: str) -> bool:
+        try:
+            self._alias_path(alias).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def is_s3_url(location: str | os.PathLike[str]) -> bool:
+    return str(location).startswith("s3://")
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``; a ValueError says what is wrong."""
+    if not is_s3_url(url):
+        raise ValueError(f"{url!r} is not an s3:// URL")
+    bucket, _, key = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"{url!r} names no bucket: write s3://BUCKET/PREFIX")
+    return bucket, key.strip("/")
+
+
+def s3_client(*, connect_timeout: float = 2.0, read_timeout: float = 10.0, attempts: int = 2) -> S3Client:
+    """A boto3 S3 client configured from the standard AWS settings, with short timeouts.
+
+    With ``AWS_ENDPOINT_URL`` (a self-hosted server) buckets are addressed by path, which every
+    S3-compatible server understands; checksums are sent only where S3 requires them, as
+    several of those servers reject the newer default ones.
+    """
+    import boto3
+    from botocore.config import Config
+
+    addressing = "path" if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") else "auto"
+    config = Config(
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
+        retries={"max_attempts": attempts, "mode": "standard"},
+        s3={"addressing_style": addressing},
+        request_checksum_calculation="when_required", response_checksum_validation="when_required",
+    )
+    return boto3.client("s3", config=config)
+
+
+def _is_missing(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return code in {"404", "NoSuchKey", "NotFound"}
+
+
+class S3Storage:
+    """Checkpoints as objects under ``s3://bucket/prefix``, with a bounded local cache of downloads."""
+
+    def __init__(self, url: str, cache_dir: str | os.PathLike[str], *, max_cache_bytes: int = 1 << 30,
+                 upload_retry_s: float = 60.0, client: S3Client | None = None) -> None:
+        self.bucket, self.prefix = split_s3_url(url)
+        self.location = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.cache_dir = Path(cache_dir)
+        self.exports_dir = self.cache_dir / EXPORTS
+        self.max_cache_bytes = max_cache_bytes
+        self.upload_retry_s = upload_retry_s
+        self._client = client
+        self._client_lock = threading.Lock()
+        self._alias_cache: dict[str, tuple[str, str | None]] = {}  # key -> (etag, target)
+
+    @property
+    def client(self) -> S3Client:
+        with self._client_lock:  # boto3 clients are thread-safe once made; making one is not
+            if self._client is None:
+                self._client = s3_client()
+            return self._client
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """``fn(**kwargs)``; FileNotFoundError for a missing key, ObjectStoreUnavailable for everything else."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            if _is_missing(exc):
+                raise FileNotFoundError(f"{self.location}: no {what}") from exc
+            endpoint = getattr(self.client.meta, "endpoint_url", "?")
+            raise ObjectStoreUnavailable(
+                f"the object store {self.location} (endpoint {endpoint}) failed to {what}: {exc}"
+            ) from exc
+
+    def _list(self, prefix: str) -> list[dict[str, Any]]:
+        objects: list[dict[str, Any]] = []
+        token: dict[str, str] = {}
+        while True:
+            page = self._call("list objects", self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix,
+                              Delimiter="/", **token)
+            objects.extend(page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return objects
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def versions(self) -> dict[str, str]:
+        root = self._key("")
+        found: dict[str, str] = {}
+        for obj in self._list(root):
+            name = obj["Key"][len(root):]
+            if name.endswith(SUFFIX) and not name.startswith("."):
+                found[name[: -len(SUFFIX)]] = str(obj["ETag"]).strip('"')
+        return found
+
+    def version(self, model_id: str) -> str | None:
+        try:
+            head = self._call("read a checkpoint", self.client.head_object, Bucket=self.bucket,
+                              Key=self._key(model_id + SUFFIX))
+        except FileNotFoundError:
+            return None
+        return str(head["ETag"]).strip('"')
+
+    def _cached(self, model_id: str, version: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in version)
+        return self.cache_dir / f"{model_id}.{safe}{SUFFIX}"
+
+    def fetch(self, model_id: str, version: str | None = None) -> tuple[Path, str]:
+        if version is not None:
+            cached = self._cached(model_id, version)
+            if cached.is_file():
+                os.utime(cached)  # recently used: the last to be evicted
+                return cached, version
+        answer = self._call("download a checkpoint", self.client.get_object, Bucket=self.bucket,
+                            Key=self._key(model_id + SUFFIX))
+        version = str(answer["ETag"]).strip('"')
+        try:
+            body = answer["Body"].read()
+        except Exception as exc:  # the connection broke mid-download
+            raise ObjectStoreUnavailable(f"the object store {self.location} broke off a download: {exc}") from exc
+        cached = write_atomically(self._cached(model_id, version), body)
+        self._evict(keep=cached)
+        return cached, version
+
+    def _evict(self, keep: Path) -> None:
+        """Drop older versions of ``keep``'s model, then the least recently used files, down to the byte bound."""
+        files = []
+        model_prefix = keep.name.split(".", 1)[0] + "."
+        for entry in os.scandir(self.cache_dir):
+            if not entry.name.endswith(SUFFIX) or entry.name.startswith(".") or entry.path == str(keep):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            if entry.name.startswith(model_prefix):
+                Path(entry.path).unlink(missing_ok=True)  # a replaced version of the same model
+                continue
+            files.append((st.st_mtime, st.st_size, Path(entry.path)))
+        total = keep.stat().st_size + sum(size for _, size, _ in files)
+        now = time.time()
+        for mtime, size, path in sorted(files):  # least recently used first
+            if total <= self.max_cache_bytes:
+                break
+            if now - mtime < _RECENT_S:
+                continue  # another process may be about to read it
+            path.unlink(missing_ok=True)
+            total -= size
+
+    def publish(self, model_id: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
+        """Upload in one PUT, retrying an unreachable store for ``upload_retry_s``, then raise with the reason."""
+        key = self._key(model_id + SUFFIX)
+        deadline = time.monotonic() + self.upload_retry_s
+        pause = 0.5
+        while True:
+            if before_commit is not None:
+                before_commit()  # before every try: the right to publish may have been lost meanwhile
+            try:
+                self._call("upload a checkpoint", self.client.put_object, Bucket=self.bucket, Key=key, Body=payload,
+                           ContentType="application/octet-stream")
+                return f"s3://{self.bucket}/{key}"
+            except ObjectStoreUnavailable as exc:
+                if time.monotonic() + pause > deadline:
+                    raise ObjectStoreUnavailable(f"{exc} (still failing after {self.upload_retry_s:.0f} s of retries)") \
+                        from exc
+                log.warning("upload of %s failed, retrying in %.1f s: %s", key, pause, exc)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    def delete(self, model_id: str) -> bool:
+        if self.version(model_id) is None:
+            return False
+        self._call("delete a checkpoint", self.client.delete_object, Bucket=self.bucket,
+                   Key=self._key(model_id + SUFFIX))
+        return True
+
+    def aliases(self) -> dict[str, str]:
+        root = self._key(ALIASES + "/")
+        found: dict[str, str] = {}
+        seen: set[str] = set()
+        for obj in self._list(root):
+            key, etag = obj["Key"], str(obj["ETag"])
+            name = key[len(root):]
+            if not name.endswith(".json"):
+                continue
+            seen.add(key)
+            cached = self._alias_cache.get(key)
+            if cached is None or cached[0] != etag:  # read an alias once per version
+                try:
+                    raw = self._call("read an alias", self.client.get_object, Bucket=self.bucket, Key=key)["Body"].read()
+                except FileNotFoundError:
+                    continue
+                cached = self._alias_cache[key] = (etag, _alias_target(raw))
+            if cached[1] is not None:
+                found[name[: -len(".json")]] = cached[1]
+        for gone in set(self._alias_cache) - seen:
+            self._alias_cache.pop(gone, None)
+        return found
+
+    def set_alias(self, alias: str, model_id: str) -> None:
+        self._call("write an alias", self.client.put_object, Bucket=self.bucket,
+                   Key=self._key(f"{ALIASES}/{alias}.json"), Body=_alias_payload(model_id),
+                   ContentType="application/json")
+
+    def delete_alias(self, alias: str) -> bool:
+        key = self._key(f"{ALIASES}/{alias}.json")
+        try:
+            self._call("read an alias", self.client.head_object, Bucket=self.bucket, Key=key)
+        except FileNotFoundError:
+            return False
+        self._call("delete an alias", self.client.delete_object, Bucket=self.bucket, Key=key)
+        return True
+
+
+def open_storage(location: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str],
+                 max_cache_bytes: int = 1 << 30, upload_retry_s: float = 60.0) -> CheckpointStorage:
+    """The storage ``location`` names: an ``s3://bucket/prefix`` URL, else a local directory."""
+    if is_s3_url(location):
+        return S3Storage(str(location), cache_dir, max_cache_bytes=max_cache_bytes, upload_retry_s=upload_retry_s)
+    return LocalStorage(location)
+
+
+def download_s3_url(url: str, directory: str | os.PathLike[str]) -> Path:
+    """Download one object (``s3://bucket/key``) into ``directory``; returns the file."""
+    bucket, key = split_s3_url(url)
+    if not key:
+        raise ValueError(f"{url!r} names a bucket, not an object")
+    storage = S3Storage(f"s3://{bucket}", directory)
+    answer = storage._call(f"download {url}", storage.client.get_object, Bucket=bucket, Key=key)
+    return write_atomically(Path(directory) / Path(key).name, answer["Body"].read())
+
+
+def upload_s3_url(path: str | os.PathLike[str], url: str) -> str:
+    """Upload a local file to ``s3://bucket/key`` in one PUT; returns the URL."""
+    bucket, key = split_s3_url(url)
+    if not key:
+        raise ValueError(f"{url!r} names a bucket, not an object: add the object's name")
+    storage = S3Storage(f"s3://{bucket}", Path(path).parent)
+    storage._call(f"upload {url}", storage.client.put_object, Bucket=bucket, Key=key, Body=Path(path).read_bytes())
+    return url
