@@ -50,7 +50,7 @@ SUFFIX = ".safetensors"
 ALIASES = "aliases"
 EXPORTS = "exports"
 # Cached files another process may be about to read are spared this long by eviction.
-_RECENT_S = 60.0
+RECENTLY_USED_S = 60.0
 
 
 class ObjectStoreUnavailable(RuntimeError):
@@ -198,8 +198,9 @@ def split_s3_url(url: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
-def s3_client(*, connect_timeout: float = 2.0, read_timeout: float = 10.0, attempts: int = 2) -> S3Client:
-    """A boto3 S3 client configured from the standard AWS settings, with short timeouts.
+def s3_client(*, connect_timeout: float = 2.0, read_timeout: float = 10.0, attempts: int = 2,
+              endpoint_url: str | None = None, credentials: tuple[str, str] | None = None) -> S3Client:
+    """A boto3 S3 client configured from the standard AWS settings (or the ones given), with short timeouts.
 
     With ``AWS_ENDPOINT_URL`` (a self-hosted server) buckets are addressed by path, which every
     S3-compatible server understands; checksums are sent only where S3 requires them, as
@@ -208,14 +209,18 @@ def s3_client(*, connect_timeout: float = 2.0, read_timeout: float = 10.0, attem
     import boto3
     from botocore.config import Config
 
-    addressing = "path" if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") else "auto"
+    custom = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    addressing = "path" if custom else "auto"
     config = Config(
         connect_timeout=connect_timeout, read_timeout=read_timeout,
         retries={"max_attempts": attempts, "mode": "standard"},
         s3={"addressing_style": addressing},
         request_checksum_calculation="when_required", response_checksum_validation="when_required",
     )
-    return boto3.client("s3", config=config)
+    given: dict[str, str] = {"endpoint_url": endpoint_url} if endpoint_url else {}
+    if credentials is not None:
+        given.update(aws_access_key_id=credentials[0], aws_secret_access_key=credentials[1])
+    return boto3.client("s3", config=config, **given)
 
 
 def _is_missing(exc: Exception) -> bool:
@@ -231,13 +236,15 @@ class S3Storage:
     """Checkpoints as objects under ``s3://bucket/prefix``, with a bounded local cache of downloads."""
 
     def __init__(self, url: str, cache_dir: str | os.PathLike[str], *, max_cache_bytes: int = 1 << 30,
-                 upload_retry_s: float = 60.0, client: S3Client | None = None) -> None:
+                 upload_retry_s: float = 60.0, recently_used_s: float = RECENTLY_USED_S,
+                 client: S3Client | None = None) -> None:
         self.bucket, self.prefix = split_s3_url(url)
         self.location = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.cache_dir = Path(cache_dir)
         self.exports_dir = self.cache_dir / EXPORTS
         self.max_cache_bytes = max_cache_bytes
         self.upload_retry_s = upload_retry_s
+        self.recently_used_s = recently_used_s
         self._client = client
         self._client_lock = threading.Lock()
         self._alias_cache: dict[str, tuple[str, str | None]] = {}  # key -> (etag, target)
@@ -335,7 +342,7 @@ class S3Storage:
         for mtime, size, path in sorted(files):  # least recently used first
             if total <= self.max_cache_bytes:
                 break
-            if now - mtime < _RECENT_S:
+            if now - mtime < self.recently_used_s:
                 continue  # another process may be about to read it
             path.unlink(missing_ok=True)
             total -= size
@@ -353,11 +360,12 @@ class S3Storage:
                            ContentType="application/octet-stream")
                 return f"s3://{self.bucket}/{key}"
             except ObjectStoreUnavailable as exc:
-                if time.monotonic() + pause > deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     raise ObjectStoreUnavailable(f"{exc} (still failing after {self.upload_retry_s:.0f} s of retries)") \
                         from exc
-                log.warning("upload of %s failed, retrying in %.1f s: %s", key, pause, exc)
-                time.sleep(pause)
+                log.warning("upload of %s failed, retrying in %.1f s: %s", key, min(pause, remaining), exc)
+                time.sleep(min(pause, remaining))
                 pause = min(pause * 2, 5.0)
 
     def delete(self, model_id: str) -> bool:

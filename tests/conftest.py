@@ -1,7 +1,8 @@
-"""Fixtures shared by the whole suite: small synthetic Fashion-MNIST and a real Redis server."""
+"""Fixtures shared by the whole suite: small synthetic Fashion-MNIST, a real Redis server, a real S3 server."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from bnlenet.local.redis_server import RedisServer
+from bnlenet.local.s3_server import S3Server, WeedNotFound, find_weed
 from models.data import FILES, write_idx
 from models.threads import TRAINING_THREADS
 
@@ -61,3 +63,25 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS's ``weed mini``) on 127.0.0.1 for the session, stopped at the end."""
+    try:
+        find_weed()
+    except WeedNotFound as exc:
+        pytest.skip(str(exc))
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh ``s3://bucket/prefix`` of its own for one test, with this process's AWS settings pointing at it."""
+    for key, value in s3_server.client_env().items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{s3_server.bucket}/test-{uuid.uuid4().hex[:12]}"
