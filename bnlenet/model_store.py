@@ -200,7 +200,10 @@ class ModelStore:
             return name
         if name in listing.aliases:
             return listing.aliases[name]
-        if listing.down is None and self.storage.version(name) is not None:  # published since the last listing
+        if listing.down is not None:  # it may exist: the store cannot say
+            raise ObjectStoreUnavailable(f"{name!r} is not among the models listed before the model store became "
+                                         f"unreachable, so it cannot be looked up now: {listing.down}")
+        if self.storage.version(name) is not None:  # published since the last listing
             return name
         raise UnknownModel(f"no model or alias named {name!r}")
 

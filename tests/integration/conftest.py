@@ -74,26 +74,34 @@ class Stack:
         }
         self.workers: list[Proc] = []
         self.api: Proc | None = None
+        self.extra_apis: list[Proc] = []
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
-    def start_worker(self, name: str = "w1") -> Proc:
+    def start_worker(self, name: str = "w1", **env: str) -> Proc:
+        """A Celery worker with the stack's environment (plus ``env``, its own)."""
         args = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "prefork",
                 "--concurrency", "1", "-Q", "training", "--loglevel", "INFO", "-n", f"{name}@%h",
                 "--without-gossip", "--without-mingle"]
-        worker = Proc(f"worker-{name}-{len(self.workers)}", args, self.env, self.root).start()
+        worker = Proc(f"worker-{name}-{len(self.workers)}", args, {**self.env, **env}, self.root).start()
         self.workers.append(worker)
         return worker
 
-    def start_api(self) -> Proc:
-        args = [sys.executable, "-m", "app.edge", "--host", "127.0.0.1", "--port", str(self.port),
+    def start_api(self, port: int | None = None, **env: str) -> Proc:
+        """The API (on the stack's port unless ``port`` names another) with the stack's environment plus ``env``."""
+        port = port or self.port
+        args = [sys.executable, "-m", "app.edge", "--host", "127.0.0.1", "--port", str(port),
                 "--log-level", "warning"]
-        self.api = Proc(f"api-{time.monotonic_ns()}", args, self.env, self.root).start()
-        wait_for(lambda: self._healthy(), 60, f"the API did not come up:\n{self.api.tail()}")
-        return self.api
+        api = Proc(f"api-{time.monotonic_ns()}", args, {**self.env, **env}, self.root).start()
+        if port == self.port:
+            self.api = api
+        else:
+            self.extra_apis.append(api)
+        wait_for(lambda: self._healthy(port), 60, f"the API did not come up:\n{api.tail()}")
+        return api
 
-    def _healthy(self) -> bool:
+    def _healthy(self, port: int | None = None) -> bool:
         try:
-            return self.client.get("/healthz", timeout=1).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{port or self.port}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -106,8 +114,9 @@ class Stack:
 
     def stop(self) -> None:
         self.client.close()
-        if self.api is not None:
-            self.api.stop()
+        for api in [self.api, *self.extra_apis]:
+            if api is not None:
+                api.stop()
         for worker in self.workers:
             worker.stop()
         self.redis.stop()
