@@ -1,4 +1,4 @@
-"""The container deployment, read as data: docker-compose.yml, its CPU override and the Dockerfile.
+"""The container deployment, read as data: docker-compose.yml, its CPU, main-host and GPU-host files, the Dockerfile.
 
 Docker cannot run here, so these tests check what Compose would be told to do.
 """
@@ -70,7 +70,7 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_compose_services_exist(services: dict[str, Any]) -> None:
-    assert {"redis", "api", "worker"} <= set(services)
+    assert {"redis", "seaweedfs", "api", "worker"} <= set(services)
 
 
 def test_compose_redis_persists_to_named_volume(compose: dict[str, Any], services: dict[str, Any]) -> None:
@@ -89,15 +89,36 @@ def test_compose_worker_reserves_an_nvidia_gpu(services: dict[str, Any]) -> None
     assert gpu[0].get("count") == 1 or len(gpu[0].get("device_ids", [])) == 1, "one worker per GPU"
 
 
-def test_compose_api_and_worker_share_the_checkpoint_volume(compose: dict[str, Any], services: dict[str, Any]) -> None:
-    sources = []
+def test_compose_api_and_worker_share_models_through_the_object_store(compose: dict[str, Any],
+                                                                     services: dict[str, Any]) -> None:
+    store = services["seaweedfs"]
+    assert mounts(store).get("/data") in compose["volumes"], "the object store keeps its data in a named volume"
+    assert "mini" in command(store) and "-s3.port=8333" in command(store)
     for name in ("api", "worker"):
-        checkpoint_dir = environment(services[name])["CHECKPOINT_DIR"]
-        source = mounts(services[name]).get(checkpoint_dir)
-        assert source is not None, f"{name}: nothing mounted at CHECKPOINT_DIR={checkpoint_dir}"
-        sources.append(source)
-    assert sources[0] == sources[1]
-    assert sources[0] in compose["volumes"]
+        env = environment(services[name])
+        assert env["CHECKPOINT_DIR"].startswith("s3://" + environment(store)["S3_BUCKET"] + "/")
+        assert env["AWS_ENDPOINT_URL"] == "http://seaweedfs:8333"
+        assert env["AWS_ACCESS_KEY_ID"] == environment(store)["AWS_ACCESS_KEY_ID"]
+        assert env["AWS_SECRET_ACCESS_KEY"].startswith("${S3_SECRET_KEY:?")  # no default secret
+        assert services[name]["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
+        assert env["CHECKPOINT_DIR"] not in mounts(services[name]), "no shared checkpoint directory"
+
+
+def test_compose_several_hosts_share_only_redis_and_the_object_store(services: dict[str, Any]) -> None:
+    main = load(ROOT / "docker-compose.main-host.yml")["services"]
+    assert "--requirepass" in command(main["redis"])
+    assert all(p.startswith("${PRIVATE_IP") for name in ("redis", "seaweedfs") for p in main[name]["ports"])
+    for name in ("api", "worker"):
+        assert environment(main[name])["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD}@redis:6379")
+    gpu = load(ROOT / "docker-compose.gpu-host.yml")["services"]
+    assert list(gpu) == ["worker"]
+    env, single = environment(gpu["worker"]), environment(services["worker"])
+    assert env["CHECKPOINT_DIR"] == single["CHECKPOINT_DIR"]  # the same bucket and prefix
+    for required in ("REDIS_URL", "AWS_ENDPOINT_URL", "AWS_SECRET_ACCESS_KEY"):
+        assert env[required].startswith("${" + required.replace("AWS_SECRET_ACCESS_KEY", "S3_SECRET_KEY") + ":?")
+    assert command(gpu["worker"]) == command(services["worker"])
+    assert gpu["worker"]["deploy"] == services["worker"]["deploy"]
+    assert set(mounts(gpu["worker"])) == {"/data"}
 
 
 def test_compose_api_and_worker_share_the_data_volume(compose: dict[str, Any], services: dict[str, Any]) -> None:
@@ -112,9 +133,10 @@ def test_compose_api_and_worker_reach_redis(services: dict[str, Any]) -> None:
 
 
 def test_compose_every_service_has_a_healthcheck(services: dict[str, Any]) -> None:
-    for name in ("redis", "api", "worker"):
+    for name in ("redis", "seaweedfs", "api", "worker"):
         test = services[name]["healthcheck"]["test"]
         assert test and test[0] in ("CMD", "CMD-SHELL"), name
+    assert "/healthz" in " ".join(services["seaweedfs"]["healthcheck"]["test"])
     assert "redis-cli" in services["redis"]["healthcheck"]["test"]
     assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
     assert "inspect ping" in " ".join(services["worker"]["healthcheck"]["test"])
