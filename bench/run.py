@@ -31,6 +31,7 @@ SECTIONS: list[str] = [
     "memory",
     "export",
     "jobstore",
+    "object_store",
 ]
 
 
