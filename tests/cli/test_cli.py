@@ -138,3 +138,38 @@ def test_cli_export_by_path_and_by_model_id(trained: tuple[Path, list[dict[str, 
     assert proc.returncode == 2 and "bnlenet export: error:" in proc.stderr and "Traceback" not in proc.stderr
     proc = _bnlenet("export", str(checkpoint), "--format", "torchscript")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+@pytest.mark.s3
+def test_cli_trains_to_and_reads_from_s3(s3_url: str, tmp_path: Path, synthetic_data_dir: Path) -> None:
+    from bnlenet.checkpoint_storage import S3Storage, download_s3_url
+    from bnlenet.model_store import ModelStore
+
+    url = f"{s3_url}/elsewhere/model.safetensors"
+    proc = _bnlenet("train", "--epochs", "1", "--batch-size", "64", "--json", "--out", url,
+                    "--data-dir", str(synthetic_data_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1])["checkpoint"] == url
+    image = tmp_path / "x.png"
+    Image.fromarray(np.full((28, 28), 200, dtype=np.uint8)).save(image)
+    by_url = _bnlenet("predict", url, str(image), "--json")
+    assert by_url.returncode == 0, by_url.stderr
+
+    # The same model in a service's store, named by its id and by an alias; nothing shared but the bucket.
+    store = ModelStore(S3Storage(s3_url, tmp_path / "service-cache"))
+    checkpoint = load_checkpoint(download_s3_url(url, tmp_path / "dl"))
+    store.publish("served", checkpoint.model, checkpoint.metadata)
+    store.set_alias("production", "served")
+    env = {"CHECKPOINT_DIR": s3_url, "MODEL_CACHE_DIR": str(tmp_path / "cli-cache")}
+    for name in ("served", "production"):
+        by_name = _bnlenet("predict", name, str(image), "--json", env=env)
+        assert by_name.returncode == 0, by_name.stderr
+        np.testing.assert_allclose(json.loads(by_name.stdout)["probabilities"],
+                                   json.loads(by_url.stdout)["probabilities"], atol=1e-6)
+    exported = _bnlenet("export", "production", "--format", "safetensors", "--out", str(tmp_path / "p.safetensors"),
+                        env=env)
+    assert exported.returncode == 0, exported.stderr
+    assert load_checkpoint(tmp_path / "p.safetensors").metadata["model_id"] == "served"
+    missing = _bnlenet("inspect", "nope", env=env)
+    assert missing.returncode == 2 and "no model or alias" in missing.stderr
+
