@@ -122,3 +122,26 @@ def wait_until(
             message = what() if callable(what) else f"timed out after {timeout:g}s waiting for {what}"
             raise TimeoutError(message)
         time.sleep(interval)
+
+
+def start_server(argv: list[str], *, log: Path, ready: Callable[[], object], what: str, timeout: float,
+                 env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a server child (``orphan_dies``, output in ``log``) and wait until ``ready()`` is truthy.
+
+    If it exits first, or is not ready within ``timeout``, it is stopped and a RuntimeError
+    says why, with the end of its log.
+    """
+    process = start(argv, env=env, log=log, orphan_dies=True)
+
+    def up() -> object:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{Path(argv[0]).name} exited with {process.returncode}: {tail}")
+        return ready()
+
+    try:
+        wait_until(up, timeout, what)
+    except TimeoutError as exc:
+        stop(process, 10)
+        raise RuntimeError(str(exc)) from None
+    return process

@@ -91,20 +91,8 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Its own session: a Ctrl-C in the terminal reaches the owner, which stops Redis last.
-        process = self.process = procs.start(self.command(), orphan_dies=True)
-
-        def up() -> bool:
-            if process.poll() is not None:
-                log = self.data_dir / "redis.log"
-                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                raise RuntimeError(f"redis-server exited with {process.returncode}: {tail}")
-            return self.ping()
-
-        try:
-            procs.wait_until(up, timeout, f"redis-server to answer on {self.host}:{self.port}")
-        except TimeoutError as exc:
-            self.stop()
-            raise RuntimeError(str(exc)) from None
+        self.process = procs.start_server(self.command(), log=self.data_dir / "redis.log", ready=self.ping,
+                                          what=f"redis-server to answer on {self.host}:{self.port}", timeout=timeout)
         return self
 
     def ping(self) -> bool:

@@ -72,20 +72,9 @@ class S3Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "S3_BUCKET": self.bucket, "AWS_ACCESS_KEY_ID": self.access_key,
                "AWS_SECRET_ACCESS_KEY": self.secret_key}
-        log = self.data_dir / "weed.log"
-        process = self.process = procs.start(self.command(), env=env, log=log, orphan_dies=True)
-
-        def up() -> bool:
-            if process.poll() is not None:
-                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                raise RuntimeError(f"weed mini exited with {process.returncode}: {tail}")
-            return self.bucket_ready()
-
-        try:
-            procs.wait_until(up, timeout, f"SeaweedFS to serve bucket {self.bucket!r} on {self.endpoint_url}")
-        except TimeoutError as exc:
-            self.stop()
-            raise RuntimeError(str(exc)) from None
+        self.process = procs.start_server(self.command(), env=env, log=self.data_dir / "weed.log",
+                                          ready=self.bucket_ready, timeout=timeout,
+                                          what=f"SeaweedFS to serve bucket {self.bucket!r} on {self.endpoint_url}")
         return self
 
     def bucket_ready(self) -> bool:
