@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
-from tests.integration.conftest import wait_for
+from models.checkpoint import load_checkpoint
+from tests.integration.conftest import Stack, wait_for
+from tests.integration.partition import Partitionable
 
 pytestmark = pytest.mark.integration
 
@@ -56,3 +59,73 @@ def test_reliability_job_stored_by_an_api_that_died_before_publishing_still_runs
     job = stack.wait_job(record["job_id"], {"succeeded", "failed", "cancelled"}, timeout=60)
     assert job["status"] == "succeeded", job
     assert store.get(record["job_id"])["task_id"] and store.pending_publish(0) == []
+
+
+def test_reliability_a_frozen_worker_loses_its_job_and_publishes_nothing(stack):
+    # Finding 3 of issue 9: a worker paused (SIGSTOP) past JOB_STALE_AFTER_S (3 s here) is declared
+    # lost and the job runs again elsewhere; once resumed, it must stop and publish nothing.
+    stack.start_worker("w-spare")
+    epochs = 30
+    job_id = stack.client.post("/train", json={"epochs": epochs, "batch_size": 8}).json()["job_id"]
+    job = _running_with_progress(stack, job_id)
+    frozen = int(job["worker"].rsplit(":", 1)[1])
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        def taken_over() -> bool:
+            record = stack.job(job_id)
+            return (record["attempts"] == 2 and record["status"] == "running"
+                    and (record.get("progress") or {}).get("batch", 0) > 0)
+
+        wait_for(taken_over, 60, lambda: f"the job was not run again: {stack.job(job_id)}")
+        assert int(stack.job(job_id)["worker"].rsplit(":", 1)[1]) != frozen
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    checkpoint = stack.checkpoint_dir / f"{job_id}.safetensors"
+    for _ in range(40):  # 2 s: several of the resumed worker's heartbeats (0.3 s)
+        record = stack.job(job_id)
+        assert not checkpoint.exists() or record["status"] == "succeeded", "the frozen attempt published its model"
+        assert record["status"] in ("running", "succeeded") and record["attempts"] == 2, record
+        time.sleep(0.05)
+    assert stack.job(job_id)["status"] == "running", "attempt 2 ended too soon for the test to mean anything"
+    job = stack.wait_job(job_id, {"succeeded", "failed", "cancelled"}, timeout=180)
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    assert [h["epoch"] for h in job["history"]] == list(range(1, epochs + 1))  # attempt 2's whole history
+    assert load_checkpoint(checkpoint).metadata["attempt"] == 2
+    logs = "".join(w.log.read_text(errors="replace") for w in stack.workers if w.log.exists())
+    assert f"job {job_id}: attempt 1 no longer owns the job" in logs  # it learned, and stopped
+
+
+def test_reliability_a_partitioned_worker_loses_its_job_and_publishes_nothing(tmp_path, synthetic_data_dir):
+    # Finding 3's other half: the network between a worker and Redis goes away for longer than
+    # JOB_STALE_AFTER_S; the job runs again on a worker that can reach Redis, and the cut-off one,
+    # whether it heals mid-training or finishes first, publishes nothing.
+    stack = Stack(tmp_path, synthetic_data_dir)
+    link = None
+    try:
+        stack.redis.start()
+        link = Partitionable(stack.redis.port)
+        stack.start_worker("w-remote", REDIS_URL=link.url())
+        stack.start_api()
+        stack.wait_for_worker()
+        epochs = 30
+        job_id = stack.client.post("/train", json={"epochs": epochs, "batch_size": 8}).json()["job_id"]
+        _running_with_progress(stack, job_id)
+        stack.start_worker("w-local")
+        link.cut()
+        try:
+            wait_for(lambda: stack.job(job_id)["attempts"] == 2 and stack.job(job_id)["status"] == "running",
+                     60, lambda: f"the job was not run again: {stack.job(job_id)}")
+        finally:
+            link.heal()
+        job = stack.wait_job(job_id, {"succeeded", "failed", "cancelled"}, timeout=180)
+        assert job["status"] == "succeeded" and job["attempts"] == 2, job
+        assert [h["epoch"] for h in job["history"]] == list(range(1, epochs + 1))
+        assert load_checkpoint(stack.checkpoint_dir / f"{job_id}.safetensors").metadata["attempt"] == 2
+        remote = stack.workers[0].log.read_text(errors="replace")
+        wait_for(lambda: "attempt 1 no longer owns the job" in stack.workers[0].log.read_text(errors="replace")
+                 or "not publishing the model of attempt 1" in stack.workers[0].log.read_text(errors="replace"),
+                 30, lambda: f"the cut-off worker never learned it lost the job:\n{remote[-3000:]}")
+    finally:
+        stack.stop()
+        if link is not None:
+            link.close()
