@@ -211,6 +211,7 @@ def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[s
         "hyperparameters": config.hyperparameters(),
         "history": [asdict(m) for m in result.history],
         "final_test_acc": result.final_test_acc,
+        "averaged_epochs": result.averaged_epochs,
         "classes": list(classes),
         "device": result.device,
         # How it ran, not what it computes: compiled or not, replayed as a CUDA graph or not,

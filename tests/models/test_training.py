@@ -157,3 +157,25 @@ def test_training_one_epoch_on_real_fashion_mnist(variant: str) -> None:
     result = train(TrainConfig(variant=variant, epochs=1, precise_bn=True), data)
     assert result.precise_bn_test_acc is not None and result.precise_bn_test_acc >= 0.80
     assert dataclasses.asdict(result.history[0])["train_acc"] > 0.7
+
+
+@pytest.mark.parametrize("variant", ["scratch", "builtin"])
+def test_weight_averaging_stores_the_mean_of_the_last_epochs_weights(data: FashionMNIST, variant: str) -> None:
+    def weights(epochs: int, swa_epochs: int) -> list[torch.Tensor]:
+        config = TrainConfig(variant=variant, epochs=epochs, batch_size=32, lr=1.0, swa_epochs=swa_epochs)
+        return [p.detach().clone() for p in train(config, data).model.parameters()]
+
+    after_3, after_4 = weights(3, 0), weights(4, 0)  # the same run, stopped one epoch apart
+    averaged = train(TrainConfig(variant=variant, epochs=4, batch_size=32, lr=1.0, swa_epochs=2), data)
+    assert averaged.averaged_epochs == 2
+    for a, b, mean in zip(after_3, after_4, averaged.model.parameters(), strict=True):
+        torch.testing.assert_close(mean.detach(), (a + b) / 2, rtol=0, atol=1e-6)
+    assert not torch.equal(after_3[0], after_4[0])  # the epochs differ, so the mean means something
+
+
+@pytest.mark.parametrize(("epochs", "swa_epochs", "precise_bn", "averaged"),
+                         [(10, 5, True, 5), (10, 8, True, 5), (3, 5, True, 1), (10, 0, True, 1), (10, 5, False, 1)])
+def test_weight_averaging_covers_at_most_half_the_run_and_needs_precise_bn(
+        epochs: int, swa_epochs: int, precise_bn: bool, averaged: int) -> None:
+    config = TrainConfig(epochs=epochs, swa_epochs=swa_epochs, precise_bn=precise_bn)
+    assert config.averaged_epochs() == averaged
