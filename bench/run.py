@@ -32,6 +32,7 @@ SECTIONS: list[str] = [
     "export",
     "jobstore",
     "object_store",
+    "workers",
 ]
 
 
