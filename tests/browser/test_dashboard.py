@@ -105,8 +105,13 @@ def test_dashboard_cancels_a_job_with_its_button(browser, stack):
 
 def test_dashboard_draws_a_models_batchnorm_layers(browser, stack, trained, tmp_path):
     browser.driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    assert stack.client.put(f"/models/{trained}/aliases/champion").status_code == 200
     browser.open("/#/models")
     browser.wait(f'tr[data-model-id="{trained}"]')
+    assert browser.find(f'tr[data-model-id="{trained}"] .badge.alias').text == "champion"
+    default = stack.client.get("/models").json()["default_model_id"]
+    assert browser.find(f'tr[data-model-id="{default}"] .badge.default').text == "default"
+    stack.client.delete(f"/models/{trained}/aliases/champion").raise_for_status()
     browser.wait("#chart-overlay", check=lambda e: points(e) >= 2)
     ticked = [box for box in browser.find_all("#models-table input[type=checkbox]") if box.is_selected()]
     assert len(ticked) >= 2  # the newest models start selected

@@ -69,7 +69,11 @@ export function render(main) {
         box.addEventListener("change", drawOverlay);
         return el("tr", { dataset: { modelId: m.model_id } },
           el("td", {}, box, el("label.visually-hidden", { for: `cmp-${m.model_id}` }, `Compare ${m.model_id}`)),
-          el("td", {}, el("a", { href: `#/models/${m.model_id}`, title: m.model_id }, shortId(m.model_id))),
+          el("td", {}, el("a", { href: `#/models/${m.model_id}`, title: m.model_id }, shortId(m.model_id)),
+            ...(m.aliases || []).map((a) => [" ", el("span.badge.alias", { title: `alias ${a}` }, a)]).flat(),
+            m.model_id === page.default_model_id
+              ? [" ", el("span.badge.default", { title: "POST /predict serves this model when none is named" }, "default")]
+              : []),
           el("td", {}, m.variant),
           el("td.small", {}, `epochs ${h.epochs ?? "?"}, lr ${h.lr ?? "?"}, batch ${h.batch_size ?? "?"}, seed ${h.seed ?? "?"}${h.precise_bn ? ", precise BN" : ""}`),
           el("td", {}, pct(m.final_test_acc, 2), m.hyperparameters?.precise_bn ? " (precise BN)" : ""),
