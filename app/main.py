@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One intra-op thread per API process: requests are tiny, processes give parallelism.
         torch.set_num_threads(1)
         yield
+        app.state.model_store.close()
         await app.state.event_hub.close()
         app.state.publisher.close()
         app.state.job_store.redis.close()
@@ -129,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S,
                                             retention_s=settings.JOB_RETENTION_DAYS * 86400)
-    app.state.model_store = ModelStore.from_settings(settings)
+    app.state.model_store = ModelStore.from_settings(settings, background=True)
     # One pub/sub subscription per process for the job event streams, opened by the first one.
     app.state.event_hub = EventHub(settings.REDIS_URL, app.state.job_store, timeout=settings.REDIS_TIMEOUT_S)
     app.state.publisher = Publisher(settings)  # one long-lived broker connection, opened on first use

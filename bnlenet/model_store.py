@@ -110,7 +110,7 @@ class ModelStore:
     """Checkpoints in ``storage`` (a directory path is a local one), with caches for serving."""
 
     def __init__(self, storage: CheckpointStorage | str | os.PathLike[str], *, cache_size: int = 8,
-                 refresh_s: float = 1.0, default_alias: str | None = None) -> None:
+                 refresh_s: float = 1.0, default_alias: str | None = None, background: bool = False) -> None:
         self.storage: CheckpointStorage = (
             LocalStorage(storage) if isinstance(storage, str | os.PathLike) else storage
         )
@@ -123,15 +123,25 @@ class ModelStore:
         # id -> (version, verified metadata or None, why not)
         self._meta: dict[str, tuple[str, dict[str, Any] | None, str | None]] = {}
         self._listing: _Listing | None = None
+        # A serving process lists in a thread of its own, so that no request waits on the storage.
+        self.background = background
+        self._refresher: threading.Thread | None = None
+        self._closed = threading.Event()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ModelStore:
-        """The store ``CHECKPOINT_DIR`` names, with the settings' caches."""
+    def from_settings(cls, settings: Settings, *, background: bool = False) -> ModelStore:
+        """The store ``CHECKPOINT_DIR`` names, with the settings' caches (``background``: for serving)."""
         storage = open_storage(settings.CHECKPOINT_DIR, cache_dir=settings.MODEL_CACHE_DIR,
                                max_cache_bytes=settings.MODEL_CACHE_MAX_BYTES,
                                upload_retry_s=settings.OBJECT_STORE_RETRY_S)
         return cls(storage, cache_size=settings.MODEL_CACHE_SIZE, refresh_s=settings.NEWEST_MODEL_REFRESH_S,
-                   default_alias=settings.DEFAULT_MODEL_ALIAS or None)
+                   default_alias=settings.DEFAULT_MODEL_ALIAS or None, background=background)
+
+    def close(self) -> None:
+        """Stop the background listing, if one runs."""
+        self._closed.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout=5)
 
     @property
     def location(self) -> str:
@@ -147,6 +157,14 @@ class ModelStore:
                     self._refresh(None)
             assert self._listing is not None
             return self._listing
+        if self.background:
+            if self._refresher is None and not self._closed.is_set():
+                with self._lock:
+                    if self._refresher is None:
+                        self._refresher = threading.Thread(target=self._refresh_forever, daemon=True,
+                                                           name="model-store-listing")
+                        self._refresher.start()
+            return self._listing or listing
         if time.monotonic() - listing.at >= self.refresh_s:
             if listing.down is not None:
                 # Down at the last look: ask again off the request path, serve what we know meanwhile.
@@ -158,6 +176,19 @@ class ModelStore:
                 finally:
                     self._refreshing.release()
         return self._listing or listing
+
+    def _refresh_forever(self) -> None:
+        while not self._closed.wait(max(0.0, self.refresh_s - (time.monotonic() - self._listing_at()))):
+            with self._refreshing:
+                try:
+                    self._refresh(self._listing)
+                except Exception:  # never let the listing thread die: serving goes on from the last listing
+                    log.exception("listing the model store failed")
+                    time.sleep(self.refresh_s)
+
+    def _listing_at(self) -> float:
+        listing = self._listing
+        return listing.at if listing is not None else float("-inf")
 
     def _refresh_and_release(self) -> None:
         try:
@@ -187,10 +218,16 @@ class ModelStore:
                 self._meta.pop(gone, None)
 
     def _invalidate(self) -> None:
-        """Make the next look list again (after this process changed the storage)."""
+        """List again now, after this process changed the storage, so that it sees its own change at once."""
         listing = self._listing
-        if listing is not None:
-            listing.at, listing.newest_known = float("-inf"), False
+        if listing is None:
+            return
+        listing.at, listing.newest_known = float("-inf"), False
+        with self._refreshing:
+            try:
+                self._refresh(self._listing)
+            except ObjectStoreUnavailable:
+                pass  # the next look tries again
 
     def resolve(self, name: str) -> str:
         """The model id ``name`` means: itself when such a model exists, else the model its alias points at."""

@@ -258,3 +258,36 @@ def test_s3_a_writer_killed_mid_upload_leaves_nothing_listed(s3_url, tmp_path):
     assert store.list() == []
     with pytest.raises(UnknownModel):
         store.get("half")
+
+
+def test_a_serving_store_never_touches_the_storage_on_the_request_path(tmp_path):
+    class Watched(LocalStorage):
+        """A directory that notes which threads list it."""
+
+        def __init__(self, directory: Path) -> None:
+            super().__init__(directory)
+            self.callers: list[str] = []
+
+        def versions(self) -> dict[str, str]:
+            import threading
+
+            self.callers.append(threading.current_thread().name)
+            return super().versions()
+
+    storage = Watched(tmp_path / "checkpoints")
+    store = ModelStore(storage, refresh_s=0.05, background=True, default_alias="production")
+    _publish(store, "a")
+    try:
+        assert store.get().model_id == "a"  # the first look lists on the request path, once
+        storage.callers.clear()
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # ten refresh periods of requests
+            assert store.get().model_id == "a" and store.get("a").model_id == "a"
+        assert storage.callers and set(storage.callers) == {"model-store-listing"}
+        writer = ModelStore(tmp_path / "checkpoints")
+        _publish(writer, "b")
+        writer.set_alias("production", "b")
+        time.sleep(0.2)
+        assert store.get().model_id == "b"  # followed in the background
+    finally:
+        store.close()
