@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
 import pytest
 
 from bnlenet.local.redis_server import free_port
-from tests.integration.conftest import Proc, wait_for
+from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -30,23 +28,12 @@ COUNT_JOB_FETCHES = """
 
 
 @contextmanager
-def _api(stack, name: str, **env: str) -> Iterator[str]:
+def _api(stack, **env: str) -> Iterator[str]:
     """A second API process on the same Redis, with ``env`` added."""
     port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning"]
-    proc = Proc(name, args, {**stack.env, **env}, stack.root).start()
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    proc = stack.start_api(port=port, **env)
     try:
-        wait_for(up, 60, lambda: f"the {name} API did not come up:\n{proc.tail()}")
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.stop()
 
@@ -54,14 +41,14 @@ def _api(stack, name: str, **env: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def token_api(stack) -> Iterator[str]:
     """A second API process on the same Redis, with API_TOKEN set."""
-    with _api(stack, "api-token", API_TOKEN=TOKEN) as url:
+    with _api(stack, API_TOKEN=TOKEN) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def protected_api(stack) -> Iterator[str]:
     """A third, with API_TOKEN set and reads protected."""
-    with _api(stack, "api-protected", API_TOKEN=TOKEN, PROTECT_READS="true") as url:
+    with _api(stack, API_TOKEN=TOKEN, PROTECT_READS="true") as url:
         yield url
 
 

@@ -86,12 +86,14 @@ class Stack:
         self.workers.append(worker)
         return worker
 
-    def start_api(self, port: int | None = None, **env: str) -> Proc:
-        """The API (on the stack's port unless ``port`` names another) with the stack's environment plus ``env``."""
+    def start_api(self, port: int | None = None, *, unset: tuple[str, ...] = (), **env: str) -> Proc:
+        """The API (on the stack's port unless ``port`` names another) with the stack's environment plus
+        ``env``, less the variables named in ``unset``."""
         port = port or self.port
         args = [sys.executable, "-m", "app.edge", "--host", "127.0.0.1", "--port", str(port),
                 "--log-level", "warning"]
-        api = Proc(f"api-{time.monotonic_ns()}", args, {**self.env, **env}, self.root).start()
+        environment = {k: v for k, v in {**self.env, **env}.items() if k not in unset}
+        api = Proc(f"api-{time.monotonic_ns()}", args, environment, self.root).start()
         if port == self.port:
             self.api = api
         else:

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from bnlenet.local.redis_server import free_port
-from tests.integration.conftest import ROOT, Proc, Stack, running_stack, wait_for
+from tests.integration.conftest import ROOT, Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -60,20 +60,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) ->
 def open_api(stack: Stack) -> Iterator[str]:
     """A second API process on the same Redis and checkpoints, without a token; yields its URL."""
     port = free_port()
-    env = {k: v for k, v in stack.env.items() if k != "API_TOKEN"}
-    proc = Proc("api-open", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port",
-                             str(port), "--log-level", "warning"], env, stack.root).start()
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    proc = stack.start_api(port=port, unset=("API_TOKEN",))
     try:
-        wait_for(healthy, 60, lambda: f"the open API did not come up:\n{proc.tail()}")
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.stop()
 
