@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 import torch
 
 from bnlenet.local.redis_server import RedisServer
@@ -63,6 +64,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+def empty_database(server: RedisServer, db: int) -> str:
+    """The URL of database ``db`` on the test Redis, emptied: a suite's own, fresh for each test."""
+    url = server.database_url(db)
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 @pytest.fixture(scope="session")

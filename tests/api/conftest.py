@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -21,6 +20,7 @@ from bnlenet.settings import Settings
 from models.checkpoint import training_metadata
 from models.data import load_fashion_mnist
 from models.training import TrainConfig, train
+from tests.conftest import empty_database
 
 API_DB = 7  # a database of its own on the shared test Redis, flushed before each test
 
@@ -51,8 +51,7 @@ def checkpoint_dir(trained_models: tuple[Path, list[str]], tmp_path: Path) -> Pa
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    url = redis_server.database_url(API_DB)
-    redis.Redis.from_url(url).flushdb()
+    url = empty_database(redis_server, API_DB)
     return url
 
 

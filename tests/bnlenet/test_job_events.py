@@ -8,14 +8,14 @@ import redis
 from bnlenet.jobs import EVENTS_CHANNEL, FIRST_EVENT_ID, JobStore, event_id_key
 from bnlenet.local.redis_server import RedisServer
 from tests.bnlenet.test_jobs import _claim
+from tests.conftest import empty_database
 
 EVENTS_DB = 11  # a database of its own on the shared test Redis, flushed before each test
 
 
 @pytest.fixture
 def store(redis_server: RedisServer) -> JobStore:
-    url = redis_server.database_url(EVENTS_DB)
-    redis.Redis.from_url(url).flushdb()
+    url = empty_database(redis_server, EVENTS_DB)
     return JobStore.from_url(url)
 
 METRICS = {"epoch": 1, "loss": 0.5, "train_acc": 0.8, "test_acc": 0.7, "examples_per_sec": 1000.0}

@@ -5,18 +5,17 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 
 from bnlenet.jobs import JobFinished, JobStore
 from bnlenet.local.redis_server import RedisServer
+from tests.conftest import empty_database
 
 JOBS_DB = 9  # a database of its own on the shared test Redis, flushed before each test
 
 
 @pytest.fixture
 def store(redis_server: RedisServer) -> JobStore:
-    url = redis_server.database_url(JOBS_DB)
-    redis.Redis.from_url(url).flushdb()
+    url = empty_database(redis_server, JOBS_DB)
     return JobStore.from_url(url)
 
 

@@ -9,14 +9,14 @@ import redis
 
 from bnlenet.jobs import JobStore
 from bnlenet.local.redis_server import RedisServer
+from tests.conftest import empty_database
 
 RETENTION_DB = 14
 
 
 @pytest.fixture
 def url(redis_server: RedisServer) -> str:
-    url = redis_server.database_url(RETENTION_DB)
-    redis.Redis.from_url(url).flushdb()
+    url = empty_database(redis_server, RETENTION_DB)
     return url
 
 

@@ -6,20 +6,19 @@ import json
 import time
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from bnlenet.jobs import JobStore, new_record
 from bnlenet.local.redis_server import RedisServer
 from bnlenet.metrics import JobStoreCollector, render
+from tests.conftest import empty_database
 
 METRICS_DB = 12
 
 
 @pytest.fixture
 def store(redis_server: RedisServer) -> JobStore:
-    url = redis_server.database_url(METRICS_DB)
-    redis.Redis.from_url(url).flushdb()
+    url = empty_database(redis_server, METRICS_DB)
     return JobStore.from_url(url)
 
 

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from app.main import create_app
 from bnlenet.jobs import JobStore
@@ -18,14 +17,14 @@ from bnlenet.local.redis_server import RedisServer, free_port
 from bnlenet.local.watch import iter_sse, watch_job
 from bnlenet.settings import Settings
 from tests.api.test_events import progress, run_rest, serving, start_job
+from tests.conftest import empty_database
 
 WATCH_DB = 12  # a database of its own on the shared test Redis, flushed before each test
 
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    url = redis_server.database_url(WATCH_DB)
-    redis.Redis.from_url(url).flushdb()
+    url = empty_database(redis_server, WATCH_DB)
     return url
 
 

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import pytest
-import redis
 
 from bnlenet.jobs import JobStore
 from bnlenet.local.redis_server import RedisServer
 from bnlenet.settings import Settings
+from tests.conftest import empty_database
 
 WORKER_DB = 10  # a database of its own on the shared test Redis, flushed before each test
 
 
 @pytest.fixture
 def settings(redis_server: RedisServer) -> Settings:
-    url = redis_server.database_url(WORKER_DB)
-    redis.Redis.from_url(url).flushdb()
+    url = empty_database(redis_server, WORKER_DB)
     return Settings(REDIS_URL=url, JOB_STALE_AFTER_S=0.2, MAX_ATTEMPTS=2)
 
 
