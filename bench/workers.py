@@ -5,8 +5,8 @@ set (64 training images: two batches of 32 a job), queues 1,000 jobs the way the
 (the record with its outbox entry, then the task), and waits until none is queued or running.
 Every job must succeed on its first attempt, publish exactly one checkpoint, and leave nothing
 behind. Redis's own command counter gives the commands per job, which must not grow with the
-history (the job store's calls are O(1) or
-O(log N) in the number of records), measured on an empty store and again with 100,000 records.
+history (the job store's calls are O(1) or O(log N) in the number of records): measured on an
+empty store and again with 100,000 records.
 """
 
 from __future__ import annotations
