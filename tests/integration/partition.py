@@ -5,6 +5,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
+from collections.abc import Callable
 
 from bnlenet.local.redis_server import free_port
 
@@ -20,6 +21,7 @@ class Partitionable:
         self.target_port = target_port
         self.port = free_port()
         self._cut = threading.Event()
+        self._on_answer: Callable[[], None] | None = None
         self._closed = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._listener.settimeout(0.2)
@@ -30,6 +32,10 @@ class Partitionable:
 
     def cut(self) -> None:
         self._cut.set()
+
+    def before_next_answer(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once, when the server's next answer arrives and before the client gets it."""
+        self._on_answer = action
 
     def heal(self) -> None:
         self._cut.clear()
@@ -63,6 +69,9 @@ class Partitionable:
                     data = sock.recv(65536)
                     if not data:
                         return
+                    action, self._on_answer = (self._on_answer, None) if sock is b else (None, self._on_answer)
+                    if action is not None:
+                        action()
                     peers[sock].sendall(data)
         except OSError:
             return
