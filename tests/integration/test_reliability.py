@@ -129,3 +129,62 @@ def test_reliability_a_partitioned_worker_loses_its_job_and_publishes_nothing(tm
         stack.stop()
         if link is not None:
             link.close()
+
+
+def test_reliability_an_api_killed_during_bursts_of_train_leaves_no_job_behind(tmp_path, synthetic_data_dir):
+    # Finding 1 of issue 9: bursts of POST /train while the API is SIGKILLed and restarted left
+    # records `queued` with no task. Every stored job must run, and a client retrying with its
+    # Idempotency-Key must never make a second one.
+    import threading
+
+    import httpx
+
+    stack = Stack(tmp_path, synthetic_data_dir)
+    answered: dict[str, str] = {}  # idempotency key -> job id, for every 202
+    stop = threading.Event()
+
+    def client() -> None:
+        n = 0
+        while not stop.is_set():
+            key = f"burst-{n}"
+            for _ in range(50):  # retry the same request until it gets an answer
+                try:
+                    r = httpx.post(stack.url + "/train", json={"epochs": 1, "batch_size": 64},
+                                   headers={"Idempotency-Key": key}, timeout=5)
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+                    continue
+                if r.status_code == 202:
+                    if key in answered:
+                        assert answered[key] == r.json()["job_id"], "a retry made a second job"
+                    answered[key] = r.json()["job_id"]
+                    break
+                time.sleep(0.05)
+            n += 1
+
+    try:
+        stack.redis.start()
+        stack.start_worker()
+        stack.start_api()
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for _ in range(3):
+            time.sleep(1.0)
+            assert stack.api is not None
+            stack.api.kill()  # SIGKILL mid-burst
+            stack.start_api()
+        time.sleep(1.0)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert len(answered) >= 10, answered
+        stored = stack.client.get("/jobs", params={"limit": 500}).json()
+        ids = {job["job_id"] for job in stored["data"]}
+        assert set(answered.values()) <= ids  # every 202 is a stored job
+        for job_id in ids:  # every stored job, answered or not, runs to the end
+            job = stack.wait_job(job_id, {"succeeded", "failed", "cancelled"}, timeout=180)
+            assert job["status"] == "succeeded", job
+    finally:
+        stop.set()
+        stack.stop()
