@@ -17,6 +17,7 @@ from app.errors import PayloadTooLarge, install_error_handlers
 from app.events import EventHub
 from app.metrics import HttpMetrics
 from app.openapi import build_openapi, operation_id
+from app.predictors import Predictors
 from app.web import install_pages
 from bnlenet.jobs import JobStore
 from bnlenet.logs import configure_handlers
@@ -109,9 +110,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # One intra-op thread per API process: requests are tiny, processes give parallelism.
-        torch.set_num_threads(1)
+        # One intra-op thread per API process by default: requests are tiny, processes give parallelism.
+        torch.set_num_threads(settings.PREDICT_THREADS)
         yield
+        app.state.predictors.close()
         app.state.model_store.close()
         await app.state.event_hub.close()
         app.state.publisher.close()
@@ -131,6 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S,
                                             retention_s=settings.JOB_RETENTION_DAYS * 86400)
     app.state.model_store = ModelStore.from_settings(settings, background=True)
+    app.state.predictors = Predictors(settings.PREDICT_RUNTIME, threads=settings.PREDICT_THREADS,
+                                      size=settings.MODEL_CACHE_SIZE)
     # One pub/sub subscription per process for the job event streams, opened by the first one.
     app.state.event_hub = EventHub(settings.REDIS_URL, app.state.job_store, timeout=settings.REDIS_TIMEOUT_S)
     app.state.publisher = Publisher(settings)  # one long-lived broker connection, opened on first use

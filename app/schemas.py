@@ -18,6 +18,7 @@ from bnlenet.jobs import JobStatus
 from bnlenet.settings import Settings
 from models.data import CLASS_NAMES
 from models.params import ParamField, params_of
+from models.runtime import Runtime
 from models.training import EpochMetrics, Progress, TrainConfig
 
 _EXAMPLE_ID = "3f2b8c1d9a7e4f60b1c2d3e4f5a6b7c8"
@@ -243,7 +244,7 @@ class PredictOut(BaseModel):
                       {"class_index": 7, "class_name": "Sneaker", "probability": 0.02},
                       {"class_index": 5, "class_name": "Sandal", "probability": 0.01}],
             "probabilities": [0.0, 0.0, 0.0, 0.0, 0.0, 0.01, 0.0, 0.02, 0.0, 0.97],
-            "bn_mode": "eval",
+            "bn_mode": "eval", "runtime": "onnxruntime",
         }]},
     )
 
@@ -256,6 +257,8 @@ class PredictOut(BaseModel):
     probabilities: list[float] = Field(min_length=10, max_length=10,
                                        description="every class's probability in class order (as scores)")
     bn_mode: Literal["eval"] = Field("eval", description="always eval: BN uses its running statistics")
+    runtime: Runtime = Field(description="what computed the answer: PREDICT_RUNTIME, or eager PyTorch while a "
+                             "model's onnxruntime session is being built (or if it cannot be)")
 
 
 class PredictBatchOut(BaseModel):

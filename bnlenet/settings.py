@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     MAX_BODY_BYTES: int = 2 << 20  # any request body (a JSON pixel array is ~20 KB)
     MAX_PREDICT_BATCH: int = Field(256, ge=1)  # images in one POST /predict/batch
     MODEL_CACHE_SIZE: int = Field(8, ge=1)  # loaded models kept in memory per API process
+    # What answers /predict: eager PyTorch, or onnxruntime on the model's ONNX export (built in
+    # the background per model and process; eager answers until it is ready, or if it fails).
+    # The choices are models.runtime.RUNTIMES, spelled out so settings import no torch (a test checks).
+    PREDICT_RUNTIME: Literal["eager", "onnxruntime"] = "onnxruntime"
+    PREDICT_THREADS: int = Field(1, ge=1)  # intra-op threads of one forward pass, either runtime, per API process
     # Cached model exports (GET /models/{id}/export); None: <CHECKPOINT_DIR>/exports, or <MODEL_CACHE_DIR>/exports for S3.
     EXPORT_DIR: Path | None = None
     # How stale the listing of models and aliases may be ("the newest model", an alias just moved,

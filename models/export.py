@@ -29,18 +29,23 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
 from models.checkpoint import PREPROCESSING, load_checkpoint, save_checkpoint, write_atomically
 from models.data import CLASS_NAMES
-from models.lenet import IMAGE_SIZE, NUM_CLASSES
+from models.lenet import IMAGE_SIZE, NUM_CLASSES, build_lenet
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -57,6 +62,7 @@ __all__ = [
     "export_metadata",
     "export_model",
     "onnx_bytes",
+    "onnx_bytes_in_subprocess",
     "pt2_bytes",
 ]
 
@@ -73,7 +79,9 @@ OUTPUT_NAME = "probabilities"
 _BATCH = torch.export.Dim("batch", min=1)  # any batch size; BN in eval mode does not care
 _EXAMPLE_BATCH = 4  # the trace's example; not 0 or 1, which export would specialize on
 # torch.export keeps tracing state per process: two exports at once in threads fail
-# ("Trying to pop empty mode stack"), so exports in one process take turns.
+# ("Trying to pop empty mode stack"), so exports in one process take turns. The same state
+# breaks a forward pass run by another thread during an export: a process that serves while
+# it exports uses onnx_bytes_in_subprocess.
 _EXPORT_LOCK = threading.Lock()
 
 
@@ -236,3 +244,74 @@ def export_checkpoint(
     fmt = check_export_format(fmt)
     checkpoint = load_checkpoint(checkpoint_path)
     return export_model(checkpoint.model, checkpoint.metadata, fmt, path, model_id=model_id)
+
+
+def onnx_bytes_in_subprocess(
+    model: nn.Module,
+    metadata: Mapping[str, Any],
+    *,
+    model_id: str | None = None,
+    timeout_s: float = 300.0,
+    cancel: threading.Event | None = None,
+) -> bytes:
+    """``onnx_bytes`` computed by a fresh Python process: the same bytes, for a process that serves meanwhile.
+
+    ``torch.export`` traces by patching process-wide state (module calls, dispatch modes), so
+    a model run by another thread during an export can fail or be traced into it (seen here:
+    ``GuardOnDataDependentSymNode`` in the thread running the model, "Unexpected key" in the
+    exporter), and a first export leaves ~240 MiB of exporter imports behind. In a child
+    neither reaches the caller. The model travels as its state_dict (safetensors, no pickle)
+    on the child's stdin and the ONNX file comes back on its stdout: nothing touches the disk.
+    The child is killed after ``timeout_s`` or when ``cancel`` is set; either, or a failed
+    export, raises RuntimeError with the child's last words.
+    """
+    variant = metadata.get("variant")
+    header = json.dumps({"metadata": dict(metadata), "model_id": model_id, "variant": variant}, default=str)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    payload = header.encode() + b"\n" + safetensors_save(tensors)
+    root = str(Path(__file__).resolve().parent.parent)  # the directory that holds the models package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
+    # Imported by its own name (not run as __main__), so the export is byte for byte onnx_bytes'.
+    child = subprocess.Popen([sys.executable, "-c", "import models.export; models.export._export_child()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=root)
+    # Fed from a thread of its own, so that a child still importing torch never blocks this
+    # one (communicate() with a timeout cannot resume a partial write), which reads the answer.
+    stdin, child.stdin = child.stdin, None
+    threading.Thread(target=_feed, args=(stdin, payload), daemon=True, name="onnx-export-feed").start()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            out, err = child.communicate(timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            if (cancel is not None and cancel.is_set()) or time.monotonic() > deadline:
+                child.kill()
+                child.communicate()
+                why = "was cancelled" if cancel is not None and cancel.is_set() else f"took over {timeout_s:g} s"
+                raise RuntimeError(f"the ONNX export process {why}") from None
+    if child.returncode != 0 or not out:
+        tail = err.decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"the ONNX export process failed (exit {child.returncode}): {' / '.join(tail)}")
+    return out
+
+
+def _feed(pipe: Any, payload: bytes) -> None:
+    try:
+        with pipe:
+            pipe.write(payload)
+    except (BrokenPipeError, ValueError):  # the child is gone; its exit status tells why
+        pass
+
+
+def _export_child() -> None:
+    """The export process: a JSON line and a state_dict (safetensors) on stdin, the ONNX file on stdout."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever the exporter prints goes to stderr, never into the ONNX bytes
+    sys.stdout = sys.stderr
+    torch.set_num_threads(1)
+    request = json.loads(sys.stdin.buffer.readline())
+    model = build_lenet(request["variant"])
+    model.load_state_dict(safetensors_load(sys.stdin.buffer.read()), strict=True)
+    out.write(onnx_bytes(model.eval(), request["metadata"], model_id=request["model_id"]))
+    out.close()

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from models.lenet import IMAGE_SIZE
 
-__all__ = ["INPUT_SHAPE", "predict_batch", "predict_probabilities"]
+__all__ = ["INPUT_SHAPE", "predict_batch", "predict_probabilities", "stack_images"]
 
 INPUT_SHAPE = (1, 1, IMAGE_SIZE, IMAGE_SIZE)  # one image as preprocess.py makes it
 
@@ -26,13 +26,9 @@ def predict_probabilities(model: nn.Module, X: Tensor) -> Tensor:
     return torch.softmax(model(X), dim=1)
 
 
-@torch.inference_mode()
-def predict_batch(model: nn.Module, images: Sequence[Tensor]) -> Tensor:
-    """Class probabilities ``(N, 10)`` for ``N`` single images ``(1, 1, 28, 28)``, in order, in one forward pass.
-
-    In eval mode BN uses its running statistics, so each row equals that image predicted
-    alone (to float rounding). A malformed image is a ValueError naming its index.
-    """
+def stack_images(images: Sequence[Tensor]) -> Tensor:
+    """``N`` single images ``(1, 1, 28, 28)`` as one batch ``(N, 1, 28, 28)``, in order; a malformed one is a
+    ValueError naming its index. What every runtime takes (``models.runtime``)."""
     if not images:
         raise ValueError("no images to predict")
     for index, image in enumerate(images):
@@ -41,4 +37,14 @@ def predict_batch(model: nn.Module, images: Sequence[Tensor]) -> Tensor:
                 f"image {index} is {image.dtype} of shape {tuple(image.shape)}; "
                 f"expected float32 of shape {INPUT_SHAPE} (as models.preprocess makes it)"
             )
-    return predict_probabilities(model, torch.cat(list(images)))  # (N, 10)
+    return torch.cat(list(images))  # (N, 1, 28, 28)
+
+
+@torch.inference_mode()
+def predict_batch(model: nn.Module, images: Sequence[Tensor]) -> Tensor:
+    """Class probabilities ``(N, 10)`` for ``N`` single images ``(1, 1, 28, 28)``, in order, in one forward pass.
+
+    In eval mode BN uses its running statistics, so each row equals that image predicted
+    alone (to float rounding). A malformed image is a ValueError naming its index.
+    """
+    return predict_probabilities(model, stack_images(images))  # (N, 10)

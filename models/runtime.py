@@ -4,8 +4,8 @@ Both answer the same question the same way: class probabilities ``(N, 10)`` for 
 ``(N, 1, 28, 28)``, BN in eval mode (in the ONNX export the running statistics are constants).
 On a CPU, onnxruntime answers one image about ten times faster than eager PyTorch and a batch
 of 256 three to four times faster (``python -m bench --only export``), so it is offered as a
-serving option. Its threads are pinned and its spinning is off: a serving process should not
-burn a core waiting for work.
+serving option (``PREDICT_RUNTIME``, ``app/predictors.py``). Its threads are pinned and its
+spinning is off: a serving process should not burn a core waiting for work.
 """
 
 from __future__ import annotations
@@ -83,7 +83,11 @@ class OnnxRuntimeModel:
     def from_model(
         cls, model: nn.Module, metadata: Mapping[str, Any], *, threads: int = 1, model_id: str | None = None
     ) -> OnnxRuntimeModel:
-        """Export ``model`` to ONNX in memory (a second or two) and open a session on it."""
+        """Export ``model`` to ONNX in memory (a second or two) and open a session on it.
+
+        The export runs in this process: not while other threads run models (a server builds
+        its sessions with ``models.export.onnx_bytes_in_subprocess`` instead, as ``app.predictors``).
+        """
         return cls(onnx_bytes(model, metadata, model_id=model_id), threads=threads)
 
     def predict_probabilities(self, X: Tensor) -> Tensor:

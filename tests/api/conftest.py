@@ -67,7 +67,10 @@ def make_client(redis_url: str, trained_models: tuple[Path, list[str]]) -> Itera
     clients: list[TestClient] = []
 
     def make(**overrides: Any) -> TestClient:
-        fields: dict[str, Any] = {"REDIS_URL": redis_url, "CHECKPOINT_DIR": trained_models[0], **overrides}
+        # Eager unless a test asks: an onnxruntime app spends seconds of CPU per model building
+        # its sessions (tests/api/test_predict.py shares one such app among its tests).
+        fields: dict[str, Any] = {"REDIS_URL": redis_url, "CHECKPOINT_DIR": trained_models[0],
+                                  "PREDICT_RUNTIME": "eager", **overrides}
         client = TestClient(create_app(Settings(**fields)), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from bnlenet.model_store import ModelStore
@@ -22,6 +23,29 @@ from models.data import CLASS_NAMES
 from models.inference import predict_probabilities
 from models.preprocess import image_to_tensor
 from tests.api.conftest import png_bytes, sample_image
+
+
+@pytest.fixture(scope="module")
+def onnxruntime_client(redis_server, trained_models):
+    """One app with PREDICT_RUNTIME=onnxruntime, its sessions built for both models, shared by this module's tests."""
+    from app.main import create_app
+    from bnlenet.settings import Settings
+
+    directory, ids = trained_models
+    settings = Settings(REDIS_URL=redis_server.database_url(7), CHECKPOINT_DIR=directory, PREDICT_RUNTIME="onnxruntime")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        for model_id in ids:
+            first = _upload(client, png_bytes(sample_image()), model_id)
+            assert first.status_code == 200 and first.json()["runtime"] == "eager"  # until the session is ready
+            loaded = client.app.state.model_store.get(model_id)
+            assert client.app.state.predictors.wait(loaded, timeout=300) == "onnxruntime"
+        yield client
+
+
+@pytest.fixture(params=["eager", "onnxruntime"])
+def any_client(request):
+    """The app under each runtime: eager (this test's own), onnxruntime (the module's, sessions ready)."""
+    return request.getfixturevalue("client" if request.param == "eager" else "onnxruntime_client")
 
 
 def _expected(checkpoint_dir, model_id, data: bytes) -> list[float]:
@@ -34,13 +58,13 @@ def _upload(client, data: bytes, model_id: str | None = None, filename="x.png"):
     return client.post("/predict", files={"file": (filename, data, "image/png")}, data=fields)
 
 
-def test_predict_upload_matches_the_checkpoint(client, trained_models):
+def test_predict_upload_matches_the_checkpoint(any_client, trained_models):
     directory, ids = trained_models
     data = png_bytes(sample_image(3))
-    r = _upload(client, data, ids[0])
+    r = _upload(any_client, data, ids[0])
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model_id"] == ids[0]
+    assert body["model_id"] == ids[0] and body["runtime"] == any_client.app.state.settings.PREDICT_RUNTIME
     np.testing.assert_allclose(body["probabilities"], _expected(directory, ids[0], data), atol=1e-6)
     assert body["class_index"] == int(np.argmax(body["probabilities"]))
     assert isinstance(body["class_name"], str)
@@ -52,10 +76,10 @@ def test_predict_defaults_to_the_newest_model(client, trained_models):
     assert r.json()["model_id"] == trained_models[1][-1]
 
 
-def test_predict_json_pixels_equal_the_same_image_uploaded(client, trained_models):
+def test_predict_json_pixels_equal_the_same_image_uploaded(any_client, trained_models):
     img = sample_image(5)
-    by_json = client.post("/predict", json={"pixels": (img / 255.0).tolist()}).json()
-    by_upload = _upload(client, png_bytes(img)).json()
+    by_json = any_client.post("/predict", json={"pixels": (img / 255.0).tolist()}).json()
+    by_upload = _upload(any_client, png_bytes(img)).json()
     np.testing.assert_allclose(by_json["probabilities"], by_upload["probabilities"], atol=1e-6)
 
 
@@ -205,16 +229,16 @@ def _bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_predict_is_eval_mode_under_concurrency(client, trained_models):
+def test_predict_is_eval_mode_under_concurrency(any_client, trained_models):
     """Many requests at once give each image the answer it gets alone, and change no statistics."""
     model_id = trained_models[1][-1]
     images = [png_bytes(sample_image(i)) for i in range(16)]
-    alone = [_upload(client, data, model_id).json()["probabilities"] for data in images]
-    store: ModelStore = client.app.state.model_store
+    alone = [_upload(any_client, data, model_id).json()["probabilities"] for data in images]
+    store: ModelStore = any_client.app.state.model_store
     before = _bn_buffers(store.get(model_id).model)
 
     async def burst() -> list[list[float]]:
-        transport = httpx.ASGITransport(app=client.app)
+        transport = httpx.ASGITransport(app=any_client.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
             reqs = [
                 ac.post("/predict", files={"file": ("x.png", images[i % 16], "image/png")},
@@ -225,7 +249,7 @@ def test_predict_is_eval_mode_under_concurrency(client, trained_models):
 
     together = asyncio.run(burst())
     with ThreadPoolExecutor(8) as pool:  # and from threads, as a threaded server would
-        threaded = list(pool.map(lambda i: _upload(client, images[i % 16], model_id).json()["probabilities"],
+        threaded = list(pool.map(lambda i: _upload(any_client, images[i % 16], model_id).json()["probabilities"],
                                  range(64)))
     for i, probs in enumerate(together):
         assert probs == alone[i % 16]
@@ -270,8 +294,8 @@ def test_predict_cheap_file_declaring_a_huge_image_is_refused(client):
 
 # answers people read, and batches -------------------------------------------------------------
 
-def test_predict_answer_names_the_classes(client, trained_models):
-    r = client.post("/predict?top_k=3", files={"file": ("x.png", png_bytes(sample_image(7)), "image/png")})
+def test_predict_answer_names_the_classes(any_client, trained_models):
+    r = any_client.post("/predict?top_k=3", files={"file": ("x.png", png_bytes(sample_image(7)), "image/png")})
     assert r.status_code == 200, r.text
     body = r.json()
     probs = body["probabilities"]
@@ -291,11 +315,11 @@ def test_predict_bad_top_k_is_422(client, top_k):
     assert r.status_code == 422
 
 
-def test_predict_pixels_equal_the_same_image_uploaded(client):
+def test_predict_pixels_equal_the_same_image_uploaded(any_client):
     img = sample_image(6)
-    by_pixels = client.post("/predict/pixels", json={"pixels": (img / 255.0).tolist()})
+    by_pixels = any_client.post("/predict/pixels", json={"pixels": (img / 255.0).tolist()})
     assert by_pixels.status_code == 200, by_pixels.text
-    by_upload = _upload(client, png_bytes(img)).json()
+    by_upload = _upload(any_client, png_bytes(img)).json()
     np.testing.assert_allclose(by_pixels.json()["probabilities"], by_upload["probabilities"], atol=1e-6)
 
 
@@ -305,31 +329,31 @@ def test_predict_pixels_out_of_range_is_422_with_field_errors(client):
     assert isinstance(r.json()["detail"], str)
 
 
-def test_predict_batch_equals_single_answers(client, trained_models):
+def test_predict_batch_equals_single_answers(any_client, trained_models):
     model_id = trained_models[1][0]
     images = [png_bytes(sample_image(i)) for i in range(20)]
-    r = client.post("/predict/batch?top_k=2", files=[("files", (f"{i}.png", data, "image/png"))
-                                                      for i, data in enumerate(images)], data={"model_id": model_id})
+    r = any_client.post("/predict/batch?top_k=2", files=[("files", (f"{i}.png", data, "image/png"))
+                                                          for i, data in enumerate(images)], data={"model_id": model_id})
     assert r.status_code == 200, r.text
     batch = r.json()
     assert batch["count"] == len(batch["data"]) == 20 and batch["model_id"] == model_id
     for data, answer in zip(images, batch["data"], strict=True):
-        single = client.post("/predict?top_k=2", files={"file": ("x.png", data, "image/png")},
-                             data={"model_id": model_id}).json()
+        single = any_client.post("/predict?top_k=2", files={"file": ("x.png", data, "image/png")},
+                                 data={"model_id": model_id}).json()
         np.testing.assert_allclose(answer["probabilities"], single["probabilities"], atol=1e-6, rtol=0)
         assert answer["class_index"] == single["class_index"]
         assert [t["class_index"] for t in answer["top_k"]] == [t["class_index"] for t in single["top_k"]]
 
 
-def test_predict_batch_pixels_equal_single_answers(client):
+def test_predict_batch_pixels_equal_single_answers(any_client):
     arrays = [(sample_image(i) / 255.0).tolist() for i in range(8)]
-    r = client.post("/predict/batch/pixels", json={"images": arrays})
+    r = any_client.post("/predict/batch/pixels", json={"images": arrays})
     assert r.status_code == 200, r.text
     for pixels, answer in zip(arrays, r.json()["data"], strict=True):
-        single = client.post("/predict/pixels", json={"pixels": pixels}).json()
+        single = any_client.post("/predict/pixels", json={"pixels": pixels}).json()
         np.testing.assert_allclose(answer["probabilities"], single["probabilities"], atol=1e-6, rtol=0)
-    # the JSON form on /predict/batch itself, for clients that post there
-    again = client.post("/predict/batch", json={"images": arrays})
+    # the JSON form on /predict/batch itself, for any_clients that post there
+    again = any_client.post("/predict/batch", json={"images": arrays})
     assert again.status_code == 200 and again.json()["data"] == r.json()["data"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import get_args
 
 import pytest
 
@@ -29,3 +30,17 @@ def test_settings_are_not_read_at_import() -> None:
     env = {"MAX_LR": "not a number", "PATH": ""}
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_settings_predict_runtime_choices_are_the_runtimes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from models.runtime import RUNTIMES
+
+    assert get_args(Settings.model_fields["PREDICT_RUNTIME"].annotation) == RUNTIMES
+    assert Settings().PREDICT_RUNTIME == "onnxruntime"
+    monkeypatch.setenv("PREDICT_RUNTIME", "eager")
+    assert Settings().PREDICT_RUNTIME == "eager"
+    monkeypatch.setenv("PREDICT_RUNTIME", "tensorrt")
+    with pytest.raises(ValidationError, match="PREDICT_RUNTIME"):
+        Settings()

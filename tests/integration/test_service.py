@@ -60,6 +60,19 @@ def test_service_trains_then_predicts_like_the_cli(stack, tmp_path):
     cli = _bnlenet_predict(stack.checkpoint_dir / f"{job_id}.safetensors", image)
     assert served["class_index"] == cli["class_index"]
     np.testing.assert_allclose(served["probabilities"], cli["probabilities"], atol=1e-5)
+    # The default runtime, onnxruntime, takes over once the model's session is built (eager
+    # answered meanwhile): its answers equal the CLI's too.
+    assert served["runtime"] == "eager"
+
+    def by_onnxruntime() -> dict | None:
+        answer = stack.client.post("/predict", files={"file": ("item.png", image.read_bytes(), "image/png")},
+                                   data={"model_id": job_id}).json()
+        return answer if answer["runtime"] == "onnxruntime" else None
+
+    wait_for(by_onnxruntime, 120, "onnxruntime never took over from eager", interval=0.5)
+    served = by_onnxruntime()
+    assert served is not None and served["class_index"] == cli["class_index"]
+    np.testing.assert_allclose(served["probabilities"], cli["probabilities"], atol=1e-5)
 
     # the newest model is the default, and the model is described
     wait_for(lambda: stack.client.post("/predict", files={"file": ("x.png", _png(2), "image/png")})

@@ -30,6 +30,7 @@ from models.export import (
     export_filename,
     export_model,
     onnx_bytes,
+    onnx_bytes_in_subprocess,
     pt2_bytes,
 )
 from models.inference import predict_probabilities
@@ -281,3 +282,40 @@ def test_export_from_several_threads_at_once_gives_the_serial_bytes() -> None:
         t.join()
     assert errors == [] and len(got) == 4
     assert all(payload == expected[fmt] for (fmt, _), payload in got.items())
+
+
+def test_export_in_a_subprocess_gives_the_same_bytes_while_this_process_runs_the_model(images: Tensor) -> None:
+    # In this process torch.export would break a forward pass running meanwhile in another
+    # thread (how a server is built); in a child it cannot.
+    torch.manual_seed(0)
+    model = build_lenet("scratch").eval()
+    metadata = {"variant": "scratch", "checksum": "c0ffee"}
+    expected = predict_probabilities(model, images[:16])
+    stop, calls, errors = threading.Event(), [0], []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                torch.testing.assert_close(predict_probabilities(model, images[:16]), expected, rtol=0, atol=0)
+                calls[0] += 1
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        payload = onnx_bytes_in_subprocess(model, metadata, model_id="m1")
+    finally:
+        stop.set()
+        server.join()
+    assert errors == [] and calls[0] > 0
+    assert payload == onnx_bytes(model, metadata, model_id="m1")
+
+
+def test_export_in_a_subprocess_that_fails_says_why() -> None:
+    with pytest.raises(RuntimeError, match="unknown variant 'no-such-variant'"):
+        onnx_bytes_in_subprocess(build_lenet("builtin"), {"variant": "no-such-variant"})
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        onnx_bytes_in_subprocess(build_lenet("builtin"), {"variant": "builtin"}, cancel=cancel)

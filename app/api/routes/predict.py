@@ -28,6 +28,7 @@ from torch import Tensor
 from app.deps import ReaderDep
 from app.errors import STATUS, BadInput, PayloadTooLarge, UnsupportedMedia, error_responses
 from app.metrics import PredictTimer
+from app.predictors import Predictors
 from app.schemas import (
     MODEL_ID_DESCRIPTION,
     TOP_K_DEFAULT,
@@ -39,7 +40,6 @@ from app.schemas import (
 from bnlenet.model_store import MODEL_ID_PATTERN, LoadedModel, ModelStore
 from bnlenet.settings import Settings
 from models.data import CLASS_NAMES
-from models.inference import predict_batch as predict_images
 from models.preprocess import ImageError, image_to_tensor, pixels_to_tensor
 
 router = APIRouter(prefix="/predict", tags=["predict"])
@@ -101,7 +101,7 @@ async def _predict(request: Request, top_k: int, query_model: str | None, timer:
     if ctype.startswith("application/json"):
         body = _parse(PredictRequest, await request.body())
         timer.decoded()
-        return _json(_answers(_store(request), [_pixels(body.pixels)], _model(query_model, body.model_id), top_k,
+        return _json(_answers(request, [_pixels(body.pixels)], _model(query_model, body.model_id), top_k,
                               timer)[1][0])
     if not ctype.startswith("multipart/form-data"):
         raise UnsupportedMedia(
@@ -110,7 +110,7 @@ async def _predict(request: Request, top_k: int, query_model: str | None, timer:
         )
     images, model_id = await _read_uploads(request, settings, field="file", limit=1)
     timer.decoded()
-    return _json(_answers(_store(request), images, _model(query_model, model_id), top_k, timer)[1][0])
+    return _json(_answers(request, images, _model(query_model, model_id), top_k, timer)[1][0])
 
 
 @router.post(
@@ -125,7 +125,7 @@ async def _predict(request: Request, top_k: int, query_model: str | None, timer:
 )
 def predict_pixels(body: PredictRequest, request: Request, top_k: TopK = TOP_K_DEFAULT,
                    model_id: ModelQuery = None) -> Response:
-    return _json(_answers(_store(request), [_pixels(body.pixels)], _model(model_id, body.model_id), top_k)[1][0])
+    return _json(_answers(request, [_pixels(body.pixels)], _model(model_id, body.model_id), top_k)[1][0])
 
 
 @router.post(
@@ -153,7 +153,7 @@ async def predict_batch(request: Request, top_k: TopK = TOP_K_DEFAULT, model_id:
             "per image (or JSON {\"images\": [...]} to /predict/batch/pixels)"
         )
     images, form_model = await _read_uploads(request, settings, field="files", limit=settings.MAX_PREDICT_BATCH)
-    loaded, answers = _answers(_store(request), images, _model(model_id, form_model), top_k)
+    loaded, answers = _answers(request, images, _model(model_id, form_model), top_k)
     return _json({"model_id": loaded.model_id, "data": answers, "count": len(answers)})
 
 
@@ -181,7 +181,7 @@ def _batch(request: Request, body: PredictBatchRequest, top_k: int, query_model:
             images.append(_pixels(pixels))
         except BadInput as exc:
             raise BadInput(f"image {index}: {exc}") from exc
-    loaded, answers = _answers(_store(request), images, _model(query_model, body.model_id), top_k)
+    loaded, answers = _answers(request, images, _model(query_model, body.model_id), top_k)
     return _json({"model_id": loaded.model_id, "data": answers, "count": len(answers)})
 
 
@@ -197,26 +197,28 @@ def _check_count(count: int, limit: int) -> None:
         raise PayloadTooLarge(f"{count} images is more than the limit of {limit} per request (MAX_PREDICT_BATCH)")
 
 
-def _answers(store: ModelStore, images: Sequence[Tensor], model_id: str | None,
+def _answers(request: Request, images: Sequence[Tensor], model_id: str | None,
              top_k: int, timer: PredictTimer | None = None) -> tuple[LoadedModel, list[dict[str, Any]]]:
     """The model and one answer per image, from one forward pass (timed for /metrics when asked)."""
-    loaded = store.get(model_id)
+    loaded = _store(request).get(model_id)
     started = time.perf_counter()
-    probs = predict_images(loaded.model, images).tolist()  # (N, 10)
+    predictors: Predictors = request.app.state.predictors  # PREDICT_RUNTIME's, per model
+    runtime, probabilities = predictors.predict(loaded, images)
+    probs = probabilities.tolist()  # (N, 10)
     if timer is not None:
         timer.variant = str(loaded.metadata.get("variant", "unknown"))
         timer.inferred(time.perf_counter() - started)
-    return loaded, [_answer(loaded.model_id, row, top_k) for row in probs]
+    return loaded, [_answer(loaded.model_id, row, top_k, runtime) for row in probs]
 
 
-def _answer(model_id: str, probs: list[float], top_k: int) -> dict[str, Any]:
+def _answer(model_id: str, probs: list[float], top_k: int, runtime: str) -> dict[str, Any]:
     order = sorted(range(len(probs)), key=lambda i: -probs[i])  # stable: ties keep class order
     top = [{"class_index": i, "class_name": CLASS_NAMES[i], "probability": probs[i]} for i in order[:top_k]]
     k = order[0]
     return {
         "model_id": model_id, "class_index": k, "class_name": CLASS_NAMES[k], "probability": probs[k],
         "scores": dict(zip(CLASS_NAMES, probs, strict=True)), "top_k": top, "probabilities": probs,
-        "bn_mode": "eval",
+        "bn_mode": "eval", "runtime": runtime,
     }
 
 
