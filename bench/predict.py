@@ -3,7 +3,9 @@
 Starts ``bnlenet up`` (its own Redis, a worker and the API with one process per core) on a
 free port with one trained-shape checkpoint, then drives ``POST /predict`` with one 28x28
 PNG per request from wrk, a C load generator in its own process: concurrency 1 for latency
-percentiles, concurrency 16 for throughput.
+percentiles, concurrency 16 for throughput. Timing starts once the API answers with its
+``PREDICT_RUNTIME`` (an onnxruntime session is built in the background after a model's first
+request; eager answers until then).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from bench.service import http, running_stack, start, stop, wait_for
 TITLE = "Predict over HTTP: latency and throughput"
 NOTES = (
     "One 28x28 PNG per request as multipart upload, from wrk (C, its own process) on the same machine; "
-    "the server is `bnlenet up` as the README runs it (one API process per core, one intra-op thread each)."
+    "the server is `bnlenet up` as the README runs it (one API process per core, one intra-op thread each), "
+    "timed once every API process answers with PREDICT_RUNTIME (its onnxruntime sessions built)."
 )
 ROOT = Path(__file__).resolve().parent.parent
 BOUNDARY = "bnlenetbenchboundary"
@@ -90,6 +93,32 @@ def _write_model(checkpoint_dir: Path) -> None:
     save_checkpoint(checkpoint_dir / "bench-model.safetensors", net.eval(), {"variant": "builtin"})
 
 
+def serving_runtime(base: str, png: bytes) -> str | None:
+    """The runtime that answered one /predict (None while the API is not answering)."""
+    import httpx
+
+    try:
+        r = httpx.post(base + "/predict", files={"file": ("x.png", png, "image/png")}, timeout=5)
+    except httpx.HTTPError:
+        return None
+    return r.json().get("runtime") if r.status_code == 200 else None
+
+
+def wait_for_runtime(base: str, runtime: str | None = None, in_a_row: int = 20, timeout: float = 300) -> None:
+    """Wait until ``in_a_row`` answers in a row come from ``runtime`` (default: PREDICT_RUNTIME as the
+    environment sets it), so every API process has built its session before anything is timed."""
+    from bnlenet.settings import Settings
+
+    expected = runtime or Settings().PREDICT_RUNTIME
+    png, streak = _png(), [0]
+
+    def settled() -> bool:
+        streak[0] = streak[0] + 1 if serving_runtime(base, png) == expected else 0
+        return streak[0] >= in_a_row
+
+    wait_for(settled, timeout, f"the API to answer with {expected}", every=0.1)
+
+
 def _prepare(tmpdir: Path) -> Path:
     """A model in ``tmpdir/ck`` and wrk's script for one PNG upload; the script's path."""
     (tmpdir / "ck").mkdir()
@@ -109,6 +138,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         script = _prepare(tmpdir)
         with running_stack(tmpdir) as (base, _stack):
             url = base + "/predict"
+            wait_for_runtime(base)
             _wrk(url, script, 16, 2, 2)  # warm every API process: caches, allocator, model load
             one = _wrk(url, script, 1, 1, seconds)
             many = _wrk(url, script, 16, 2, seconds)
@@ -159,6 +189,7 @@ def edge_cost(quick: bool = False, rounds: int = 3) -> list[dict[str, Any]]:
                 try:
                     base = f"http://127.0.0.1:{port}"
                     wait_for(lambda base=base: http("GET", base + "/healthz", timeout=1)[0] == 200, 120, name)
+                    wait_for_runtime(base)
                     _wrk(base + "/predict", script, 4, 1, 2)  # warm up
                     one = _wrk(base + "/predict", script, 1, 1, seconds)
                     many = _wrk(base + "/predict", script, 16, 2, seconds)

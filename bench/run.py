@@ -26,6 +26,7 @@ SECTIONS: list[str] = [
     "process_speed",
     "quality",
     "predict",
+    "predict_batch",
     "events",
     "queueing",
     "memory",
