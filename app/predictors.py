@@ -8,7 +8,7 @@ large as the model cache; a model evicted before its build's turn is not built.
 
 The ONNX session is built in the background: the export takes a few seconds and runs in a
 child process (``models.export.onnx_bytes_in_subprocess``: ``torch.export`` in this process
-would break the forward passes other threads run meanwhile), one build at a time per process.
+can break the forward passes other threads run meanwhile), one build at a time per process.
 Until its session is ready, a model is served by eager PyTorch, so no request waits for a
 build and the event loop never blocks on one. A session whose answers on a probe batch differ
 from eager's by more than ``TOLERANCE``, or a failed export, is logged and the model stays on
