@@ -22,6 +22,8 @@ from models.runtime import Runtime
 from models.training import EpochMetrics, Progress, TrainConfig
 
 _EXAMPLE_ID = "3f2b8c1d9a7e4f60b1c2d3e4f5a6b7c8"
+# A job's parameters as POST /train stores them with no field given: the defaults, derived.
+_DEFAULT_PARAMS = {f.name: f.default for f in params_of(TrainConfig) if f.param.api}
 
 HISTORY_DESCRIPTION = (
     "one entry per finished epoch; its test_acc uses the BN moving averages as that epoch ended "
@@ -129,8 +131,7 @@ class JobOut(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "job_id": _EXAMPLE_ID, "status": "running",
-        "params": {"variant": "scratch", "epochs": 10, "lr": 1.0, "batch_size": 256, "seed": 0,
-                   "precise_bn": True, "device": None},
+        "params": _DEFAULT_PARAMS,
         "progress": {"epoch": 2, "epochs": 10, "batch": 120, "batches": 235, "fraction": 0.151,
                      "loss": 0.41, "train_acc": 0.85},
         "history": [{"epoch": 1, "loss": 0.58, "train_acc": 0.79, "test_acc": 0.83,
@@ -280,8 +281,7 @@ class ModelOut(BaseModel):
         protected_namespaces=(),
         json_schema_extra={"examples": [{
             "model_id": _EXAMPLE_ID, "variant": "scratch",
-            "hyperparameters": {"variant": "scratch", "epochs": 10, "lr": 1.0, "batch_size": 256, "seed": 0,
-                                "precise_bn": True, "precise_bn_images": 4096, "bf16": False},
+            "hyperparameters": TrainConfig().hyperparameters(),
             "history": [{"epoch": 10, "loss": 0.25, "train_acc": 0.91, "test_acc": 0.85,
                          "examples_per_sec": 41000.0, "seconds": 1.4}],
             "final_test_acc": 0.886, "device": "cuda",
