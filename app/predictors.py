@@ -7,7 +7,7 @@ model id and checkpoint checksum (a replaced checkpoint gets a new one) and kept
 large as the model cache; a model evicted before its build's turn is not built.
 
 The ONNX session is built in the background: the export takes a few seconds and runs in a
-child process (``models.export.onnx_bytes_in_subprocess``: ``torch.export`` in this process
+child process (``models.export.export_bytes_in_subprocess``: ``torch.export`` in this process
 can break the forward passes other threads run meanwhile), one build at a time per process.
 Until its session is ready, a model is served by eager PyTorch, so no request waits for a
 build and the event loop never blocks on one. A session whose answers on a probe batch differ
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from bnlenet.model_store import LoadedModel
-from models.export import onnx_bytes_in_subprocess
+from models.export import export_bytes_in_subprocess
 from models.inference import stack_images
 from models.lenet import IMAGE_SIZE
 from models.runtime import EagerModel, OnnxRuntimeModel, Predictor, Runtime
@@ -122,7 +122,7 @@ class Predictors:
             entry.settled.set()
             return
         try:
-            onnx = onnx_bytes_in_subprocess(loaded.model, loaded.metadata, model_id=loaded.model_id,
+            onnx = export_bytes_in_subprocess(loaded.model, loaded.metadata, model_id=loaded.model_id,
                                             timeout_s=self.build_timeout_s, cancel=self._closed)
             session = OnnxRuntimeModel(onnx, threads=self.threads)
             gap = _largest_difference(entry.eager, session)

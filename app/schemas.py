@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, create_model
 
@@ -281,7 +281,7 @@ class ModelOut(BaseModel):
         protected_namespaces=(),
         json_schema_extra={"examples": [{
             "model_id": _EXAMPLE_ID, "variant": "scratch",
-            "hyperparameters": TrainConfig().hyperparameters(),
+            "hyperparameters": cast("dict[str, JsonValue]", TrainConfig().hyperparameters()),
             "history": [{"epoch": 10, "loss": 0.25, "train_acc": 0.91, "test_acc": 0.85,
                          "examples_per_sec": 41000.0, "seconds": 1.4}],
             "final_test_acc": 0.886, "device": "cuda",

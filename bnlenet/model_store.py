@@ -36,8 +36,8 @@ from torch import nn
 
 from bnlenet import metrics
 from bnlenet.checkpoint_storage import CheckpointStorage, LocalStorage, ObjectStoreUnavailable, open_storage
-from models.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
-from models.export import check_export_format, export_checkpoint
+from models.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint, write_atomically
+from models.export import check_export_format, export_bytes_in_subprocess
 
 if TYPE_CHECKING:
     from bnlenet.settings import Settings
@@ -405,12 +405,15 @@ class ModelStore:
         target = self.export_path(model_id, fmt, directory)
         if target.is_file():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return export_checkpoint(source, fmt, target, model_id=model_id)
+            checkpoint = load_checkpoint(source)
         except CheckpointError as exc:
             reason = str(exc).replace(str(source), f"{model_id}.safetensors")  # no server paths in answers
             raise ModelUnusable(f"model {model_id!r} cannot be used: {reason}") from exc
+        # In a child process: torch.export patches process-wide state, which breaks the forward
+        # passes a serving process runs in other threads meanwhile (models.export).
+        payload = export_bytes_in_subprocess(checkpoint.model, checkpoint.metadata, fmt, model_id=model_id)
+        return write_atomically(target, payload)
 
     # serving
     def get(self, name: str | None = None) -> LoadedModel:

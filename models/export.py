@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
@@ -61,8 +61,8 @@ __all__ = [
     "export_filename",
     "export_metadata",
     "export_model",
+    "export_bytes_in_subprocess",
     "onnx_bytes",
-    "onnx_bytes_in_subprocess",
     "pt2_bytes",
 ]
 
@@ -81,7 +81,7 @@ _EXAMPLE_BATCH = 4  # the trace's example; not 0 or 1, which export would specia
 # torch.export keeps tracing state per process: two exports at once in threads fail
 # ("Trying to pop empty mode stack"), so exports in one process take turns. The same state
 # can break a forward pass run by another thread during an export: a process that serves while
-# it exports uses onnx_bytes_in_subprocess.
+# it exports uses export_bytes_in_subprocess.
 _EXPORT_LOCK = threading.Lock()
 
 
@@ -246,27 +246,33 @@ def export_checkpoint(
     return export_model(checkpoint.model, checkpoint.metadata, fmt, path, model_id=model_id)
 
 
-def onnx_bytes_in_subprocess(
+def export_bytes_in_subprocess(
     model: nn.Module,
     metadata: Mapping[str, Any],
+    fmt: str = "onnx",
     *,
     model_id: str | None = None,
     timeout_s: float = 300.0,
     cancel: threading.Event | None = None,
 ) -> bytes:
-    """``onnx_bytes`` computed by a fresh Python process: the same bytes, for a process that serves meanwhile.
+    """``onnx_bytes`` (or ``pt2_bytes``) computed by a fresh Python process: the same bytes, for a process that
+    serves meanwhile.
 
     ``torch.export`` traces by patching process-wide state (module calls, dispatch modes), so
     a model run by another thread during an export can fail or be traced into it (seen here in
     a tight loop, 3 of 351 forward passes during 3 exports: ``GuardOnDataDependentSymNode`` in
     the thread running the model, "Unexpected key" in the exporter), and a first export leaves ~240 MiB of exporter imports behind. In a child
     neither reaches the caller. The model travels as its state_dict (safetensors, no pickle)
-    on the child's stdin and the ONNX file comes back on its stdout: nothing touches the disk.
+    on the child's stdin and the exported file comes back on its stdout: nothing touches the disk.
     The child is killed after ``timeout_s`` or when ``cancel`` is set; either, or a failed
     export, raises RuntimeError with the child's last words.
     """
+    fmt = check_export_format(fmt)
+    if fmt not in _PROGRAM_FORMATS:
+        raise ValueError(f"{fmt} is the checkpoint itself: nothing to export in a child process")
     variant = metadata.get("variant")
-    header = json.dumps({"metadata": dict(metadata), "model_id": model_id, "variant": variant}, default=str)
+    header = json.dumps({"metadata": dict(metadata), "model_id": model_id, "variant": variant, "format": fmt},
+                        default=str)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     payload = header.encode() + b"\n" + safetensors_save(tensors)
     root = str(Path(__file__).resolve().parent.parent)  # the directory that holds the models package
@@ -289,11 +295,14 @@ def onnx_bytes_in_subprocess(
                 child.kill()
                 child.communicate()
                 why = "was cancelled" if cancel is not None and cancel.is_set() else f"took over {timeout_s:g} s"
-                raise RuntimeError(f"the ONNX export process {why}") from None
+                raise RuntimeError(f"the {fmt} export process {why}") from None
     if child.returncode != 0 or not out:
         tail = err.decode(errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"the ONNX export process failed (exit {child.returncode}): {' / '.join(tail)}")
+        raise RuntimeError(f"the {fmt} export process failed (exit {child.returncode}): {' / '.join(tail)}")
     return out
+
+
+_PROGRAM_FORMATS: dict[str, Callable[..., bytes]] = {"onnx": onnx_bytes, "pt2": pt2_bytes}
 
 
 def _feed(pipe: Any, payload: bytes) -> None:
@@ -305,7 +314,7 @@ def _feed(pipe: Any, payload: bytes) -> None:
 
 
 def _export_child() -> None:
-    """The export process: a JSON line and a state_dict (safetensors) on stdin, the ONNX file on stdout."""
+    """The export process: a JSON line and a state_dict (safetensors) on stdin, the exported file on stdout."""
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever the exporter prints goes to stderr, never into the ONNX bytes
     sys.stdout = sys.stderr
@@ -313,5 +322,6 @@ def _export_child() -> None:
     request = json.loads(sys.stdin.buffer.readline())
     model = build_lenet(request["variant"])
     model.load_state_dict(safetensors_load(sys.stdin.buffer.read()), strict=True)
-    out.write(onnx_bytes(model.eval(), request["metadata"], model_id=request["model_id"]))
+    export = _PROGRAM_FORMATS[request.get("format", "onnx")]
+    out.write(export(model.eval(), request["metadata"], model_id=request["model_id"]))
     out.close()

@@ -86,7 +86,7 @@ class OnnxRuntimeModel:
         """Export ``model`` to ONNX in memory (a second or two) and open a session on it.
 
         The export runs in this process: not while other threads run models (a server builds
-        its sessions with ``models.export.onnx_bytes_in_subprocess`` instead, as ``app.predictors``).
+        its sessions with ``models.export.export_bytes_in_subprocess`` instead, as ``app.predictors``).
         """
         return cls(onnx_bytes(model, metadata, model_id=model_id), threads=threads)
 

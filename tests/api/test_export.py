@@ -67,13 +67,13 @@ def test_export_is_cached_per_model_and_format(make_client, checkpoint_dir, tmp_
     import bnlenet.model_store as model_store
 
     calls: list[str] = []
-    real = model_store.export_checkpoint
+    real = model_store.export_bytes_in_subprocess
 
-    def counting(source, fmt, path, **kwargs):
+    def counting(model, metadata, fmt, **kwargs):
         calls.append(fmt)
-        return real(source, fmt, path, **kwargs)
+        return real(model, metadata, fmt, **kwargs)
 
-    monkeypatch.setattr(model_store, "export_checkpoint", counting)
+    monkeypatch.setattr(model_store, "export_bytes_in_subprocess", counting)
     cache = tmp_path / "exports"
     client = make_client(CHECKPOINT_DIR=checkpoint_dir, EXPORT_DIR=cache)
     first = _export(client, "model-scratch", "pt2")

@@ -94,7 +94,7 @@ def test_predictors_failed_export_falls_back_to_eager(trained_models, caplog):
 
 
 def _export_processes() -> list[int]:
-    """This process's children that are exporting (``models.export.onnx_bytes_in_subprocess``)."""
+    """This process's children that are exporting (``models.export.export_bytes_in_subprocess``)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:

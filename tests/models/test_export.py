@@ -26,11 +26,11 @@ from models.export import (
     ONNX_OPSET,
     OUTPUT_NAME,
     check_export_format,
+    export_bytes_in_subprocess,
     export_checkpoint,
     export_filename,
     export_model,
     onnx_bytes,
-    onnx_bytes_in_subprocess,
     pt2_bytes,
 )
 from models.inference import predict_probabilities
@@ -304,7 +304,7 @@ def test_export_in_a_subprocess_gives_the_same_bytes_while_this_process_runs_the
     server = threading.Thread(target=serve)
     server.start()
     try:
-        payload = onnx_bytes_in_subprocess(model, metadata, model_id="m1")
+        payload = export_bytes_in_subprocess(model, metadata, model_id="m1")
     finally:
         stop.set()
         server.join()
@@ -314,8 +314,21 @@ def test_export_in_a_subprocess_gives_the_same_bytes_while_this_process_runs_the
 
 def test_export_in_a_subprocess_that_fails_says_why() -> None:
     with pytest.raises(RuntimeError, match="unknown variant 'no-such-variant'"):
-        onnx_bytes_in_subprocess(build_lenet("builtin"), {"variant": "no-such-variant"})
+        export_bytes_in_subprocess(build_lenet("builtin"), {"variant": "no-such-variant"})
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(RuntimeError, match="cancelled"):
-        onnx_bytes_in_subprocess(build_lenet("builtin"), {"variant": "builtin"}, cancel=cancel)
+        export_bytes_in_subprocess(build_lenet("builtin"), {"variant": "builtin"}, cancel=cancel)
+
+
+def test_export_in_a_subprocess_makes_pt2_programs_too(tmp_path: Path) -> None:
+    model = build_lenet("scratch").eval()
+    payload = export_bytes_in_subprocess(model, {"variant": "scratch"}, "pt2", model_id="m2")
+    (tmp_path / "m2.pt2").write_bytes(payload)
+    extra = {EXPORT_METADATA_FILE: ""}
+    program = torch.export.load(tmp_path / "m2.pt2", extra_files=extra)
+    images = torch.rand(5, 1, 28, 28)
+    torch.testing.assert_close(program.module()(images), predict_probabilities(model, images), rtol=0, atol=1e-6)
+    assert json.loads(extra[EXPORT_METADATA_FILE])["model_id"] == "m2"
+    with pytest.raises(ValueError, match="checkpoint itself"):
+        export_bytes_in_subprocess(model, {"variant": "scratch"}, "safetensors")
