@@ -38,7 +38,7 @@ fi
 # the union of the extras asked for and those already there.
 hash=$(sha256sum pyproject.toml | cut -d' ' -f1)
 stamp_hash="" stamp_extras=""  # a fresh checkout has no stamp
-read -r stamp_hash stamp_extras < "$STAMP" 2>/dev/null || true
+{ read -r stamp_hash stamp_extras < "$STAMP"; } 2>/dev/null || true
 union=$(printf '%s\n' ${extras//,/ } ${stamp_extras//,/ } | sort -u | paste -sd, -)
 if [ "${stamp_hash:-}" = "$hash" ] && [ "$union" = "$(printf '%s\n' ${stamp_extras//,/ } | sort -u | paste -sd, -)" ]; then
     : # everything asked for is installed
