@@ -1,9 +1,10 @@
 """GET /models/{model_id}/export: the model as ONNX, a torch.export program (pt2) or safetensors.
 
-Exports are made on first request and cached per model and format (``EXPORT_DIR``, default
-``<CHECKPOINT_DIR>/exports``), written atomically. The handler is a plain ``def``, so FastAPI
-runs it in its threadpool: the first ONNX export in a process imports the exporter (about
-200 MiB) and takes 1-4 s, and none of that blocks the event loop.
+Exports are made on first request, by a child process (``ModelStore.export``: the exporter's
+imports never load into the API, and ``torch.export`` never runs beside a serving thread), and
+cached per model and format (``EXPORT_DIR``, default ``<CHECKPOINT_DIR>/exports``), written
+atomically. The handler is a plain ``def``, so FastAPI waits for the child in its threadpool,
+never on the event loop.
 """
 
 from __future__ import annotations
