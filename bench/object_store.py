@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.predict import _prepare, _wrk
+from bench.predict import _prepare, _wrk, wait_for_runtime
 from bench.service import http, start, stop, wait_for
 
 TITLE = "Predict from the S3 model store against a local directory"
 NOTES = (
     "Both API processes are `python -m app.edge` with one process each, on the same machine as the SeaweedFS "
-    "server and wrk. \"first prediction\" is the time from the end of a publish (upload or file rename) in "
+    "server and wrk, timed once each answers with its PREDICT_RUNTIME (default onnxruntime). \"first prediction\" is the time from the end of a publish (upload or file rename) in "
     "another process to the API's first answer with that model, polled every 10 ms: named in the query, and as "
     "the default model."
 )
@@ -89,6 +89,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 bases[name] = f"http://127.0.0.1:{port}"
                 wait_for(lambda b=bases[name]: http("GET", b + "/healthz", timeout=1)[0] == 200, 120, name)
                 _wrk(bases[name] + "/predict?model_id=bench-model", script, 4, 1, 2)  # load the model, warm up
+                wait_for_runtime(bases[name])  # its onnxruntime session built, if that is the runtime
             measured: dict[str, list[dict[str, float]]] = {name: [] for name in stores}
             for _ in range(rounds):
                 for name, base in bases.items():
