@@ -16,6 +16,8 @@ roles), so AWS S3, SeaweedFS, MinIO, Ceph, R2 and GCS's S3 endpoint all work.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import os
@@ -350,6 +352,8 @@ class S3Storage:
     def publish(self, model_id: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
         """Upload in one PUT, retrying an unreachable store for ``upload_retry_s``, then raise with the reason."""
         key = self._key(model_id + SUFFIX)
+        # The store refuses a body that does not match: nothing truncated on the way is ever stored.
+        digest = base64.b64encode(hashlib.md5(payload, usedforsecurity=False).digest()).decode()
         deadline = time.monotonic() + self.upload_retry_s
         pause = 0.5
         while True:
@@ -357,7 +361,7 @@ class S3Storage:
                 before_commit()  # before every try: the right to publish may have been lost meanwhile
             try:
                 self._call("upload a checkpoint", self.client.put_object, Bucket=self.bucket, Key=key, Body=payload,
-                           ContentType="application/octet-stream")
+                           ContentType="application/octet-stream", ContentMD5=digest)
                 return f"s3://{self.bucket}/{key}"
             except ObjectStoreUnavailable as exc:
                 remaining = deadline - time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
 import threading
 from collections.abc import Callable
 
@@ -22,6 +23,9 @@ class Partitionable:
         self.port = free_port()
         self._cut = threading.Event()
         self._on_answer: Callable[[], None] | None = None
+        self._budget: int | None = None  # client bytes still let through, when limited
+        self.held = threading.Event()  # set once a limited link has let its last byte through
+        self._generation = 0  # reset() ends the connections of earlier generations
         self._closed = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._listener.settimeout(0.2)
@@ -33,12 +37,23 @@ class Partitionable:
     def cut(self) -> None:
         self._cut.set()
 
+    def cut_after(self, n_bytes: int) -> None:
+        """Let the next ``n_bytes`` from clients through, then hold the rest (answers still flow)."""
+        self.held.clear()
+        self._budget = n_bytes
+
+    def reset(self) -> None:
+        """Drop every open connection now, with whatever it still holds undelivered; new ones work normally."""
+        self._generation += 1
+        self._budget = None
+
     def before_next_answer(self, action: Callable[[], None]) -> None:
         """Run ``action`` once, when the server's next answer arrives and before the client gets it."""
         self._on_answer = action
 
     def heal(self) -> None:
         self._cut.clear()
+        self._budget = None
 
     def close(self) -> None:
         self._closed.set()
@@ -59,16 +74,24 @@ class Partitionable:
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         peers = {a: b, b: a}
+        generation = self._generation
         try:
-            while not self._closed.is_set():
+            while not self._closed.is_set() and generation == self._generation:
                 if self._cut.is_set():  # read nothing: the bytes wait in the kernel, as on a dead link
                     self._closed.wait(0.05)
                     continue
-                ready, _, _ = select.select(list(peers), [], [], 0.1)
+                budget = self._budget
+                readable = [b] if budget is not None and budget <= 0 else [a, b]
+                ready, _, _ = select.select(readable, [], [], 0.1)
                 for sock in ready:
-                    data = sock.recv(65536)
+                    limit = 65536 if sock is b or budget is None else min(65536, budget)
+                    data = sock.recv(limit)
                     if not data:
                         return
+                    if sock is a and budget is not None:
+                        self._budget = budget = budget - len(data)
+                        if budget <= 0:
+                            self.held.set()
                     action, self._on_answer = (self._on_answer, None) if sock is b else (None, self._on_answer)
                     if action is not None:
                         action()
@@ -76,5 +99,7 @@ class Partitionable:
         except OSError:
             return
         finally:
-            a.close()
-            b.close()
+            for sock in (a, b):
+                if generation != self._generation:  # an abrupt end: RST, not a clean close after the data
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
