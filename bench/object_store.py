@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.predict import _prepare, _wrk, wait_for_runtime
+from bench.predict import _prepare, _wrk, latency_round, median_columns, wait_for_runtime, with_ratio
 from bench.service import http, start, stop, wait_for
 
 TITLE = "Predict from the S3 model store against a local directory"
@@ -93,10 +93,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             measured: dict[str, list[dict[str, float]]] = {name: [] for name in stores}
             for _ in range(rounds):
                 for name, base in bases.items():
-                    one = _wrk(base + "/predict?model_id=bench-model", script, 1, 1, seconds)
-                    many = _wrk(base + "/predict?model_id=bench-model", script, 16, 2, seconds)
-                    measured[name].append({"p50": one["p50_ms"], "p99": one["p99_ms"], "rps": many["rps"],
-                                           "errors": one["errors"] + many["errors"]})
+                    measured[name].append(latency_round(base + "/predict?model_id=bench-model", script, seconds))
             first: dict[str, dict[str, list[float]]] = {name: {"named": [], "default": []} for name in stores}
             for i in range(publishes):
                 for name, location in stores.items():
@@ -111,19 +108,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     rows = []
     for name, runs in measured.items():
         rows.append({
-            "store": name,
-            "p50 ms (c=1)": statistics.median(r["p50"] for r in runs),
-            "p99 ms (c=1)": statistics.median(r["p99"] for r in runs),
-            "requests/sec (c=16)": round(statistics.median(r["rps"] for r in runs)),
-            "errors": sum(int(r["errors"]) for r in runs),
+            "store": name, **median_columns(runs),
             "first prediction, named (ms)": round(1000 * statistics.median(first[name]["named"]), 1),
             "first prediction, default (ms)": round(1000 * statistics.median(first[name]["default"]), 1),
-            "rounds": len(runs),
         })
-    local_rps = rows[0]["requests/sec (c=16)"]
-    for row in rows:
-        row["x local (c=16)"] = f"{row['requests/sec (c=16)'] / local_rps:.2f}"
-    return rows
+    return with_ratio(rows, "local")
 
 
 if __name__ == "__main__":

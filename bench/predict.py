@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -164,6 +165,27 @@ SERVERS = {
 }
 
 
+def latency_round(url: str, script: Path, seconds: int) -> dict[str, float]:
+    """One round against ``url``: wrk at concurrency 1 (p50, p99) and at 16 (requests/s)."""
+    one = _wrk(url, script, 1, 1, seconds)
+    many = _wrk(url, script, 16, 2, seconds)
+    return {"p50": one["p50_ms"], "p99": one["p99_ms"], "rps": many["rps"], "errors": one["errors"] + many["errors"]}
+
+
+def median_columns(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """The medians of ``latency_round``'s rounds, as table columns."""
+    return {"p50 ms (c=1)": statistics.median(r["p50"] for r in runs),
+            "p99 ms (c=1)": statistics.median(r["p99"] for r in runs),
+            "requests/sec (c=16)": round(statistics.median(r["rps"] for r in runs)),
+            "errors": sum(int(r["errors"]) for r in runs), "rounds": len(runs)}
+
+
+def with_ratio(rows: list[dict[str, Any]], first: str) -> list[dict[str, Any]]:
+    """``rows`` with ``x <first> (c=16)``: each row's requests/s over the first row's (named ``first``)."""
+    base = rows[0]["requests/sec (c=16)"]
+    return [{**row, f"x {first} (c=16)": f"{row['requests/sec (c=16)'] / base:.2f}"} for row in rows]
+
+
 def edge_cost(quick: bool = False, rounds: int = 3) -> list[dict[str, Any]]:
     """Predict latency and throughput through plain uvicorn and through ``app.edge``, side by side.
 
@@ -171,7 +193,6 @@ def edge_cost(quick: bool = False, rounds: int = 3) -> list[dict[str, Any]]:
     the deadlines' and limits' cost on the hot path shows as a ratio.
     """
     import os
-    import statistics
 
     from bnlenet.local.redis_server import free_port
 
@@ -191,22 +212,10 @@ def edge_cost(quick: bool = False, rounds: int = 3) -> list[dict[str, Any]]:
                     wait_for(lambda base=base: http("GET", base + "/healthz", timeout=1)[0] == 200, 120, name)
                     wait_for_runtime(base)
                     _wrk(base + "/predict", script, 4, 1, 2)  # warm up
-                    one = _wrk(base + "/predict", script, 1, 1, seconds)
-                    many = _wrk(base + "/predict", script, 16, 2, seconds)
-                    results[name].append({"p50": one["p50_ms"], "p99": one["p99_ms"], "rps16": many["rps"],
-                                          "errors": one["errors"] + many["errors"]})
+                    results[name].append(latency_round(base + "/predict", script, seconds))
                 finally:
                     stop(server, 30)
-    rows = []
-    for name, runs in results.items():
-        rows.append({"server": name, "p50 ms (c=1)": statistics.median(r["p50"] for r in runs),
-                     "p99 ms (c=1)": statistics.median(r["p99"] for r in runs),
-                     "requests/sec (c=16)": round(statistics.median(r["rps16"] for r in runs)),
-                     "errors": sum(int(r["errors"]) for r in runs), "rounds": len(runs)})
-    base_rps = rows[0]["requests/sec (c=16)"]
-    for row in rows:
-        row["x uvicorn (c=16)"] = f"{row['requests/sec (c=16)'] / base_rps:.2f}"
-    return rows
+    return with_ratio([{"server": name, **median_columns(runs)} for name, runs in results.items()], "uvicorn")
 
 
 if __name__ == "__main__":
