@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,18 +74,23 @@ def empty_database(server: RedisServer, db: int) -> str:
     return url
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A real S3 server (SeaweedFS's ``weed mini``) on 127.0.0.1 for the session, stopped at the end."""
+@contextlib.contextmanager
+def own_s3_server(directory: Path) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS's ``weed mini``) on 127.0.0.1 with its data in ``directory``, stopped on exit;
+    the test skips where the ``weed`` binary is missing."""
     try:
         find_weed()
     except WeedNotFound as exc:
         pytest.skip(str(exc))
-    server = S3Server(tmp_path_factory.mktemp("s3")).start()
-    try:
+    with S3Server(directory) as server:
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One S3 server for the session's tests that do not stop it."""
+    with own_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import torch
 
 from bnlenet.checkpoint_storage import LocalStorage, ObjectStoreUnavailable, S3Storage, open_storage
 from bnlenet.local.redis_server import free_port
-from bnlenet.local.s3_server import S3Server
 from bnlenet.model_store import AliasConflict, ModelStore, ModelUnusable, NoModelYet, UnknownModel
 from models.lenet import build_lenet
+from tests.conftest import own_s3_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -180,8 +180,7 @@ def test_s3_cache_is_bounded_and_keeps_the_latest_version(s3_url, tmp_path):
 
 @pytest.mark.s3
 def test_s3_store_down_serves_loaded_models_then_recovers(tmp_path, monkeypatch):
-    server = S3Server(tmp_path / "s3").start()
-    try:
+    with own_s3_server(tmp_path / "s3") as server:  # its own: the test stops and restarts it
         for key, value in server.client_env().items():
             monkeypatch.setenv(key, value)
         url = f"s3://{server.bucket}/models"
@@ -211,8 +210,6 @@ def test_s3_store_down_serves_loaded_models_then_recovers(tmp_path, monkeypatch)
         deadline = time.monotonic() + 15
         while not recovered():
             assert time.monotonic() < deadline, "the store did not recover after the object store came back"
-    finally:
-        server.stop()
 
 
 @pytest.mark.s3

@@ -23,6 +23,7 @@ from bnlenet.local.redis_server import free_port
 from bnlenet.local.s3_server import S3Server
 from bnlenet.model_store import ModelStore
 from models.lenet import build_lenet
+from tests.conftest import own_s3_server
 from tests.integration.conftest import ROOT, Stack, wait_for
 from tests.integration.test_service import _png
 
@@ -39,11 +40,8 @@ def _host(root: Path, name: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = S3Server(tmp_path_factory.mktemp("seaweedfs")).start()
-    try:
+    with own_s3_server(tmp_path_factory.mktemp("seaweedfs")) as server:  # its own: a test stops it
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)

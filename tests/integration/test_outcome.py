@@ -18,6 +18,7 @@ import pytest
 
 from bnlenet.checkpoint_storage import S3Storage
 from bnlenet.local.s3_server import S3Server
+from tests.conftest import own_s3_server
 from tests.integration.conftest import Stack
 from tests.integration.partition import Partitionable
 
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with S3Server(tmp_path_factory.mktemp("seaweedfs")) as server:
+    with own_s3_server(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
 
 
