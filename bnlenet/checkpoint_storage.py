@@ -150,11 +150,7 @@ class LocalStorage:
         return str(write_atomically(self.path(model_id), payload, before_commit=before_commit))
 
     def delete(self, model_id: str) -> bool:
-        try:
-            self.path(model_id).unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        return _remove(self.path(model_id))
 
     def _alias_path(self, alias: str) -> Path:
         return self.directory / ALIASES / f"{alias}.json"
@@ -179,11 +175,16 @@ class LocalStorage:
         write_atomically(self._alias_path(alias), _alias_payload(model_id))
 
     def delete_alias(self, alias: str) -> bool:
-        try:
-            self._alias_path(alias).unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        return _remove(self._alias_path(alias))
+
+
+def _remove(path: Path) -> bool:
+    """Unlink ``path``; False when there was nothing to remove."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def is_s3_url(location: str | os.PathLike[str]) -> bool:

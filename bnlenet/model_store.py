@@ -295,11 +295,14 @@ class ModelStore:
 
     def metadata(self, name: str) -> dict[str, Any]:
         """The verified metadata of the model ``name`` (an id or an alias) means."""
-        model_id = self.resolve(name)
-        meta, problem, _ = self._checked(model_id, self._current().versions.get(model_id))
+        return self._verified(self.resolve(name))[0]
+
+    def _verified(self, model_id: str) -> tuple[dict[str, Any], str]:
+        """The metadata and version of ``model_id``'s checkpoint, which verifies; ModelUnusable otherwise."""
+        meta, problem, version = self._checked(model_id, self._current().versions.get(model_id))
         if meta is None:
             raise ModelUnusable(f"model {model_id!r} cannot be used: {problem}")
-        return meta
+        return meta, version
 
     def newest(self) -> str:
         """The id of the newest model that verifies, as of the last listing (computed once per listing)."""
@@ -322,9 +325,9 @@ class ModelStore:
     def local_checkpoint(self, name: str) -> Path:
         """A local file holding the verified checkpoint of the model ``name`` means (a download for S3)."""
         model_id = self.resolve(name)
-        self.metadata(model_id)
-        try:
-            path, _ = self.storage.fetch(model_id, self._current().versions.get(model_id))
+        _, version = self._verified(model_id)
+        try:  # the version just verified: a cached copy, not a second download
+            path, _ = self.storage.fetch(model_id, version)
         except FileNotFoundError:
             raise UnknownModel(f"no model with id {model_id!r}") from None
         return path
@@ -398,10 +401,10 @@ class ModelStore:
         does; the checkpoint is verified again while exporting.
         """
         fmt = check_export_format(fmt)
-        source = self.local_checkpoint(name)
+        model_id = self.resolve(name)
+        source = self.local_checkpoint(model_id)
         if fmt == "safetensors":
             return source
-        model_id = self.resolve(name)
         target = self.export_path(model_id, fmt, directory)
         if target.is_file():
             return target
