@@ -21,6 +21,7 @@ from typing import Any
 
 from celery import signals
 
+from bnlenet import job_stats
 from bnlenet.jobs import TERMINAL, JobNotFound, JobRecord, JobStore, MalformedJob, StoreUnavailable, is_stale
 from bnlenet.logs import configure_handlers, current_job
 from bnlenet.model_store import ModelStore, ModelUnusable, ObjectStoreUnavailable, UnknownModel
@@ -313,7 +314,9 @@ def _cancel_revoked_job(request: Any = None, terminated: bool = False, signum: A
             return  # a stale delivery of a job that moved on, or already ended
         store.request_cancel(job_id)  # a queued job is cancelled now
         if terminated:
-            store.finish(job_id, "cancelled", note=f"its task was terminated through Celery (signal {signum})")
+            ended = store.finish(job_id, "cancelled", note=f"its task was terminated through Celery (signal {signum})")
+            if ended is not None:
+                job_stats.job_ended(store.redis, ended)
         log.info("job %s cancelled: its task %s was revoked%s", job_id, task_id,
                  " and terminated" if terminated else "")
     except (JobNotFound, StoreUnavailable) as exc:

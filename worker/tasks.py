@@ -17,6 +17,7 @@ from typing import Any
 from celery.app.task import Task
 from celery.exceptions import Ignore
 
+from bnlenet import job_stats
 from bnlenet.jobs import TERMINAL, JobStatus, StoreUnavailable
 from bnlenet.settings import Settings
 from bnlenet.training_queue import TRAIN_TASK
@@ -108,6 +109,7 @@ def run_job(job_id: str, task_id: str | None,
         if claim.record["task_id"] not in (None, task_id) and claim.record["status"] in TERMINAL:
             return "duplicate", None  # another delivery's job: its own task tells how it ended
         return claim.record["status"], claim.record["error"]
+    job_stats.job_started(store.redis, claim.record)
     attempt = claim.record["attempts"]
     owner: dict[str, Any] = {"worker": me, "attempt": attempt}
 
@@ -116,7 +118,9 @@ def run_job(job_id: str, task_id: str | None,
         deadline = time.monotonic() + within
         while True:
             try:
-                store.finish(job_id, status, **owner, **fields)
+                ended = store.finish(job_id, status, **owner, **fields)
+                if ended is not None:
+                    job_stats.job_ended(store.redis, ended)
                 return status, fields.get("error")
             except StoreUnavailable:
                 if time.monotonic() > deadline:
@@ -144,7 +148,7 @@ def run_job(job_id: str, task_id: str | None,
             store.add_epoch(job_id, **owner, metrics=asdict(m), progress=beat.progress or {})
         except StoreUnavailable as exc:
             log.warning("could not record epoch %d of job %s: %s", m.epoch, job_id, exc)
-        store.epoch_done(variant=config.variant, device=device, examples_per_sec=m.examples_per_sec)
+        job_stats.epoch_done(store.redis, variant=config.variant, device=device, examples_per_sec=m.examples_per_sec)
 
     try:
         config = job_config(claim.record["params"], s)

@@ -83,7 +83,7 @@ def test_jobs_cancel_running_job_asks_the_worker(client, redis_url):
     r = client.post(f"/jobs/{job_id}/cancel")
     assert r.json()["status"] == "running"
     assert r.json()["cancel_requested"] is True
-    assert store.heartbeat(job_id, worker="w:1") is True
+    assert store.beat(job_id, worker="w:1") == (True, True)  # cancel asked, still owned
 
 
 def test_jobs_cancel_unknown_is_404(client):

@@ -25,7 +25,7 @@ def _claim(store, job_id, worker="host:1", **kw):
 
 
 def test_job_store_claim_counts_attempts_and_skips_live_runs(store):
-    job_id = store.create({"epochs": 1})["job_id"]
+    job_id = store.submit({"epochs": 1})[0]["job_id"]
     first = _claim(store, job_id)
     assert first.run and first.record["attempts"] == 1 and first.record["status"] == "running"
     again = _claim(store, job_id, worker="host:2")
@@ -33,14 +33,14 @@ def test_job_store_claim_counts_attempts_and_skips_live_runs(store):
 
 
 def test_job_store_claim_takes_over_from_a_dead_owner(store):
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     _claim(store, job_id)
     second = _claim(store, job_id, worker="host:2", owner_gone=lambda r: True)
     assert second.run and second.record["attempts"] == 2 and second.record["worker"] == "host:2"
 
 
 def test_job_store_claim_fails_the_job_after_max_attempts(store):
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     for i in range(3):
         assert _claim(store, job_id, worker=f"host:{i}", owner_gone=lambda r: True).run
     last = _claim(store, job_id, worker="host:9", owner_gone=lambda r: True)
@@ -50,7 +50,7 @@ def test_job_store_claim_fails_the_job_after_max_attempts(store):
 
 
 def test_job_store_claim_skips_cancelled_and_finished_jobs(store):
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     store.request_cancel(job_id)
     claim = _claim(store, job_id)
     assert not claim.run and claim.record["status"] == "cancelled" and claim.record["attempts"] == 0
@@ -59,7 +59,7 @@ def test_job_store_claim_skips_cancelled_and_finished_jobs(store):
 
 
 def test_job_store_reap_requeues_a_silent_running_job(store):
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     _claim(store, job_id)
     assert store.reap(job_id, stale_after=30, max_attempts=3) is None  # still fresh
     time.sleep(0.3)
@@ -71,7 +71,7 @@ def test_job_store_reap_requeues_a_silent_running_job(store):
 
 
 def test_job_store_reap_fails_a_job_out_of_attempts(store):
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     _claim(store, job_id, max_attempts=1)
     time.sleep(0.3)
     assert store.reap(job_id, stale_after=0.1, max_attempts=1) is None
@@ -80,10 +80,10 @@ def test_job_store_reap_fails_a_job_out_of_attempts(store):
 
 
 def test_job_store_heartbeat_never_revives_a_finished_job(store):
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     _claim(store, job_id)
     store.finish(job_id, "succeeded", model_id=job_id)
-    store.heartbeat(job_id, worker="host:1", progress={"epoch": 1})
+    store.beat(job_id, worker="host:1", progress={"epoch": 1})
     job = store.get(job_id)
     assert job["status"] == "succeeded" and job["progress"] is None
 
@@ -110,7 +110,7 @@ def _plant(store: JobStore) -> None:
 
 
 def test_job_store_malformed_records_leave_listings_whole(store):
-    good = store.create({"epochs": 1})["job_id"]
+    good = store.submit({"epochs": 1})[0]["job_id"]
     _plant(store)
     records, total = store.list()
     assert [r["job_id"] for r in records] == [good] and total == 1 + len(MALFORMED)
