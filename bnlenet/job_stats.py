@@ -101,9 +101,9 @@ def job_started(client: redis.Redis, record: JobRecord) -> None:
         _observe(client, QUEUE_WAIT, record["started_at"] - record["created_at"])
 
 
-def job_ended(client: redis.Redis, record: JobRecord) -> None:
-    """A job that ran ended (``record`` as it was ended): how long it ran, by final status."""
-    if record["started_at"] is not None and record["finished_at"] is not None:
+def job_ended(client: redis.Redis, record: JobRecord | None) -> None:
+    """A job ended (``record`` as ``JobStore.finish`` ended it; None: it had ended already): how long it ran."""
+    if record is not None and record["started_at"] is not None and record["finished_at"] is not None:
         _observe(client, JOB_DURATION, record["finished_at"] - record["started_at"], record["status"])
 
 

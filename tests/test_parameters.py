@@ -14,7 +14,7 @@ from bnlenet.local.cli import _build_parser
 from bnlenet.settings import Settings
 from models.params import params_of
 from models.training import TrainConfig
-from worker.tasks import job_config
+from worker.job_config import job_config
 
 
 def _api_schema(settings: Settings | None = None) -> dict[str, Any]:

@@ -36,9 +36,8 @@ def test_metrics_collector_job_histograms_epochs_throughput_and_workers(store: J
     job_stats.job_started(store.redis, claim.record)  # what the worker reports as it runs the job
     job_stats.epoch_done(store.redis, variant="scratch", device="cpu", examples_per_sec=1234.5)
     job_stats.epoch_done(store.redis, variant="scratch", device="cpu", examples_per_sec=2000.0)
-    ended = store.finish(job_id, "succeeded", worker="w:1", attempt=1)
-    assert ended is not None
-    job_stats.job_ended(store.redis, ended)
+    job_stats.job_ended(store.redis, store.finish(job_id, "succeeded", worker="w:1", attempt=1))
+    job_stats.job_ended(store.redis, store.finish(job_id, "failed", worker="w:1", attempt=1))  # ended: not counted
     store.worker_seen("celery@a")
     got = samples(store)
     assert got[("bnlenet_jobs", (("status", "succeeded"),))] == 1

@@ -6,7 +6,7 @@ import time
 
 from bnlenet.jobs import JobStore
 from tests.worker.conftest import claim
-from worker.housekeeping import Heartbeat
+from worker.lease import Heartbeat
 
 
 def _beat(store: JobStore, job_id: str, attempt: int, worker: str = "host:1") -> Heartbeat:
@@ -84,7 +84,7 @@ def test_heartbeat_of_a_lost_attempt_stops_training(store: JobStore) -> None:
 def test_heartbeat_lease_refuses_a_publish_after_the_job_was_lost(store: JobStore) -> None:
     import pytest
 
-    from worker.housekeeping import LostJob
+    from worker.lease import LostJob
 
     job_id = store.submit({})[0]["job_id"]
     first = claim(store, job_id)
@@ -100,7 +100,7 @@ def test_heartbeat_lease_refuses_a_publish_after_the_job_was_lost(store: JobStor
 def test_heartbeat_lease_with_redis_away_lasts_only_its_length(store: JobStore) -> None:
     import pytest
 
-    from worker.housekeeping import LostJob
+    from worker.lease import LostJob
 
     job_id = store.submit({})[0]["job_id"]
     beat = _beat(store, job_id, claim(store, job_id))

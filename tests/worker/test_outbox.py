@@ -16,7 +16,8 @@ from bnlenet.local.redis_server import free_port
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher, queue_key
 from tests.worker.conftest import claim
-from worker.housekeeping import publish_outbox, reap_stale_jobs
+from worker.outbox import publish_outbox
+from worker.reaper import reap_stale_jobs
 
 
 def _queue(settings: Settings) -> int:

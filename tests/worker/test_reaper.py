@@ -10,7 +10,7 @@ from bnlenet.jobs import JobStore
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher, queue_key
 from tests.worker.conftest import claim
-from worker.housekeeping import reap_stale_jobs
+from worker.reaper import reap_stale_jobs
 
 
 def test_reaper_requeues_a_silent_job_and_publishes_a_new_task(store: JobStore, settings: Settings) -> None:
