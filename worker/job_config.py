@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from bnlenet.jobs import JOB_PARAMS
 from bnlenet.settings import Settings
-from models.params import params_of
 from models.training import TrainConfig, resolve_device
 
 __all__ = ["job_config"]
-
-_JOB_PARAMS = frozenset(f.name for f in params_of(TrainConfig) if f.param.api)
 
 
 def job_config(params: dict[str, Any], settings: Settings) -> TrainConfig:
@@ -22,6 +20,6 @@ def job_config(params: dict[str, Any], settings: Settings) -> TrainConfig:
     process compiles once, in its warm-up, and every job after reuses the graphs. Resolving the
     device here, in the pool process, is what initializes CUDA, never in the parent.
     """
-    config = TrainConfig(**{k: v for k, v in params.items() if k in _JOB_PARAMS})
+    config = TrainConfig(**{k: v for k, v in params.items() if k in JOB_PARAMS})
     on_cuda = resolve_device(config.device).type == "cuda"
     return replace(config, compile=on_cuda and settings.COMPILE_ON_CUDA)

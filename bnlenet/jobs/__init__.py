@@ -21,10 +21,22 @@ from bnlenet.jobs.errors import (
     StoreUnavailable,
 )
 from bnlenet.jobs.events import EVENTS_CHANNEL, FIRST_EVENT_ID, JobEvent, JobEventType, event_id_key, job_events
-from bnlenet.jobs.record import STATUSES, TERMINAL, JobRecord, JobStatus, is_stale, load_record, new_record, owned
+from bnlenet.jobs.record import (
+    JOB_PARAMS,
+    STATUSES,
+    TERMINAL,
+    JobRecord,
+    JobStatus,
+    is_stale,
+    load_record,
+    new_record,
+    owned,
+    params_problems,
+)
 from bnlenet.jobs.store import Claim, JobStore
 
 __all__ = [
+    "JOB_PARAMS",
     "EVENTS_CHANNEL",
     "FIRST_EVENT_ID",
     "STATUSES",
@@ -48,4 +60,5 @@ __all__ = [
     "load_record",
     "new_record",
     "owned",
+    "params_problems",
 ]

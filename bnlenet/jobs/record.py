@@ -8,12 +8,20 @@ from collections.abc import Callable
 from typing import Any, Literal, TypedDict, get_args
 
 from bnlenet.jobs.errors import MalformedJob
+from models.params import ParamField, params_of, stored_value_problem
+from models.training import TrainConfig
 
-__all__ = ["STATUSES", "TERMINAL", "JobRecord", "JobStatus", "is_stale", "load_record", "new_record", "owned"]
+__all__ = [
+    "JOB_PARAMS", "STATUSES", "TERMINAL", "JobRecord", "JobStatus", "is_stale", "load_record", "new_record", "owned",
+    "params_problems",
+]
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 TERMINAL: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
+# What a job takes: POST /train's parameters, declared once on TrainConfig (the API's request and
+# response models are derived from the same declarations).
+JOB_PARAMS: dict[str, ParamField] = {f.name: f for f in params_of(TrainConfig) if f.param.api}
 
 
 class JobRecord(TypedDict):
@@ -80,10 +88,22 @@ def load_record(raw: Any, job_id: str = "?") -> JobRecord:
     if not isinstance(record, dict):
         raise MalformedJob(job_id, f"a JSON {type(record).__name__}, not an object")
     problems = [f"{name} should be {kind}" for name, (check, kind) in _SHAPE.items() if not check(record.get(name))]
+    if not problems:  # parameters the API could not answer with, nor a worker run
+        problems = [f"params.{name} should be {kind}" for name, kind in params_problems(record["params"]).items()]
     if problems:
         raise MalformedJob(job_id, "; ".join(problems))
     record.setdefault("final_test_acc", None)
     return record  # type: ignore[return-value]
+
+
+def params_problems(params: dict[str, Any]) -> dict[str, str]:
+    """The job parameters whose stored value is not what the parameter takes, and what it should be.
+
+    Unknown names are not a problem: the API leaves them out, and so does a worker.
+    """
+    problems = {name: stored_value_problem(JOB_PARAMS[name], value) for name, value in params.items()
+                if name in JOB_PARAMS}
+    return {name: kind for name, kind in problems.items() if kind is not None}
 
 
 def is_number(value: Any) -> bool:

@@ -58,7 +58,16 @@ from bnlenet.jobs.events import (
     event_id_key,
     job_events,
 )
-from bnlenet.jobs.record import STATUSES, TERMINAL, JobRecord, JobStatus, is_number, load_record, new_record
+from bnlenet.jobs.record import (
+    STATUSES,
+    TERMINAL,
+    JobRecord,
+    JobStatus,
+    is_number,
+    load_record,
+    new_record,
+    params_problems,
+)
 
 __all__ = ["Claim", "JobStore"]
 
@@ -429,6 +438,8 @@ class JobStore:
             old = old if isinstance(old, dict) else {}
             created = float(old["created_at"]) if is_number(old.get("created_at")) else now
             params: dict[str, Any] = old["params"] if isinstance(old.get("params"), dict) else {}
+            bad = params_problems(params)
+            params = {k: v for k, v in params.items() if k not in bad}  # what made it unreadable goes
             record: Record = {**new_record(job_id, params, created), "status": "failed", "finished_at": now,
                               "error": reason}
             pipe = self.redis.pipeline(transaction=True)

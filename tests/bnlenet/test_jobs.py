@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
-from bnlenet.jobs import JobFinished, JobStore
+from bnlenet.jobs import JobFinished, JobStore, new_record
 from bnlenet.local.redis_server import RedisServer
 from tests.conftest import empty_database
 
@@ -99,6 +100,9 @@ MALFORMED = {
                        b'"created_at": 1.0, "history": []}',
     "string-created": b'{"job_id": "string-created", "status": "queued", "params": {}, "attempts": 0, '
                       b'"created_at": "yesterday", "history": []}',
+    # Well-formed records whose parameters are not what a job takes (an older version's bug, a hand edit).
+    "evil-variant": json.dumps(new_record("evil-variant", {"variant": "evil", "epochs": 2}, 1.0)).encode(),
+    "string-lr": json.dumps(new_record("string-lr", {"lr": "abc", "epochs": 2}, 1.0)).encode(),
 }
 
 
@@ -140,3 +144,17 @@ def test_job_store_claim_fails_a_malformed_job_instead_of_leaving_it(store, job_
     assert record["status"] == "failed" and "malformed" in record["error"]
     assert store.redis.zscore("bnlenet:jobs:status:queued", job_id) is None
     assert store.redis.zscore("bnlenet:jobs:status:failed", job_id) is not None
+
+
+@pytest.mark.parametrize(("job_id", "field"), [("evil-variant", "variant"), ("string-lr", "lr")])
+def test_job_store_record_with_invalid_params_is_malformed_and_failed_with_the_reason(store, job_id, field):
+    from bnlenet.jobs import MalformedJob
+
+    _plant(store)
+    with pytest.raises(MalformedJob, match=f"params.{field}"):
+        store.get(job_id)
+    claim = _claim(store, job_id)
+    assert not claim.run and claim.reason == "malformed record"
+    record = store.get(job_id)  # failed, and readable: the bad parameter is dropped, the rest kept
+    assert record["status"] == "failed" and f"params.{field}" in record["error"]
+    assert record["params"] == {"epochs": 2} and record["created_at"] == 1.0
