@@ -123,7 +123,7 @@ class ProgressWriter:
             batch += 1
             progress = {"epoch": 1, "epochs": 1, "batch": batch, "batches": 10**6, "fraction": batch / 10**6,
                         "loss": 1.0, "train_acc": 0.5}
-            self.store.heartbeat(self.job_id, worker="bench@writer", attempt=1, progress=progress)
+            self.store.beat(self.job_id, worker="bench@writer", attempt=1, progress=progress)
             self.writes += 1
 
     def __enter__(self) -> ProgressWriter:
@@ -137,7 +137,7 @@ class ProgressWriter:
 
 def _unpublished_job(store: JobStore) -> str:
     """A queued job that no worker will run: out of the outbox before the workers' sweep publishes it."""
-    job_id = store.create({"epochs": 1})["job_id"]
+    job_id = store.submit({"epochs": 1})[0]["job_id"]
     store.drop_from_outbox(job_id)
     return job_id
 

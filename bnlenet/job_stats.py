@@ -1,4 +1,8 @@
-"""Figures about jobs kept in Redis for the metrics collector, written by whoever ends or starts a job.
+"""Figures about jobs kept in Redis for the metrics collector, written by the worker as it starts and ends jobs.
+
+The job store records jobs, not statistics: the worker, which starts, trains and ends a job,
+reports each figure here (``job_started``, ``epoch_done``, ``job_ended``), best effort (a
+lost figure never fails a job), and ``bnlenet.metrics.JobStoreCollector`` reads them at scrape time.
 
 The figures must add up over every worker and survive their restarts, so they live in Redis,
 each in a key of fixed size (one write per event, one read per scrape, whatever the history):
@@ -16,9 +20,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
+
+if TYPE_CHECKING:
+    from bnlenet.jobs import JobRecord
 
 __all__ = [
     "EPOCHS_KEY",
@@ -27,6 +34,9 @@ __all__ = [
     "THROUGHPUT_KEY",
     "Histogram",
     "cumulative",
+    "epoch_done",
+    "job_ended",
+    "job_started",
 ]
 
 _PREFIX = "bnlenet:stats"
@@ -83,3 +93,35 @@ def _float_text(value: float) -> str:
 JOB_DURATION = Histogram("job_duration_seconds", (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400))
 # From milliseconds (an idle worker) to hours (a long queue).
 QUEUE_WAIT = Histogram("job_queue_wait_seconds", (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
+
+
+def job_started(client: redis.Redis, record: JobRecord) -> None:
+    """A job's first attempt started: how long it waited in the queue (later attempts do not count)."""
+    if record["attempts"] == 1 and record["started_at"] is not None:
+        _observe(client, QUEUE_WAIT, record["started_at"] - record["created_at"])
+
+
+def job_ended(client: redis.Redis, record: JobRecord | None) -> None:
+    """A job ended (``record`` as ``JobStore.finish`` ended it; None: it had ended already): how long it ran."""
+    if record is not None and record["started_at"] is not None and record["finished_at"] is not None:
+        _observe(client, JOB_DURATION, record["finished_at"] - record["started_at"], record["status"])
+
+
+def epoch_done(client: redis.Redis, *, variant: str, device: str, examples_per_sec: float) -> None:
+    """Count a finished epoch and keep its throughput as the latest for its variant and device."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.incr(EPOCHS_KEY)
+        pipe.hset(THROUGHPUT_KEY, f"{variant}|{device}", examples_per_sec)
+        pipe.execute()
+    except redis.RedisError:
+        pass
+
+
+def _observe(client: redis.Redis, hist: Histogram, value: float, label: str = "") -> None:
+    try:
+        pipe = client.pipeline(transaction=False)
+        hist.observe(pipe, value, label)
+        pipe.execute()
+    except redis.RedisError:
+        pass

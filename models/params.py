@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["Param", "ParamField", "check_params", "param", "params_of"]
+__all__ = ["Param", "ParamField", "check_params", "param", "params_of", "stored_value_problem"]
 
 T = TypeVar("T")
 _KEY = "param"  # where a field's ``Param`` sits in its dataclass metadata
@@ -102,6 +102,32 @@ def check_params(obj: object) -> None:
             raise ValueError(f"{f.name} must be greater than {_number(p.gt)}, got {value} ({p.help})")
         if p.le is not None and value > p.le:
             raise ValueError(f"{f.name} must be at most {_number(p.le)}, got {value}")
+
+
+def stored_value_problem(f: ParamField, value: Any) -> str | None:
+    """What ``value`` should be to stand for field ``f`` in a stored record (JSON), or None when it does.
+
+    Its declared type (``3`` is no ``str``, ``"3"`` no ``int``) and choices; null stands for
+    any field (a record from before the field existed). Limits are not checked: they belong
+    to requests, and a service's caps may change after a job was stored.
+    """
+    if value is None:
+        return None
+    if f.param.choices is not None:
+        return None if value in f.param.choices else f"one of {', '.join(f.param.choices)}"
+    kinds = [t for t in (typing.get_args(f.type) or (f.type,)) if t is not type(None)]
+    if any(_JSON_KINDS[t][0](value) for t in kinds if t in _JSON_KINDS):
+        return None
+    return " or ".join(_JSON_KINDS[t][1] if t in _JSON_KINDS else t.__name__ for t in kinds)
+
+
+# A declared type, as a JSON value holds it: the check and how to name it.
+_JSON_KINDS: dict[Any, tuple[Any, str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
 
 
 def _number(x: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from bnlenet.local.cli import _build_parser
 from bnlenet.settings import Settings
 from models.params import params_of
 from models.training import TrainConfig
-from worker.tasks import job_config
+from worker.job_config import job_config
 
 
 def _api_schema(settings: Settings | None = None) -> dict[str, Any]:
@@ -77,3 +78,19 @@ def test_parameters_worker_builds_the_engine_config_from_a_validated_request() -
     config = job_config(request.model_dump(), Settings())
     assert (config.variant, config.epochs, config.lr, config.precise_bn) == ("builtin", 3, 0.5, False)
     assert config.batch_size == TrainConfig.batch_size
+
+
+@pytest.mark.parametrize("value", [None, "abc", "evil", "3", 3, 3.5, -1, True, "cpu", "scratch", [1], {"a": 1}])
+def test_parameters_a_stored_value_the_job_store_reads_is_one_the_api_answers_with(value: Any) -> None:
+    """The job store's check of stored parameters (bnlenet.jobs) admits only what JobOut can show."""
+    from pydantic import ValidationError
+
+    from app.schemas import JobParams
+    from bnlenet.jobs import JOB_PARAMS, params_problems
+
+    for name in JOB_PARAMS:
+        if not params_problems({name: value}):
+            JobParams.model_validate({name: value})  # no ValidationError: never a 500
+        elif value is not None:
+            with pytest.raises(ValidationError):  # the checks agree where the response model is strict
+                JobParams.model_validate_json(json.dumps({name: value}), strict=True)

@@ -1,4 +1,4 @@
-"""The Celery app and its configuration (tasks live in ``worker.tasks``).
+"""The Celery app and its configuration (tasks live in ``worker.tasks``, signal handlers in ``worker.signals``).
 
 Run one worker per GPU, each seeing only its own card and running one job at a time::
 
@@ -36,7 +36,7 @@ WORKER_CONFIG: dict[str, Any] = {
 def make_celery(settings: Settings | None = None) -> Celery:
     """The worker's Celery app; its configuration is read from ``settings`` (default: the
     environment's) when first needed, not at import."""
-    celery = Celery("bnlenet", include=["worker.tasks"])
+    celery = Celery("bnlenet", include=["worker.tasks", "worker.signals"])
     celery.add_defaults(lambda: {**queue_config(settings or get_settings()), **WORKER_CONFIG,
                                  "result_backend": (settings or get_settings()).REDIS_URL})
     return celery

@@ -93,7 +93,7 @@ def progress(batch: int, epoch: int = 1) -> dict[str, Any]:
 
 
 def start_job(store: JobStore) -> str:
-    job_id = store.create({"epochs": 2})["job_id"]
+    job_id = store.submit({"epochs": 2})[0]["job_id"]
     assert store.claim(job_id, worker="w@h", pid=1, task_id="t", max_attempts=3, stale_after=30).run
     return job_id
 
@@ -105,7 +105,7 @@ def run_rest(store: JobStore, job_id: str, delay: float = 0.05) -> threading.Thr
         for epoch in (1, 2):
             for batch in (1, 2, 3, 4):
                 time.sleep(delay)
-                store.heartbeat(job_id, worker="w@h", attempt=1, progress=progress(batch, epoch))
+                store.beat(job_id, worker="w@h", attempt=1, progress=progress(batch, epoch))
             store.add_epoch(job_id, worker="w@h", attempt=1, metrics={**METRICS, "epoch": epoch},
                             progress=progress(4, epoch))
         store.finish(job_id, "succeeded", worker="w@h", attempt=1, model_id=job_id)
@@ -141,7 +141,7 @@ def test_events_follow_a_job_in_order_and_end_with_its_status(serve, store: JobS
 
 def test_events_of_an_ended_job_are_its_snapshot(serve, store: JobStore) -> None:
     url, _ = serve()
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     store.request_cancel(job_id)
     events = read_events(url, job_id)
     assert [(e["event"], e["data"]["status"]) for e in events] == [("status", "cancelled")]
@@ -173,7 +173,7 @@ def test_events_resume_after_last_event_id_without_gaps_or_repeats(serve, store:
 def test_events_refuse_unknown_jobs_and_bad_ids(serve, store: JobStore) -> None:
     url, _ = serve()
     assert httpx.get(f"{url}/jobs/nope/events").status_code == 404
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     r = httpx.get(f"{url}/jobs/{job_id}/events", headers={"Last-Event-ID": "yesterday"})
     assert r.status_code == 422
 
@@ -191,7 +191,7 @@ def test_events_send_heartbeats_while_idle(serve, store: JobStore) -> None:
 
 def test_events_protected_reads_need_the_header_or_the_query_token(serve, store: JobStore) -> None:
     url, _ = serve(API_TOKEN=TOKEN, PROTECT_READS=True)
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     store.request_cancel(job_id)
     assert httpx.get(f"{url}/jobs/{job_id}/events").status_code == 401
     assert httpx.get(f"{url}/jobs/{job_id}/events", params={"access_token": "wrong"}).status_code == 403
@@ -254,7 +254,7 @@ def test_events_idle_streams_send_no_redis_commands(serve, store: JobStore, redi
 
 def test_events_answer_204_once_the_client_saw_the_end(serve, store: JobStore) -> None:
     url, _ = serve()
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     store.request_cancel(job_id)
     final = read_events(url, job_id)[-1]["id"]
     assert httpx.get(f"{url}/jobs/{job_id}/events", headers={"Last-Event-ID": final}).status_code == 204

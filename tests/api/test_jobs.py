@@ -83,7 +83,7 @@ def test_jobs_cancel_running_job_asks_the_worker(client, redis_url):
     r = client.post(f"/jobs/{job_id}/cancel")
     assert r.json()["status"] == "running"
     assert r.json()["cancel_requested"] is True
-    assert store.heartbeat(job_id, worker="w:1") is True
+    assert store.beat(job_id, worker="w:1") == (True, True)  # cancel asked, still owned
 
 
 def test_jobs_cancel_unknown_is_404(client):
@@ -146,3 +146,29 @@ def test_jobs_malformed_record_is_409_for_itself_and_skipped_in_lists(client, re
     assert client.get("/jobs", params={"status": "queued"}).status_code == 200
     for answer in (client.get("/jobs/broken"), client.post("/jobs/broken/cancel")):
         assert answer.status_code == 409 and "malformed" in answer.json()["detail"]
+
+
+def test_jobs_record_with_invalid_params_is_409_for_itself_and_left_out_of_lists(client, redis_url, caplog):
+    import json
+
+    import redis
+
+    from bnlenet.jobs import new_record
+
+    ok = _submit(client, 1)[0]
+    r = redis.Redis.from_url(redis_url)
+    bad = {"evil": ({"variant": "evil"}, "variant"), "abc": ({"lr": "abc", "epochs": 2}, "lr")}
+    for job_id, (params, _) in bad.items():
+        r.set(f"bnlenet:job:{job_id}", json.dumps(new_record(job_id, params, 9e9)))
+        r.zadd("bnlenet:jobs:all", {job_id: 9e9})
+        r.zadd("bnlenet:jobs:status:queued", {job_id: 9e9})
+    with caplog.at_level("WARNING", logger="bnlenet.jobs"):
+        for query in ({}, {"status": "queued"}):
+            listing = client.get("/jobs", params=query)
+            assert listing.status_code == 200 and [j["job_id"] for j in listing.json()["data"]] == [ok]
+    for job_id in bad:
+        assert any(job_id in m and "malformed" in m for m in caplog.messages)
+    for job_id, (_, field) in bad.items():
+        for answer in (client.get(f"/jobs/{job_id}"), client.post(f"/jobs/{job_id}/cancel")):
+            assert answer.status_code == 409
+            assert "malformed" in answer.json()["detail"] and f"params.{field}" in answer.json()["detail"]

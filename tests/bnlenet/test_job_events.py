@@ -27,13 +27,13 @@ def _progress(batch: int) -> dict:
 
 
 def test_job_events_follow_a_run_in_order(store: JobStore) -> None:
-    job = store.create({"epochs": 2})
+    job = store.submit({"epochs": 2})[0]
     assert store.snapshot(job["job_id"])[1] == FIRST_EVENT_ID
     _claim(store, job["job_id"])
-    store.heartbeat(job["job_id"], worker="host:1")  # nothing new for a watcher
+    store.beat(job["job_id"], worker="host:1")  # nothing new for a watcher
     store.first_step(job["job_id"], worker="host:1", at=1.0, progress=_progress(1))
-    store.heartbeat(job["job_id"], worker="host:1", progress=_progress(5))
-    store.heartbeat(job["job_id"], worker="host:1", progress=_progress(5))  # unchanged: nothing
+    store.beat(job["job_id"], worker="host:1", progress=_progress(5))
+    store.beat(job["job_id"], worker="host:1", progress=_progress(5))  # unchanged: nothing
     store.add_epoch(job["job_id"], worker="host:1", metrics=METRICS, progress=_progress(10))
     store.finish(job["job_id"], "succeeded", worker="host:1", model_id=job["job_id"])
     events = store.events_after(job["job_id"], FIRST_EVENT_ID)
@@ -49,11 +49,11 @@ def test_job_events_follow_a_run_in_order(store: JobStore) -> None:
 
 
 def test_job_events_for_cancel_and_requeue(store: JobStore) -> None:
-    queued = store.create({})
+    queued = store.submit({})[0]
     store.request_cancel(queued["job_id"])
     assert [(e.type, e.data["status"]) for e in store.events_after(queued["job_id"], FIRST_EVENT_ID)] == [
         ("status", "cancelled")]
-    job = store.create({})
+    job = store.submit({})[0]
     _claim(store, job["job_id"])
     store.update(job["job_id"], lambda r: {**r, "heartbeat_at": 0.0})
     assert store.reap(job["job_id"], stale_after=30, max_attempts=3) is not None
@@ -66,7 +66,7 @@ def test_job_events_publish_the_job_id(store: JobStore) -> None:
     pubsub = store.redis.pubsub()
     pubsub.subscribe(EVENTS_CHANNEL)
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
-    job = store.create({})
+    job = store.submit({})[0]
     store.request_cancel(job["job_id"])
     message = pubsub.get_message(timeout=2)
     pubsub.close()
@@ -74,7 +74,7 @@ def test_job_events_publish_the_job_id(store: JobStore) -> None:
 
 
 def test_job_events_expire_and_resume_checks(store: JobStore) -> None:
-    job = store.create({})
+    job = store.submit({})[0]
     _claim(store, job["job_id"])
     key = store.events_key(job["job_id"])
     assert 0 < store.redis.ttl(key) <= 7 * 24 * 3600

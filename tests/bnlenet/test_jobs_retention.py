@@ -22,10 +22,10 @@ def url(redis_server: RedisServer) -> str:
 
 def test_jobs_expire_after_retention_with_their_index_entries(url: str) -> None:
     store = JobStore.from_url(url, retention_s=0.3)
-    done = store.create({})["job_id"]
+    done = store.submit({})[0]["job_id"]
     store.request_cancel(done)  # queued -> cancelled: finished now
-    waiting = store.create({})["job_id"]
-    running = store.create({})["job_id"]
+    waiting = store.submit({})[0]["job_id"]
+    running = store.submit({})[0]["job_id"]
     store.claim(running, worker="w:1", pid=1, task_id="t", max_attempts=3, stale_after=30)
     assert store.expire() == 0  # not yet
     time.sleep(0.4)
@@ -42,7 +42,7 @@ def test_jobs_expire_after_retention_with_their_index_entries(url: str) -> None:
 
 def test_jobs_retention_zero_keeps_them(url: str) -> None:
     store = JobStore.from_url(url, retention_s=0)
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     store.request_cancel(job_id)
     assert store.expire(now=time.time() + 10 * 365 * 86400) == 0
     assert store.get(job_id)["status"] == "cancelled"

@@ -8,6 +8,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bnlenet import job_stats
 from bnlenet.jobs import JobStore, new_record
 from bnlenet.local.redis_server import RedisServer
 from bnlenet.metrics import JobStoreCollector, render
@@ -29,12 +30,14 @@ def samples(store: JobStore) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 def test_metrics_collector_job_histograms_epochs_throughput_and_workers(store: JobStore) -> None:
-    job_id = store.create({"variant": "scratch"})["job_id"]
+    job_id = store.submit({"variant": "scratch"})[0]["job_id"]
     claim = store.claim(job_id, worker="w:1", pid=1, task_id="t", max_attempts=3, stale_after=30)
-    assert claim.run
-    store.epoch_done(variant="scratch", device="cpu", examples_per_sec=1234.5)
-    store.epoch_done(variant="scratch", device="cpu", examples_per_sec=2000.0)
-    store.finish(job_id, "succeeded", worker="w:1", attempt=1)
+    assert claim.run and claim.record is not None
+    job_stats.job_started(store.redis, claim.record)  # what the worker reports as it runs the job
+    job_stats.epoch_done(store.redis, variant="scratch", device="cpu", examples_per_sec=1234.5)
+    job_stats.epoch_done(store.redis, variant="scratch", device="cpu", examples_per_sec=2000.0)
+    job_stats.job_ended(store.redis, store.finish(job_id, "succeeded", worker="w:1", attempt=1))
+    job_stats.job_ended(store.redis, store.finish(job_id, "failed", worker="w:1", attempt=1))  # ended: not counted
     store.worker_seen("celery@a")
     got = samples(store)
     assert got[("bnlenet_jobs", (("status", "succeeded"),))] == 1

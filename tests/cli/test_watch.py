@@ -62,7 +62,7 @@ def test_watch_failed_or_cancelled_exits_1(api: str, store: JobStore, capsys) ->
 
     def fail() -> None:
         time.sleep(0.3)
-        store.heartbeat(job_id, worker="w@h", attempt=1, progress=progress(1))
+        store.beat(job_id, worker="w@h", attempt=1, progress=progress(1))
         store.finish(job_id, "failed", worker="w@h", attempt=1, error="diverged")
 
     writer = threading.Thread(target=fail)
@@ -70,7 +70,7 @@ def test_watch_failed_or_cancelled_exits_1(api: str, store: JobStore, capsys) ->
     assert main(["watch", job_id, "--url", api]) == 1
     writer.join()
     assert "failed: diverged" in capsys.readouterr().out
-    cancelled = store.create({})["job_id"]
+    cancelled = store.submit({})[0]["job_id"]
     store.request_cancel(cancelled)
     assert main(["watch", cancelled, "--url", api]) == 1
 
@@ -85,7 +85,7 @@ def test_watch_unknown_job_or_unreachable_service_exits_2(api: str, capsys) -> N
 def test_watch_needs_the_token_when_reads_are_protected(redis_url: str, store: JobStore, tmp_path: Path,
                                                         capsys) -> None:
     settings = Settings(REDIS_URL=redis_url, CHECKPOINT_DIR=tmp_path, API_TOKEN="t0k", PROTECT_READS=True)
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     store.request_cancel(job_id)
     with serving(create_app(settings)) as url:
         assert main(["watch", job_id, "--url", url]) == 2

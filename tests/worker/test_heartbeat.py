@@ -6,7 +6,7 @@ import time
 
 from bnlenet.jobs import JobStore
 from tests.worker.conftest import claim
-from worker.housekeeping import Heartbeat
+from worker.lease import Heartbeat
 
 
 def _beat(store: JobStore, job_id: str, attempt: int, worker: str = "host:1") -> Heartbeat:
@@ -14,7 +14,7 @@ def _beat(store: JobStore, job_id: str, attempt: int, worker: str = "host:1") ->
 
 
 def test_heartbeat_keeps_the_record_fresh_and_writes_progress(store: JobStore) -> None:
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     attempt = claim(store, job_id)
     before = store.get(job_id)["heartbeat_at"]
     beat = _beat(store, job_id, attempt)
@@ -32,7 +32,7 @@ def test_heartbeat_keeps_the_record_fresh_and_writes_progress(store: JobStore) -
 
 
 def test_heartbeat_turns_a_cancel_request_into_an_event(store: JobStore) -> None:
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     beat = _beat(store, job_id, claim(store, job_id))
     beat.start()
     try:
@@ -45,7 +45,7 @@ def test_heartbeat_turns_a_cancel_request_into_an_event(store: JobStore) -> None
 
 def test_heartbeat_of_an_old_attempt_never_writes(store: JobStore) -> None:
     """Fencing: the worker of attempt 1, declared dead and back, cannot touch attempt 2's record."""
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     first = claim(store, job_id)
     time.sleep(0.3)
     assert store.reap(job_id, stale_after=0.2, max_attempts=3) is not None  # requeued
@@ -62,7 +62,7 @@ def test_heartbeat_of_an_old_attempt_never_writes(store: JobStore) -> None:
 
 
 def test_heartbeat_stops_quietly_when_redis_is_away(store: JobStore) -> None:
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     beat = _beat(store, job_id, claim(store, job_id))
     beat.store = JobStore.from_url("redis://127.0.0.1:1/0", timeout=0.2)  # nothing listens there
     beat.beat()  # logs and carries on; training must not stop because Redis blinked
@@ -71,7 +71,7 @@ def test_heartbeat_stops_quietly_when_redis_is_away(store: JobStore) -> None:
 
 def test_heartbeat_of_a_lost_attempt_stops_training(store: JobStore) -> None:
     """A worker frozen past the stale limit comes back: its first beat finds the job taken and stops it."""
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     first = claim(store, job_id)
     time.sleep(0.3)
     store.reap(job_id, stale_after=0.2, max_attempts=3)
@@ -84,9 +84,9 @@ def test_heartbeat_of_a_lost_attempt_stops_training(store: JobStore) -> None:
 def test_heartbeat_lease_refuses_a_publish_after_the_job_was_lost(store: JobStore) -> None:
     import pytest
 
-    from worker.housekeeping import LostJob
+    from worker.lease import LostJob
 
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     first = claim(store, job_id)
     beat = _beat(store, job_id, first)
     beat.confirm_lease()  # owned, confirmed just now: publishing is allowed
@@ -100,9 +100,9 @@ def test_heartbeat_lease_refuses_a_publish_after_the_job_was_lost(store: JobStor
 def test_heartbeat_lease_with_redis_away_lasts_only_its_length(store: JobStore) -> None:
     import pytest
 
-    from worker.housekeeping import LostJob
+    from worker.lease import LostJob
 
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     beat = _beat(store, job_id, claim(store, job_id))
     beat.store = JobStore.from_url("redis://127.0.0.1:1/0", timeout=0.2)
     beat.confirm_lease()  # the claim confirmed ownership under a second ago: still inside the lease

@@ -16,7 +16,8 @@ from bnlenet.local.redis_server import free_port
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher, queue_key
 from tests.worker.conftest import claim
-from worker.housekeeping import publish_outbox, reap_stale_jobs
+from worker.outbox import publish_outbox
+from worker.reaper import reap_stale_jobs
 
 
 def _queue(settings: Settings) -> int:
@@ -31,7 +32,7 @@ def publisher(settings: Settings):
 
 
 def test_outbox_publishes_a_job_whose_publish_was_lost(store: JobStore, settings: Settings, publisher) -> None:
-    job_id = store.create({})["job_id"]  # the API stored it, then died before publishing
+    job_id = store.submit({})[0]["job_id"]  # the API stored it, then died before publishing
     settings = settings.model_copy(update={"OUTBOX_GRACE_S": 0.2})
     assert publish_outbox(store, publisher, settings) == []  # within the grace: the API may still publish
     time.sleep(0.3)
@@ -41,7 +42,7 @@ def test_outbox_publishes_a_job_whose_publish_was_lost(store: JobStore, settings
 
 
 def test_outbox_confirmed_publish_leaves_nothing_to_sweep(store: JobStore, settings: Settings, publisher) -> None:
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     store.published(job_id, publisher.publish(job_id))
     time.sleep(0.3)
     assert publish_outbox(store, publisher, settings.model_copy(update={"OUTBOX_GRACE_S": 0.2})) == []
@@ -49,8 +50,8 @@ def test_outbox_confirmed_publish_leaves_nothing_to_sweep(store: JobStore, setti
 
 
 def test_outbox_drops_jobs_that_ran_or_were_cancelled(store: JobStore, settings: Settings, publisher) -> None:
-    ran = store.create({})["job_id"]
-    cancelled = store.create({})["job_id"]
+    ran = store.submit({})[0]["job_id"]
+    cancelled = store.submit({})[0]["job_id"]
     claim(store, ran)  # its first publish did get through and a worker took it
     store.request_cancel(cancelled)
     time.sleep(0.3)
@@ -59,7 +60,7 @@ def test_outbox_drops_jobs_that_ran_or_were_cancelled(store: JobStore, settings:
 
 
 def test_outbox_takes_a_requeue_whose_publish_failed(store: JobStore, settings: Settings, publisher) -> None:
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     store.published(job_id, "t0")
     claim(store, job_id)
     time.sleep(0.3)

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from bnlenet.jobs import new_record
-from worker.housekeeping import owner_gone
+from worker.lease import owner_gone
 
 
 def _record(worker: str | None, pid: int | None) -> Any:

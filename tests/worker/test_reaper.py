@@ -10,12 +10,12 @@ from bnlenet.jobs import JobStore
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher, queue_key
 from tests.worker.conftest import claim
-from worker.housekeeping import reap_stale_jobs
+from worker.reaper import reap_stale_jobs
 
 
 def test_reaper_requeues_a_silent_job_and_publishes_a_new_task(store: JobStore, settings: Settings) -> None:
-    silent = store.create({})["job_id"]
-    live = store.create({})["job_id"]
+    silent = store.submit({})[0]["job_id"]
+    live = store.submit({})[0]["job_id"]
     claim(store, silent)
     time.sleep(0.3)
     claim(store, live)  # claimed just now: fresh
@@ -32,7 +32,7 @@ def test_reaper_requeues_a_silent_job_and_publishes_a_new_task(store: JobStore, 
 
 
 def test_reaper_fails_a_job_out_of_attempts(store: JobStore, settings: Settings) -> None:
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     for _ in range(settings.MAX_ATTEMPTS):
         claim(store, job_id)
         time.sleep(0.3)
@@ -44,7 +44,7 @@ def test_reaper_fails_a_job_out_of_attempts(store: JobStore, settings: Settings)
 def test_reaper_survives_a_queue_that_is_down(store: JobStore, settings: Settings) -> None:
     """The sweep goes on without raising; the job is requeued in the store and waits in the
     outbox for its task (tests/worker/test_outbox.py shows the sweep publishing it)."""
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     store.published(job_id, "t0")
     claim(store, job_id)
     time.sleep(0.3)
@@ -63,7 +63,7 @@ def test_reaper_records_the_success_of_a_published_model_instead_of_training_aga
     from bnlenet.model_store import ModelStore
     from models.lenet import build_lenet
 
-    job_id = store.create({})["job_id"]
+    job_id = store.submit({})[0]["job_id"]
     attempt = claim(store, job_id)
     settings = settings.model_copy(update={"CHECKPOINT_DIR": tmp_path})
     torch.manual_seed(0)

@@ -149,5 +149,5 @@ def cancel_jobs(
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 def delete_job(job_id: JobId, store: JobStoreDep) -> Response:
-    store.remove(job_id)
+    store.delete_unless_running(job_id)
     return Response(status_code=204)

@@ -1,0 +1,140 @@
+"""A job's lifecycle, queued -> running -> succeeded | failed | cancelled, as plain functions on a record.
+
+Each transition takes the record as read and returns the record to write, or None when nothing
+changes; none of them touches Redis, reads the clock or has side effects (``now`` is passed in),
+so ``JobStore`` can apply one inside a transaction (which may run it more than once) and tests
+can call them on a dict. A worker's writes (``beat``, ``first_step``, ``add_epoch``, its
+``finish``) apply only ``as_owner``: while that worker, on that attempt, still runs the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bnlenet.jobs.errors import JobFinished
+from bnlenet.jobs.record import TERMINAL, JobRecord, JobStatus, is_stale, owned
+
+__all__ = [
+    "add_epoch", "as_owner", "beat", "claim", "finish", "first_step", "lost_message", "published", "reap",
+    "request_cancel",
+]
+
+Record = JobRecord
+
+
+def claim(r: Record, *, worker: str, pid: int, task_id: str | None, max_attempts: int, stale_after: float,
+          owner_gone: Callable[[Record], bool], now: float) -> tuple[Record | None, str | None]:
+    """Mark the job running for this delivery, unless it should not run: (new record, why not; None: run it).
+
+    A delivery does not run a job that ended, was cancelled, or is running under another live
+    delivery (fresh heartbeat and ``owner_gone`` false). Each run counts as an attempt; past
+    ``max_attempts`` the job fails, as its worker keeps dying.
+    """
+    if r["status"] in TERMINAL:
+        return None, f"job already {r['status']}"
+    if r["cancel_requested"]:
+        return {**r, "status": "cancelled", "finished_at": now}, "cancelled before it started"
+    if r["status"] == "running" and not is_stale(r, stale_after, now) and not owner_gone(r):
+        return None, f"running under another live worker ({r['worker']})"
+    attempts = int(r["attempts"]) + 1
+    if attempts > max_attempts:
+        return {**r, "status": "failed", "finished_at": now, "attempts": attempts - 1,
+                "error": lost_message(attempts - 1)}, "attempts exhausted"
+    return {
+        **r, "status": "running", "attempts": attempts, "started_at": now, "first_step_at": None,
+        "heartbeat_at": now, "worker": worker, "worker_pid": pid, "task_id": task_id or r["task_id"], "error": None,
+        "progress": None, "history": [],
+    }, None
+
+
+def as_owner(r: Record, worker: str, attempt: int | None, step: Callable[[Record], Record | None]) -> Record | None:
+    """``step`` applied only while ``worker`` (on ``attempt``, the fencing token) runs the job, else no change.
+
+    A worker that no longer owns it (declared lost and requeued, or it ended) must never
+    resurrect a finished job or overwrite its successor.
+    """
+    return step(r) if owned(r, worker, attempt) else None
+
+
+def beat(r: Record, *, progress: dict[str, Any] | None, now: float) -> Record:
+    """The worker is alive (and, with ``progress``, where it is)."""
+    new: Record = {**r, "heartbeat_at": now}
+    if progress is not None:
+        new["progress"] = progress
+    return new
+
+
+def first_step(r: Record, *, at: float, progress: dict[str, Any], now: float) -> Record:
+    """The current attempt's first training step finished at ``at``."""
+    return {**r, "first_step_at": at, "progress": progress, "heartbeat_at": now}
+
+
+def add_epoch(r: Record, *, metrics: dict[str, Any], progress: dict[str, Any], now: float) -> Record:
+    """One more finished epoch, with its metrics."""
+    return {**r, "history": [*r["history"], metrics], "progress": progress, "heartbeat_at": now}
+
+
+def finish(r: Record, status: JobStatus, *, now: float, model_id: str | None = None, error: str | None = None,
+           device: str | None = None, final_test_acc: float | None = None, note: str | None = None) -> Record | None:
+    """How the job ended; no change for a job that already ended."""
+    if status not in TERMINAL:
+        raise ValueError(f"{status!r} is not a final status")
+    if r["status"] in TERMINAL:
+        return None
+    new: Record = {**r, "status": status, "finished_at": now, "model_id": model_id, "error": error,
+                   "final_test_acc": final_test_acc}
+    if device is not None:
+        new["device"] = device
+    if note is not None:
+        new["note"] = note
+    return new
+
+
+def request_cancel(r: Record, *, now: float) -> Record:
+    """A queued job is cancelled at once; a running one is asked to stop (its worker marks it cancelled)."""
+    if r["status"] in TERMINAL:
+        raise JobFinished(f"job {r['job_id']} already ended ({r['status']}); there is nothing to cancel")
+    if r["status"] == "queued":
+        return {**r, "status": "cancelled", "cancel_requested": True, "finished_at": now}
+    return {**r, "cancel_requested": True}
+
+
+def published(r: Record, *, task_id: str) -> Record:
+    """The job's task is on the broker under ``task_id``."""
+    return {**r, "task_id": task_id}
+
+
+def reap(r: Record, *, stale_after: float, max_attempts: int, published: dict[str, Any] | None,
+         now: float) -> Record | None:
+    """A running job whose worker went silent: requeued, or ended when it cannot run again; else no change.
+
+    ``published``: the metadata of the job's checkpoint, if one exists. When it is this
+    attempt's, the worker published its model and vanished before recording the outcome: the
+    job succeeded, and is recorded so (never trained again, never failed).
+    """
+    if not is_stale(r, stale_after, now):
+        return None
+    silent = now - (r["heartbeat_at"] or r["created_at"])
+    if published is not None and published.get("job_id") == r["job_id"] and published.get("attempt") == r["attempts"]:
+        return {**r, "status": "succeeded", "finished_at": now, "model_id": r["job_id"],
+                "final_test_acc": published.get("final_test_acc"),
+                "note": f"its worker {r['worker']} published the model of attempt {r['attempts']} and went "
+                        f"silent before recording it; recorded from the published checkpoint"}
+    if r["cancel_requested"]:
+        return {**r, "status": "cancelled", "finished_at": now,
+                "note": f"its worker {r['worker']} vanished after the cancel was asked"}
+    if int(r["attempts"]) >= max_attempts:
+        return {**r, "status": "failed", "finished_at": now, "error": lost_message(int(r["attempts"]))}
+    return {
+        **r, "status": "queued", "progress": None,
+        "note": f"requeued: worker {r['worker']} sent no heartbeat for {silent:.0f}s "
+                f"(attempt {r['attempts']} of {max_attempts})",
+    }
+
+
+def lost_message(attempts: int) -> str:
+    return (
+        f"the worker running this job was lost {attempts} time(s) (killed or crashed mid-training); "
+        "giving up so that it cannot take down more workers"
+    )

@@ -1,0 +1,113 @@
+"""The job lifecycle as plain functions on a record: no Redis, no clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from bnlenet.jobs import JobFinished, JobRecord, lifecycle, new_record
+
+T0 = 1000.0
+
+
+def _queued(**fields) -> JobRecord:
+    return {**new_record("j1", {"epochs": 1}, T0), **fields}  # type: ignore[typeddict-item]
+
+
+def _claim(r: JobRecord, worker: str = "host:1", now: float = T0 + 1, **kw):
+    return lifecycle.claim(r, worker=worker, pid=7, task_id="t1", max_attempts=kw.pop("max_attempts", 3),
+                           stale_after=kw.pop("stale_after", 30), owner_gone=kw.pop("owner_gone", lambda r: False),
+                           now=now)
+
+
+def _running(**fields) -> JobRecord:
+    new, refusal = _claim(_queued())
+    assert new is not None and refusal is None
+    return {**new, **fields}  # type: ignore[typeddict-item]
+
+
+def test_job_lifecycle_claim_starts_an_attempt():
+    new, refusal = _claim(_queued(progress={"batch": 3}))
+    assert refusal is None and new is not None
+    assert (new["status"], new["attempts"], new["worker"], new["worker_pid"], new["task_id"]) == (
+        "running", 1, "host:1", 7, "t1")
+    assert new["started_at"] == new["heartbeat_at"] == T0 + 1 and new["progress"] is None
+
+
+def test_job_lifecycle_claim_leaves_a_live_run_and_takes_over_a_stale_or_dead_one():
+    r = _running()
+    assert _claim(r, worker="host:2", now=T0 + 5) == (None, "running under another live worker (host:1)")
+    stale, refusal = _claim(r, worker="host:2", now=T0 + 100)
+    assert refusal is None and stale is not None and (stale["worker"], stale["attempts"]) == ("host:2", 2)
+    dead, refusal = _claim(r, worker="host:2", now=T0 + 5, owner_gone=lambda r: True)
+    assert refusal is None and dead is not None and dead["attempts"] == 2
+
+
+def test_job_lifecycle_claim_fails_a_job_past_max_attempts():
+    new, refusal = _claim(_running(attempts=3), worker="host:2", now=T0 + 100)
+    assert refusal == "attempts exhausted" and new is not None
+    assert new["status"] == "failed" and new["attempts"] == 3 and "lost 3 time" in (new["error"] or "")
+
+
+def test_job_lifecycle_claim_of_an_ended_or_cancelled_job():
+    assert _claim(_queued(status="succeeded")) == (None, "job already succeeded")
+    new, refusal = _claim(_queued(cancel_requested=True))
+    assert refusal == "cancelled before it started" and new is not None and new["status"] == "cancelled"
+
+
+def test_job_lifecycle_worker_writes_apply_only_for_the_owning_attempt():
+    r = _running()
+    step = lambda r: lifecycle.beat(r, progress={"batch": 5}, now=T0 + 2)  # noqa: E731
+    new = lifecycle.as_owner(r, "host:1", 1, step)
+    assert new is not None and new["heartbeat_at"] == T0 + 2 and new["progress"] == {"batch": 5}
+    assert lifecycle.as_owner(r, "host:2", 1, step) is None  # another worker
+    assert lifecycle.as_owner(r, "host:1", 2, step) is None  # another attempt (the fencing token)
+    assert lifecycle.as_owner({**r, "status": "succeeded"}, "host:1", 1, step) is None  # ended: never revived
+
+
+def test_job_lifecycle_beat_without_progress_keeps_the_last():
+    new = lifecycle.beat(_running(progress={"batch": 1}), progress=None, now=T0 + 3)
+    assert new["progress"] == {"batch": 1} and new["heartbeat_at"] == T0 + 3
+
+
+def test_job_lifecycle_first_step_and_epochs():
+    r = lifecycle.first_step(_running(), at=T0 + 1.5, progress={"batch": 1}, now=T0 + 2)
+    assert r["first_step_at"] == T0 + 1.5 and r["progress"] == {"batch": 1}
+    r = lifecycle.add_epoch(r, metrics={"epoch": 1}, progress={"batch": 10}, now=T0 + 3)
+    r = lifecycle.add_epoch(r, metrics={"epoch": 2}, progress={"batch": 20}, now=T0 + 4)
+    assert r["history"] == [{"epoch": 1}, {"epoch": 2}] and r["heartbeat_at"] == T0 + 4
+
+
+def test_job_lifecycle_finish_once():
+    new = lifecycle.finish(_running(), "succeeded", now=T0 + 9, model_id="j1", device="cpu", final_test_acc=0.8)
+    assert new is not None
+    assert (new["status"], new["finished_at"], new["model_id"], new["device"], new["final_test_acc"]) == (
+        "succeeded", T0 + 9, "j1", "cpu", 0.8)
+    assert lifecycle.finish(new, "failed", now=T0 + 10, error="late") is None
+    with pytest.raises(ValueError, match="not a final status"):
+        lifecycle.finish(_running(), "running", now=T0)  # type: ignore[arg-type]
+
+
+def test_job_lifecycle_request_cancel():
+    queued = lifecycle.request_cancel(_queued(), now=T0 + 1)
+    assert queued["status"] == "cancelled" and queued["cancel_requested"] and queued["finished_at"] == T0 + 1
+    running = lifecycle.request_cancel(_running(), now=T0 + 1)
+    assert running["status"] == "running" and running["cancel_requested"]
+    with pytest.raises(JobFinished):
+        lifecycle.request_cancel(queued, now=T0 + 2)
+
+
+def test_job_lifecycle_reap():
+    r = _running()
+    kw = {"stale_after": 30, "max_attempts": 3, "published": None}
+    assert lifecycle.reap(r, now=T0 + 5, **kw) is None  # fresh
+    back = lifecycle.reap(r, now=T0 + 100, **kw)
+    assert back is not None and back["status"] == "queued" and "requeued" in (back["note"] or "")
+    out = lifecycle.reap({**r, "attempts": 3}, now=T0 + 100, **kw)
+    assert out is not None and out["status"] == "failed" and "lost 3 time" in (out["error"] or "")
+    cancelled = lifecycle.reap({**r, "cancel_requested": True}, now=T0 + 100, **kw)
+    assert cancelled is not None and cancelled["status"] == "cancelled"
+    done = lifecycle.reap(r, now=T0 + 100, stale_after=30, max_attempts=3,
+                          published={"job_id": "j1", "attempt": 1, "final_test_acc": 0.9})
+    assert done is not None and (done["status"], done["model_id"], done["final_test_acc"]) == ("succeeded", "j1", 0.9)
+    other = lifecycle.reap(r, now=T0 + 100, stale_after=30, max_attempts=3, published={"job_id": "j1", "attempt": 0})
+    assert other is not None and other["status"] == "queued"  # an earlier attempt's checkpoint: trained again

@@ -1,0 +1,153 @@
+"""One attempt at a job: claim it, train under the lease, publish the model, record how it ended.
+
+Every write is conditional on still owning the job (worker and attempt): the claim makes this
+attempt the owner, the lease (``worker.lease.Heartbeat``) says while it still is, and a model is
+published only while the lease vouches for it. Once the model is published the job is recorded
+succeeded, or left for the reaper to record from the checkpoint, but never failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from bnlenet import job_stats
+from bnlenet.jobs import TERMINAL, Claim, JobRecord, JobStatus, StoreUnavailable
+from models.checkpoint import training_metadata
+from models.training import (
+    EpochMetrics,
+    Progress,
+    TrainConfig,
+    TrainingCancelled,
+    TrainingDiverged,
+    TrainResult,
+    resolve_device,
+    train,
+)
+from worker import resources
+from worker.job_config import job_config
+from worker.lease import Heartbeat, LostJob, owner_gone
+
+__all__ = ["Outcome", "run_job"]
+
+log = logging.getLogger(__name__)
+
+# How a delivery ended: the job's final status (or ``missing``, ``duplicate``, ``lost``: nothing
+# for this delivery to report) and the job's error, if it failed.
+Outcome = tuple[str, str | None]
+
+
+def run_job(job_id: str, task_id: str | None, announce: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
+    """Claim and run the job; its final status and error. ``announce`` is told of each new progress."""
+    s, store = resources.settings(), resources.job_store()
+    claim = store.claim(job_id, worker=resources.worker_name(), pid=os.getpid(), task_id=task_id,
+                        max_attempts=s.MAX_ATTEMPTS, stale_after=s.JOB_STALE_AFTER_S, owner_gone=owner_gone)
+    if not claim.run or claim.record is None:
+        return _not_run(job_id, task_id, claim)
+    job_stats.job_started(store.redis, claim.record)
+    return _Attempt(claim.record, announce).run()
+
+
+def _not_run(job_id: str, task_id: str | None, claim: Claim) -> Outcome:
+    log.info("not running job %s: %s", job_id, claim.reason)
+    if claim.record is None:
+        return "missing", None
+    if claim.record["task_id"] not in (None, task_id) and claim.record["status"] in TERMINAL:
+        return "duplicate", None  # another delivery's job: its own task tells how it ended
+    return claim.record["status"], claim.record["error"]
+
+
+class _Attempt:
+    """The attempt this worker just claimed: its lease, its progress reports and its outcome."""
+
+    def __init__(self, record: JobRecord, announce: Callable[[dict[str, Any]], None] | None) -> None:
+        self.settings, self.store = resources.settings(), resources.job_store()
+        self.job_id, self.params, self.attempt = record["job_id"], record["params"], record["attempts"]
+        self.owner: dict[str, Any] = {"worker": resources.worker_name(), "attempt": self.attempt}
+        s = self.settings
+        self.lease = Heartbeat(self.store, self.job_id, worker=self.owner["worker"], attempt=self.attempt,
+                               interval=s.JOB_HEARTBEAT_INTERVAL_S, progress_interval=s.JOB_PROGRESS_INTERVAL_S,
+                               lease=s.JOB_STALE_AFTER_S / 2, announce=announce)
+        self.first_step_seen = False
+
+    def run(self) -> Outcome:
+        """Train, then publish; whatever happens, this attempt's heartbeats end with it."""
+        self.lease.start()
+        try:
+            return self._train_and_publish()
+        finally:
+            self.lease.stop()
+
+    def _train_and_publish(self) -> Outcome:
+        try:
+            config = job_config(self.params, self.settings)
+            device = str(resolve_device(config.device))
+            data = resources.training_data()
+            with resources.engine_lock:  # after the warm-up, which compiles what this job reuses
+                result = train(config, data, on_progress=self._on_progress,
+                               on_epoch=lambda m: self._on_epoch(m, config.variant, device),
+                               should_stop=self.lease.cancel.is_set)
+        except TrainingCancelled:
+            if self.lease.lost.is_set():
+                return "lost", None  # another attempt owns the job: it writes the outcome
+            return self._finish("cancelled")
+        except (TrainingDiverged, ValueError) as exc:
+            return self._finish("failed", error=str(exc))
+        except Exception as exc:
+            log.exception("job %s failed", self.job_id)
+            return self._finish("failed", error=f"{type(exc).__name__}: {exc}")
+        return self._publish(config, result, data.classes)
+
+    def _publish(self, config: TrainConfig, result: TrainResult, classes: tuple[str, ...]) -> Outcome:
+        """The checkpoint takes its name only while this attempt certainly owns the job (the lease)."""
+        metadata = {**training_metadata(config, result, classes), "job_id": self.job_id, "attempt": self.attempt}
+        try:
+            resources.model_store().publish(self.job_id, result.model, metadata,
+                                            before_commit=self.lease.confirm_lease)
+        except LostJob as exc:
+            log.warning("job %s: not publishing the model of attempt %d: %s", self.job_id, self.attempt, exc)
+            return "lost", None
+        except Exception as exc:  # nothing was published (a full disk, say): the job failed, and says why
+            log.exception("job %s: could not publish its model", self.job_id)
+            return self._finish("failed", error=f"could not publish the model: {type(exc).__name__}: {exc}")
+        try:
+            return self._finish("succeeded", within=self.settings.OUTCOME_RETRY_S, model_id=self.job_id,
+                                device=result.device, final_test_acc=result.final_test_acc)
+        except StoreUnavailable:
+            log.error("job %s: its model is published but Redis stayed away for %.0fs; the reaper records the "
+                      "success from the checkpoint once it can", self.job_id, self.settings.OUTCOME_RETRY_S)
+            return "succeeded", None
+
+    def _finish(self, status: JobStatus, *, within: float = 60.0, **fields: Any) -> Outcome:
+        """Record the outcome, retrying for a while if Redis is briefly away."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                ended = self.store.finish(self.job_id, status, **self.owner, **fields)
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+                continue
+            job_stats.job_ended(self.store.redis, ended)
+            return status, fields.get("error")
+
+    def _on_progress(self, p: Progress) -> None:
+        self.lease.progress = progress = asdict(p)
+        if not self.first_step_seen:  # the first report comes after the first batch: stamp it now
+            self.first_step_seen = True
+            try:
+                self.store.first_step(self.job_id, **self.owner, at=time.time(), progress=progress)
+            except StoreUnavailable as exc:
+                log.warning("could not record the first step of job %s: %s", self.job_id, exc)
+
+    def _on_epoch(self, m: EpochMetrics, variant: str, device: str) -> None:
+        try:
+            self.store.add_epoch(self.job_id, **self.owner, metrics=asdict(m), progress=self.lease.progress or {})
+        except StoreUnavailable as exc:
+            log.warning("could not record epoch %d of job %s: %s", m.epoch, self.job_id, exc)
+        job_stats.epoch_done(self.store.redis, variant=variant, device=device, examples_per_sec=m.examples_per_sec)
