@@ -3,6 +3,9 @@
 Stored as safetensors, which holds raw tensors and a JSON header and never unpickles
 anything. Metadata (JSON in the header) carries a SHA-256 checksum over the tensors and the
 rest of the metadata, so truncation and tampering are both detected. Writes are atomic.
+
+The format knows tensors and metadata, not training: the engine builds a run's metadata
+(``models.training.training_metadata``) and this module stores whatever it is given.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -23,9 +26,6 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from models.lenet import VARIANTS, build_lenet
-
-if TYPE_CHECKING:
-    from models.training import TrainConfig, TrainResult
 
 __all__ = [
     "FORMAT",
@@ -36,7 +36,6 @@ __all__ = [
     "read_metadata",
     "final_test_acc",
     "save_checkpoint",
-    "training_metadata",
     "write_atomically",
 ]
 
@@ -198,28 +197,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     model.load_state_dict(tensors, strict=True)
     model.eval()
     return Checkpoint(model=model, metadata=meta)
-
-
-def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[str, ...]) -> dict[str, Any]:
-    """The metadata a checkpoint of a finished training run carries, for the CLI and the worker alike.
-
-    ``final_test_acc`` is the accuracy of the model as stored (after precise BN when it ran);
-    ``history`` keeps the per-epoch figures, whose ``test_acc`` uses the moving averages.
-    """
-    return {
-        "variant": config.variant,
-        "hyperparameters": config.hyperparameters(),
-        "history": [asdict(m) for m in result.history],
-        "final_test_acc": result.final_test_acc,
-        "averaged_epochs": result.averaged_epochs,
-        "classes": list(classes),
-        "device": result.device,
-        # How it ran, not what it computes: compiled or not, replayed as a CUDA graph or not,
-        # and how many graphs this run had to compile (0 when a warm process reused them).
-        "engine": {"compile": config.compile, "cuda_graph": result.cuda_graph,
-                   "tf32": config.tf32 and result.device.startswith("cuda"),
-                   "compiled_graphs": result.compiled_graphs},
-    }
 
 
 def final_test_acc(metadata: dict[str, Any]) -> float | None:

@@ -20,7 +20,7 @@ from celery.exceptions import Ignore
 from bnlenet.jobs import TERMINAL, JobStatus, StoreUnavailable
 from bnlenet.settings import Settings
 from bnlenet.training_queue import TRAIN_TASK
-from models.checkpoint import training_metadata
+from models.devices import resolve_device
 from models.memory import release_memory
 from models.params import params_of
 from models.training import (
@@ -29,8 +29,8 @@ from models.training import (
     TrainConfig,
     TrainingCancelled,
     TrainingDiverged,
-    resolve_device,
     train,
+    training_metadata,
 )
 from worker import resources
 from worker.celery_app import app

@@ -17,7 +17,7 @@ from onnx import numpy_helper
 from torch import Tensor
 
 from models.batchnorm import BatchNorm, batchnorm_layers
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, training_metadata
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from models.export import (
     EXPORT_FORMATS,
@@ -35,7 +35,8 @@ from models.export import (
 )
 from models.inference import predict_probabilities
 from models.lenet import build_lenet
-from models.training import TrainConfig, to_model_input, train
+from models.preprocess import to_model_input
+from models.training import TrainConfig, train, training_metadata
 
 VARIANTS = ["scratch", "builtin"]
 ATOL = 1e-5

@@ -12,8 +12,9 @@ from torch import Tensor, nn
 from models.data import FashionMNIST, load_fashion_mnist
 from models.export import export_model
 from models.inference import predict_probabilities
+from models.preprocess import to_model_input
 from models.runtime import RUNTIMES, EagerModel, OnnxRuntimeModel, make_predictor
-from models.training import TrainConfig, to_model_input, train
+from models.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.averaging import recompute_bn_statistics
 from models.batchnorm import batchnorm_layers, batchnorm_state
 from models.data import DataError, FashionMNIST, load_fashion_mnist
+from models.devices import resolve_device
 from models.lenet import build_lenet
 from models.training import (
     Progress,
     TrainConfig,
     TrainingCancelled,
     TrainingDiverged,
-    recompute_bn_statistics,
-    resolve_device,
     train,
 )
 
