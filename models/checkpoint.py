@@ -2,7 +2,8 @@
 
 Stored as safetensors, which holds raw tensors and a JSON header and never unpickles
 anything. Metadata (JSON in the header) carries a SHA-256 checksum over the tensors and the
-rest of the metadata, so truncation and tampering are both detected. Writes are atomic.
+rest of the metadata, so truncation and tampering are both detected. Writes are atomic
+(``models.files``).
 
 The format knows tensors and metadata, not training: the engine builds a run's metadata
 (``models.training.training_metadata``) and this module stores whatever it is given.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +25,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from models.files import write_atomically
 from models.lenet import VARIANTS, build_lenet
+from models.preprocess import PREPROCESSING
 
 __all__ = [
     "FORMAT",
@@ -36,17 +38,10 @@ __all__ = [
     "read_metadata",
     "final_test_acc",
     "save_checkpoint",
-    "write_atomically",
 ]
 
 FORMAT = "bnlenet-checkpoint/1"
 _META_KEY = "bnlenet"  # the header entry that holds our JSON metadata
-PREPROCESSING = {
-    "size": [28, 28],
-    "color": "grayscale (PIL mode L)",
-    "scale": "pixel / 255, as torchvision ToTensor",
-    "layout": "(N, 1, 28, 28) float32",
-}
 
 
 class CheckpointError(ValueError):
@@ -105,33 +100,6 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, metadata: di
     ``before_commit`` runs just before the file takes its name (see ``write_atomically``).
     """
     return write_atomically(path, checkpoint_bytes(model, metadata), before_commit=before_commit)
-
-
-def write_atomically(path: str | os.PathLike[str], payload: bytes, *,
-                     before_commit: Callable[[], None] | None = None) -> Path:
-    """Write ``payload`` to ``path`` so that readers see the old file or the whole new one; returns the path.
-
-    ``before_commit`` runs after the bytes are on disk and just before the rename: raising
-    there leaves the old file (or none) in place, so a writer can check its right to publish
-    as late as possible.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Temporary file in the same directory, then rename: never a partial write under the
-    # final name. The leading dot keeps it out of listings.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_commit is not None:
-            before_commit()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _open(path: Path) -> Any:

@@ -25,8 +25,23 @@ from torch import Tensor
 
 from models.lenet import IMAGE_SIZE
 
-__all__ = ["MAX_DECODED_PIXELS", "ImageError", "image_to_tensor", "load_image", "pixels_to_tensor", "to_model_input"]
+__all__ = [
+    "MAX_DECODED_PIXELS",
+    "PREPROCESSING",
+    "ImageError",
+    "image_to_tensor",
+    "load_image",
+    "pixels_to_tensor",
+    "to_model_input",
+]
 
+# What ``to_model_input`` and ``load_image`` do, in words: stored with every checkpoint and export.
+PREPROCESSING = {
+    "size": [IMAGE_SIZE, IMAGE_SIZE],
+    "color": "grayscale (PIL mode L)",
+    "scale": "pixel / 255, as torchvision ToTensor",
+    "layout": f"(N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}) float32",
+}
 MAX_DECODED_PIXELS = 1024 * 1024  # the most pixels decoded for one image (28x28 is what the network sees)
 
 
