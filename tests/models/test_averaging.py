@@ -1,27 +1,18 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from models.averaging import WeightAverage, recompute_bn_statistics
 from models.batchnorm import batchnorm_layers, batchnorm_state
-from models.data import FashionMNIST, load_fashion_mnist
+from models.data import FashionMNIST
 from models.lenet import build_lenet
 from models.training import TrainConfig, train
-
-SMALL = dict(epochs=2, batch_size=32, lr=1.0)
-
-
-@pytest.fixture(scope="module")
-def data(synthetic_data_dir: Path) -> FashionMNIST:
-    return load_fashion_mnist(synthetic_data_dir, download=False)
 
 
 @pytest.mark.parametrize("variant", ["scratch", "builtin"])
 def test_averaging_precise_bn_changes_running_statistics_and_leaves_weights(data: FashionMNIST, variant: str) -> None:
-    result = train(TrainConfig(variant=variant, **SMALL), data)
+    result = train(TrainConfig(variant=variant, epochs=2, batch_size=32, lr=1.0), data)
     model = result.model
     stats_before = [batchnorm_state(m) for _, m in batchnorm_layers(model)]
     params_before = {k: v.clone() for k, v in model.named_parameters()}

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from models.batchnorm import BatchNorm, batchnorm_layers
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from models.data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
+from models.data import CLASS_NAMES, FashionMNIST
 from models.export import (
     EXPORT_FORMATS,
     EXPORT_METADATA_FILE,
@@ -47,11 +47,6 @@ class Exported:
     checkpoint: Path
     onnx: Path
     pt2: Path
-
-
-@pytest.fixture(scope="module")
-def data(synthetic_data_dir: Path) -> FashionMNIST:
-    return load_fashion_mnist(synthetic_data_dir, download=False)
 
 
 @pytest.fixture(scope="module")

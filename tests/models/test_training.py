@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,11 +18,6 @@ from models.training import (
 )
 
 SMALL = dict(epochs=2, batch_size=32, lr=1.0)
-
-
-@pytest.fixture(scope="module")
-def data(synthetic_data_dir: Path) -> FashionMNIST:
-    return load_fashion_mnist(synthetic_data_dir, download=False)
 
 
 @pytest.mark.parametrize("variant", ["scratch", "builtin"])
