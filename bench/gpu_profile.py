@@ -23,8 +23,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from models.data import load_fashion_mnist
+from models.devices import cuda_settings
 from models.lenet import build_lenet
-from models.training import TrainConfig, _optimizer, _TrainSteps, compiled_forward_loss, cuda_settings
+from models.stepper import TrainSteps, compiled_forward_loss, sgd
+from models.training import TrainConfig
 
 # (label, TrainConfig overrides, channels_last, cuDNN benchmark limit: 0 tries every algorithm)
 CANDIDATES: list[tuple[str, dict[str, Any], bool, int]] = [
@@ -38,16 +40,17 @@ CANDIDATES: list[tuple[str, dict[str, Any], bool, int]] = [
 
 
 def _steps(variant: str, overrides: dict[str, Any], channels_last: bool, images: torch.Tensor,
-           labels: torch.Tensor, device: torch.device) -> _TrainSteps:
+           labels: torch.Tensor, device: torch.device) -> TrainSteps:
     config = TrainConfig(variant=variant, device=str(device), **overrides)
     torch.manual_seed(0)
     model = build_lenet(variant).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return _TrainSteps(model, _optimizer(model, config.lr, device), config, device, images, labels)
+    return TrainSteps(model, sgd(model, config.lr, device), images, labels, device, batch_size=config.batch_size,
+                      bf16=config.bf16, compile=config.compile, cuda_graph=config.cuda_graph)
 
 
-def _rate(steps: _TrainSteps, batches: list[torch.Tensor], count: int, device: torch.device) -> float:
+def _rate(steps: TrainSteps, batches: list[torch.Tensor], count: int, device: torch.device) -> float:
     """Steps per second over ``count`` back-to-back steps, timed on the device."""
     for idx in batches[:20]:
         steps(idx)

@@ -16,8 +16,10 @@ import sys
 from typing import Any
 
 from bnlenet.settings import Settings
+from models.averaging import recompute_bn_statistics
 from models.data import load_fashion_mnist
-from models.training import TrainConfig, evaluate_accuracy, recompute_bn_statistics, train
+from models.inference import evaluate_accuracy
+from models.training import TrainConfig, train
 
 TITLE = "Quality: test accuracy of the stored model over seeds, defaults"
 CHAPTER_REPORTED = {"scratch": 0.801, "builtin": 0.869}

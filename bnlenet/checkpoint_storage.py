@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from models.checkpoint import write_atomically
+from models.files import write_atomically
 
 S3Client = Any  # boto3's clients are made at run time; their types come from a separate stubs package
 

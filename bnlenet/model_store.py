@@ -36,8 +36,9 @@ from torch import nn
 
 from bnlenet import metrics
 from bnlenet.checkpoint_storage import CheckpointStorage, LocalStorage, ObjectStoreUnavailable, open_storage
-from models.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint, write_atomically
+from models.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 from models.export import check_export_format, export_bytes_in_subprocess
+from models.files import write_atomically
 
 if TYPE_CHECKING:
     from bnlenet.settings import Settings

@@ -2,7 +2,11 @@
 
 Stored as safetensors, which holds raw tensors and a JSON header and never unpickles
 anything. Metadata (JSON in the header) carries a SHA-256 checksum over the tensors and the
-rest of the metadata, so truncation and tampering are both detected. Writes are atomic.
+rest of the metadata, so truncation and tampering are both detected. Writes are atomic
+(``models.files``).
+
+The format knows tensors and metadata, not training: the engine builds a run's metadata
+(``models.training.training_metadata``) and this module stores whatever it is given.
 """
 
 from __future__ import annotations
@@ -10,22 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from models.files import write_atomically
 from models.lenet import VARIANTS, build_lenet
-
-if TYPE_CHECKING:
-    from models.training import TrainConfig, TrainResult
+from models.preprocess import PREPROCESSING
 
 __all__ = [
     "FORMAT",
@@ -36,18 +38,10 @@ __all__ = [
     "read_metadata",
     "final_test_acc",
     "save_checkpoint",
-    "training_metadata",
-    "write_atomically",
 ]
 
 FORMAT = "bnlenet-checkpoint/1"
 _META_KEY = "bnlenet"  # the header entry that holds our JSON metadata
-PREPROCESSING = {
-    "size": [28, 28],
-    "color": "grayscale (PIL mode L)",
-    "scale": "pixel / 255, as torchvision ToTensor",
-    "layout": "(N, 1, 28, 28) float32",
-}
 
 
 class CheckpointError(ValueError):
@@ -106,33 +100,6 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, metadata: di
     ``before_commit`` runs just before the file takes its name (see ``write_atomically``).
     """
     return write_atomically(path, checkpoint_bytes(model, metadata), before_commit=before_commit)
-
-
-def write_atomically(path: str | os.PathLike[str], payload: bytes, *,
-                     before_commit: Callable[[], None] | None = None) -> Path:
-    """Write ``payload`` to ``path`` so that readers see the old file or the whole new one; returns the path.
-
-    ``before_commit`` runs after the bytes are on disk and just before the rename: raising
-    there leaves the old file (or none) in place, so a writer can check its right to publish
-    as late as possible.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Temporary file in the same directory, then rename: never a partial write under the
-    # final name. The leading dot keeps it out of listings.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_commit is not None:
-            before_commit()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _open(path: Path) -> Any:
@@ -198,28 +165,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     model.load_state_dict(tensors, strict=True)
     model.eval()
     return Checkpoint(model=model, metadata=meta)
-
-
-def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[str, ...]) -> dict[str, Any]:
-    """The metadata a checkpoint of a finished training run carries, for the CLI and the worker alike.
-
-    ``final_test_acc`` is the accuracy of the model as stored (after precise BN when it ran);
-    ``history`` keeps the per-epoch figures, whose ``test_acc`` uses the moving averages.
-    """
-    return {
-        "variant": config.variant,
-        "hyperparameters": config.hyperparameters(),
-        "history": [asdict(m) for m in result.history],
-        "final_test_acc": result.final_test_acc,
-        "averaged_epochs": result.averaged_epochs,
-        "classes": list(classes),
-        "device": result.device,
-        # How it ran, not what it computes: compiled or not, replayed as a CUDA graph or not,
-        # and how many graphs this run had to compile (0 when a warm process reused them).
-        "engine": {"compile": config.compile, "cuda_graph": result.cuda_graph,
-                   "tf32": config.tf32 and result.device.startswith("cuda"),
-                   "compiled_graphs": result.compiled_graphs},
-    }
 
 
 def final_test_acc(metadata: dict[str, Any]) -> float | None:

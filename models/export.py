@@ -43,9 +43,11 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
-from models.checkpoint import PREPROCESSING, load_checkpoint, save_checkpoint, write_atomically
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import CLASS_NAMES
+from models.files import write_atomically
 from models.lenet import IMAGE_SIZE, NUM_CLASSES, build_lenet
+from models.preprocess import PREPROCESSING
 
 __all__ = [
     "EXPORT_FORMATS",

@@ -1,4 +1,8 @@
-"""Inference in eval mode: running statistics, never batch statistics."""
+"""Inference in eval mode: running statistics, never batch statistics.
+
+Served images (class probabilities) and the test set (accuracy, during and after training)
+are both run here.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from models.lenet import IMAGE_SIZE
+from models.preprocess import to_model_input
 
-__all__ = ["INPUT_SHAPE", "predict_batch", "predict_probabilities", "stack_images"]
+__all__ = ["INPUT_SHAPE", "evaluate_accuracy", "predict_batch", "predict_probabilities", "stack_images"]
 
 INPUT_SHAPE = (1, 1, IMAGE_SIZE, IMAGE_SIZE)  # one image as preprocess.py makes it
 
@@ -48,3 +53,18 @@ def predict_batch(model: nn.Module, images: Sequence[Tensor]) -> Tensor:
     alone (to float rounding). A malformed image is a ValueError naming its index.
     """
     return predict_probabilities(model, stack_images(images))  # (N, 10)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 2048) -> float:
+    """Accuracy in eval mode on uint8 images ``(N, 28, 28)`` already on the model's device; restores the mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        correct = torch.zeros((), dtype=torch.int64, device=images.device)
+        for start in range(0, len(images), batch_size):
+            X = to_model_input(images[start:start + batch_size])  # (B, 1, 28, 28)
+            correct += (model(X).argmax(dim=1) == labels[start:start + batch_size]).sum()
+        return correct.item() / max(len(images), 1)
+    finally:
+        model.train(was_training)

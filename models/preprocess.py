@@ -25,13 +25,38 @@ from torch import Tensor
 
 from models.lenet import IMAGE_SIZE
 
-__all__ = ["MAX_DECODED_PIXELS", "ImageError", "image_to_tensor", "load_image", "pixels_to_tensor"]
+__all__ = [
+    "MAX_DECODED_PIXELS",
+    "PREPROCESSING",
+    "ImageError",
+    "image_to_tensor",
+    "load_image",
+    "pixels_to_tensor",
+    "to_model_input",
+]
 
+# What ``to_model_input`` and ``load_image`` do, in words: stored with every checkpoint and export.
+PREPROCESSING = {
+    "size": [IMAGE_SIZE, IMAGE_SIZE],
+    "color": "grayscale (PIL mode L)",
+    "scale": "pixel / 255, as torchvision ToTensor",
+    "layout": f"(N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}) float32",
+}
 MAX_DECODED_PIXELS = 1024 * 1024  # the most pixels decoded for one image (28x28 is what the network sees)
 
 
 class ImageError(ValueError):
     """Input that is not a usable image or pixel array."""
+
+
+def to_model_input(images: Tensor) -> Tensor:
+    """uint8 images ``(N, 28, 28)`` to the network's float input ``(N, 1, 28, 28)`` in [0, 1].
+
+    The one pixel scaling: training batches, evaluation and served images all pass through it,
+    so the served input is the training input bit for bit. The same scaling as torchvision's
+    ``ToTensor``, which the chapter uses.
+    """
+    return images.unsqueeze(1).to(torch.float32).div_(255.0)  # (N, 1, 28, 28)
 
 
 def load_image(data: bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
@@ -98,7 +123,7 @@ def image_to_tensor(data: bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Ten
     """Image bytes to the network input ``(1, 1, 28, 28)`` float32 in [0, 1]."""
     img = load_image(data, max_pixels=max_pixels)
     arr = np.asarray(img, dtype=np.uint8)  # (28, 28)
-    return torch.from_numpy(arr.copy()).to(torch.float32).div_(255.0).reshape(1, 1, IMAGE_SIZE, IMAGE_SIZE)
+    return to_model_input(torch.from_numpy(arr.copy()).unsqueeze(0))  # (1, 1, 28, 28)
 
 
 def pixels_to_tensor(pixels: Sequence[Sequence[float]] | np.ndarray) -> Tensor:

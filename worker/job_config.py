@@ -7,7 +7,8 @@ from typing import Any
 
 from bnlenet.jobs import JOB_PARAMS
 from bnlenet.settings import Settings
-from models.training import TrainConfig, resolve_device
+from models.devices import resolve_device
+from models.training import TrainConfig
 
 __all__ = ["job_config"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from bnlenet import job_stats
 from bnlenet.jobs import TERMINAL, Claim, JobRecord, JobStatus, StoreUnavailable
-from models.checkpoint import training_metadata
+from models.devices import resolve_device
 from models.training import (
     EpochMetrics,
     Progress,
@@ -25,8 +25,8 @@ from models.training import (
     TrainingCancelled,
     TrainingDiverged,
     TrainResult,
-    resolve_device,
     train,
+    training_metadata,
 )
 from worker import resources
 from worker.job_config import job_config

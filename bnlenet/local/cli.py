@@ -117,9 +117,9 @@ def _train(args: argparse.Namespace) -> int:
     from bnlenet.checkpoint_storage import is_s3_url, upload_s3_url
     from bnlenet.model_store import ModelStore
     from bnlenet.settings import get_settings
-    from models.checkpoint import save_checkpoint, training_metadata
+    from models.checkpoint import save_checkpoint
     from models.data import load_fashion_mnist
-    from models.training import EpochMetrics, Progress, train
+    from models.training import EpochMetrics, Progress, train, training_metadata
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in train_options()})
     settings = get_settings()

@@ -17,9 +17,8 @@ from app.main import create_app
 from bnlenet.local.redis_server import RedisServer, free_port
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings
-from models.checkpoint import training_metadata
 from models.data import load_fashion_mnist
-from models.training import TrainConfig, train
+from models.training import TrainConfig, train, training_metadata
 from tests.conftest import empty_database
 
 API_DB = 7  # a database of its own on the shared test Redis, flushed before each test

@@ -13,7 +13,7 @@ import torch
 
 from models.data import load_fashion_mnist
 from models.export import EXPORT_FORMATS, INPUT_NAME, OUTPUT_NAME
-from models.training import to_model_input
+from models.preprocess import to_model_input
 
 ATOL = 1e-5
 

@@ -17,8 +17,8 @@ from onnx import numpy_helper
 from torch import Tensor
 
 from models.batchnorm import BatchNorm, batchnorm_layers
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, training_metadata
-from models.data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.data import CLASS_NAMES, FashionMNIST
 from models.export import (
     EXPORT_FORMATS,
     EXPORT_METADATA_FILE,
@@ -35,7 +35,8 @@ from models.export import (
 )
 from models.inference import predict_probabilities
 from models.lenet import build_lenet
-from models.training import TrainConfig, to_model_input, train
+from models.preprocess import to_model_input
+from models.training import TrainConfig, train, training_metadata
 
 VARIANTS = ["scratch", "builtin"]
 ATOL = 1e-5
@@ -46,11 +47,6 @@ class Exported:
     checkpoint: Path
     onnx: Path
     pt2: Path
-
-
-@pytest.fixture(scope="module")
-def data(synthetic_data_dir: Path) -> FashionMNIST:
-    return load_fashion_mnist(synthetic_data_dir, download=False)
 
 
 @pytest.fixture(scope="module")

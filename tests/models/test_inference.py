@@ -10,7 +10,8 @@ import torch
 from models.data import load_fashion_mnist
 from models.inference import predict_batch, predict_probabilities
 from models.lenet import build_lenet
-from models.training import TrainConfig, to_model_input, train
+from models.preprocess import to_model_input
+from models.training import TrainConfig, train
 
 
 @pytest.mark.parametrize("variant", ["scratch", "builtin"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.preprocess import ImageError, image_to_tensor, load_image, pixels_to_tensor
+from models.preprocess import ImageError, image_to_tensor, load_image, pixels_to_tensor, to_model_input
 
 
 def _encode(img: Image.Image, fmt: str = "PNG") -> bytes:
@@ -28,6 +28,14 @@ def test_preprocess_png_28x28_is_exactly_the_training_scaling() -> None:
     x = image_to_tensor(_encode(Image.fromarray(arr)))
     assert x.shape == (1, 1, 28, 28) and x.dtype == torch.float32
     assert torch.equal(x, torch.from_numpy(arr).float().div(255).reshape(1, 1, 28, 28))
+
+
+def test_preprocess_served_image_is_the_training_input_bit_for_bit() -> None:
+    # Every uint8 value, through the served path (a PNG upload) and the training path (a batch).
+    images = torch.arange(28 * 28).remainder(256).to(torch.uint8).reshape(1, 28, 28)  # (1, 28, 28)
+    served = image_to_tensor(_encode(Image.fromarray(images[0].numpy())))
+    assert served.dtype == torch.float32 and served.shape == (1, 1, 28, 28)
+    assert torch.equal(served.view(torch.int32), to_model_input(images).view(torch.int32))
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "CMYK", "I;16", "LA", "1"])

@@ -9,16 +9,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from models.data import FashionMNIST, load_fashion_mnist
+from models.data import FashionMNIST
 from models.export import export_model
 from models.inference import predict_probabilities
+from models.preprocess import to_model_input
 from models.runtime import RUNTIMES, EagerModel, OnnxRuntimeModel, make_predictor
-from models.training import TrainConfig, to_model_input, train
-
-
-@pytest.fixture(scope="module")
-def data(synthetic_data_dir: Path) -> FashionMNIST:
-    return load_fashion_mnist(synthetic_data_dir, download=False)
+from models.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module", params=["scratch", "builtin"])

@@ -1,30 +1,23 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 
-from models.batchnorm import batchnorm_layers, batchnorm_state
 from models.data import DataError, FashionMNIST, load_fashion_mnist
 from models.lenet import build_lenet
+from models.stepper import TrainSteps, sgd
 from models.training import (
     Progress,
     TrainConfig,
     TrainingCancelled,
     TrainingDiverged,
-    recompute_bn_statistics,
-    resolve_device,
     train,
+    train_one_epoch,
 )
 
 SMALL = dict(epochs=2, batch_size=32, lr=1.0)
-
-
-@pytest.fixture(scope="module")
-def data(synthetic_data_dir: Path) -> FashionMNIST:
-    return load_fashion_mnist(synthetic_data_dir, download=False)
 
 
 @pytest.mark.parametrize("variant", ["scratch", "builtin"])
@@ -77,37 +70,21 @@ def test_training_divergence_is_a_clear_error(data: FashionMNIST, variant: str) 
         train(TrainConfig(variant=variant, epochs=1, batch_size=32, lr=1e36), data)
 
 
-@pytest.mark.parametrize("variant", ["scratch", "builtin"])
-def test_precise_bn_changes_running_statistics_and_leaves_weights(data: FashionMNIST, variant: str) -> None:
-    result = train(TrainConfig(variant=variant, **SMALL), data)
-    model = result.model
-    stats_before = [batchnorm_state(m) for _, m in batchnorm_layers(model)]
-    params_before = {k: v.clone() for k, v in model.named_parameters()}
-    recompute_bn_statistics(model, data.train_images, batch_size=32, num_images=256)
-    for before, (_, layer) in zip(stats_before, batchnorm_layers(model), strict=True):
-        after = batchnorm_state(layer)
-        assert not torch.allclose(before["running_mean"], after["running_mean"])
-        assert not torch.allclose(before["running_var"], after["running_var"])
-    for k, v in model.named_parameters():
-        assert torch.equal(v, params_before[k]), k
-    assert not model.training  # the mode is restored
-
-
-def test_precise_bn_is_the_average_of_batch_statistics() -> None:
-    torch.manual_seed(0)
-    model = build_lenet("scratch")
-    images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
-    recompute_bn_statistics(model, images, batch_size=16, num_images=64, seed=0)
-    # Recompute the first layer's statistics by hand over the same four batches.
-    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
-    conv = model[0]
-    means, variances = [], []
-    for start in range(0, 64, 16):
-        X = conv(images[order[start:start + 16]].unsqueeze(1).float() / 255)
-        means.append(X.mean(dim=(0, 2, 3)))
-        variances.append(X.var(dim=(0, 2, 3), correction=0))
-    torch.testing.assert_close(model[1].moving_mean.reshape(-1), torch.stack(means).mean(0), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(model[1].moving_var.reshape(-1), torch.stack(variances).mean(0), rtol=1e-5, atol=1e-6)
+def test_training_is_one_train_one_epoch_per_epoch(data: FashionMNIST) -> None:
+    config = TrainConfig(variant="scratch", precise_bn=False, device="cpu", **SMALL)
+    torch.manual_seed(config.seed)
+    model = build_lenet(config.variant)
+    steps = TrainSteps(model, sgd(model, config.lr, torch.device("cpu")), data.train_images, data.train_labels,
+                       torch.device("cpu"), batch_size=config.batch_size)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    history = [train_one_epoch(steps, config, epoch, shuffle, data.test_images, data.test_labels)
+               for epoch in range(1, config.epochs + 1)]
+    result = train(config, data)
+    for ours, theirs in zip(history, result.history, strict=True):
+        assert (ours.epoch, ours.loss, ours.train_acc, ours.test_acc) == (
+            theirs.epoch, theirs.loss, theirs.train_acc, theirs.test_acc)
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
 
 
 def test_training_with_precise_bn_reports_its_accuracy(data: FashionMNIST) -> None:
@@ -128,19 +105,6 @@ def test_training_with_precise_bn_reports_its_accuracy(data: FashionMNIST) -> No
 def test_training_config_rejects_bad_values(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value})  # type: ignore[arg-type]
-
-
-def test_training_device_choice() -> None:
-    assert resolve_device("cpu").type == "cpu"
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device(None).type == expected
-    with pytest.raises(ValueError, match="unknown device 'tpu'"):
-        resolve_device("tpu")
-    with pytest.raises(ValueError, match="unsupported device 'meta'"):
-        resolve_device("meta")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            resolve_device("cuda:0")
 
 
 def _real_data() -> FashionMNIST:

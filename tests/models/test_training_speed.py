@@ -8,8 +8,6 @@ arithmetic (no swap to PyTorch's batch-norm kernel).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +16,7 @@ from torch import nn
 from torch._dynamo.backends.common import aot_autograd
 
 from models.batchnorm import BatchNorm
-from models.data import FashionMNIST, load_fashion_mnist
+from models.data import FashionMNIST
 from models.lenet import build_lenet
 from models.training import Progress, TrainConfig, train
 from tests.devices import DEVICES
@@ -26,11 +24,6 @@ from tests.devices import DEVICES
 # 512 synthetic images in batches of 48: ten full batches and a short last one (32).
 # precise_bn off: the plain loop keeps the moving averages, and so must the engine to compare.
 RUN = dict(epochs=2, batch_size=48, lr=1.0, seed=3, progress_every=1, precise_bn=False)
-
-
-@pytest.fixture(scope="module")
-def data(synthetic_data_dir: Path) -> FashionMNIST:
-    return load_fashion_mnist(synthetic_data_dir, download=False)
 
 
 def plain_loop(variant: str, data: FashionMNIST, *, epochs: int, batch_size: int, lr: float,
