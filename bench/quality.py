@@ -15,8 +15,7 @@ import statistics
 import sys
 from typing import Any
 
-from bnlenet.settings import Settings
-from models.data import load_fashion_mnist
+from bench.data import fashion_mnist
 from models.training import TrainConfig, evaluate_accuracy, recompute_bn_statistics, train
 
 TITLE = "Quality: test accuracy of the stored model over seeds, defaults"
@@ -36,7 +35,7 @@ LABELS = ("moving averages", "stored model (last 5 epochs averaged, precise BN o
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    data = load_fashion_mnist(Settings().DATA_DIR)
+    data = fashion_mnist()
     epochs, seeds = (1, (0, 1)) if quick else (TrainConfig.epochs, (0, 1, 2, 3, 4))
     rows: list[dict[str, Any]] = []
     for variant in ("scratch", "builtin"):
