@@ -16,9 +16,9 @@
 # Environment: PYTHON (default python3); GPU_CHECK_TESTS_TIMEOUT (seconds, default 240) and
 # GPU_CHECK_BENCH_TIMEOUT (default: the rest of the budget), each cut to what is left of the
 # budget: a step that hangs is stopped, and the report keeps what it measured; GPU_CHECK_NO_INSTALL=1 to use the interpreter's own
-# packages; GPU_CHECK_ALLOW_CPU=1 to run without a GPU (CUDA tests skip, the bench writes an
-# empty report: how the script itself is tested, see scripts/gpu_sim.sh); BENCH_ARGS to pass
-# options to bench.gpu.
+# packages; GPU_CHECK_ALLOW_CPU=1 to run without a GPU (CUDA tests skip, one job
+# trains on the CPU through the real service instead, the bench writes an empty report: how the
+# script itself is tested, see scripts/gpu_sim.sh); BENCH_ARGS to pass options to bench.gpu.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out_dir=${1:-${OUT:-var/gpu-check}}
@@ -82,9 +82,16 @@ fi
 
 say "CUDA tests (pytest -m cuda)"
 # Only the modules that hold CUDA tests: the rest of the suite needs dev tools this image lacks.
-timeout "$(limit "${GPU_CHECK_TESTS_TIMEOUT:-240}")" "$python" -m pytest -m cuda -p no:cacheprovider -q -rs \
-    --junitxml="$out_dir/cuda-tests.xml" \
-    tests/cuda tests/models/test_batchnorm.py tests/models/test_training_speed.py 2>&1 | tee "$out_dir/cuda-tests.log"
+tests=(tests/cuda tests/models/test_batchnorm.py tests/models/test_training_speed.py)
+marks=cuda
+if [ -n "${GPU_CHECK_ALLOW_CPU:-}" ]; then
+    # Without a GPU the CUDA service test skips: its CPU twin runs instead, so that Redis (the
+    # wheel's), a Celery worker and app.edge still start and train a job with what was carried.
+    tests+=(tests/integration/test_service.py::test_service_trains_then_predicts_like_the_cli)
+    marks="cuda or integration"
+fi
+timeout "$(limit "${GPU_CHECK_TESTS_TIMEOUT:-240}")" "$python" -m pytest -m "$marks" -p no:cacheprovider -q -rs \
+    --junitxml="$out_dir/cuda-tests.xml" "${tests[@]}" 2>&1 | tee "$out_dir/cuda-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
 say "training throughput (python -m bench.gpu)"

@@ -99,6 +99,7 @@ def test_gpu_check_runs_as_on_the_gpu_machine(tmp_path: Path) -> None:
     assert "/.gpu-data 60000 training and 10000 test images" in environment  # the carried copy
     tests_log = (out_dir / "cuda-tests.log").read_text()
     assert "needs a CUDA GPU" in tests_log and " skipped" in tests_log
+    assert "1 passed" in tests_log  # the CUDA service test's CPU twin: Redis, a worker and app.edge trained a job
     assert " failed" not in tests_log and " error" not in tests_log
     report = json.loads((out_dir / "gpu_check.json").read_text())
     assert report["training_images"] == 60_000 and report["rows"] == [] and report["device"]["gpu"] is None
