@@ -16,7 +16,6 @@
 # tests/bench/test_gpu_check.py runs it in CI (marked gpu_sim and slow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$PWD
 out=$(realpath -m "${1:-var/gpu-sim}")
 venv=${GPU_SIM_VENV:-$HOME/.cache/bnlenet/gpu-sim-venv}
 say() { echo "== gpu_sim $(date -u +%H:%M:%S) $*"; }
