@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
+from bench.data import fashion_mnist
 from bench.machine import describe
 from bench.run import markdown_table
 from bench.train_speed import CHAPTER, GPU_TARGETS, run_cuda
-from models.data import load_fashion_mnist
 
 __all__ = ["device_info", "main", "targets"]
 
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench.gpu: no CUDA device here; nothing to measure (--allow-cpu writes an empty report)",
               file=sys.stderr)
         return 2
-    data = load_fashion_mnist(download=False)
+    data = fashion_mnist(download=False)  # DATA_DIR: scripts/gpu_check.sh sets it to the carried copy
     if args.quick:
         data = replace(data, train_images=data.train_images[:8192], train_labels=data.train_labels[:8192])
         args.epochs, args.chapter_epochs, args.rounds = 1, 1, 1

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from models.data import load_fashion_mnist
+from bench.data import fashion_mnist
 from models.devices import cuda_settings
 from models.lenet import build_lenet
 from models.stepper import TrainSteps, compiled_forward_loss, sgd
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device("cuda")
     torch._dynamo.config.recompile_limit = 64  # every candidate is another graph of the same function
     args.out.mkdir(parents=True, exist_ok=True)
-    data = load_fashion_mnist(download=False)
+    data = fashion_mnist(download=False)
     images, labels = data.train_images.to(device), data.train_labels.to(device)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).to(device)
     batches = [order[i:i + 256] for i in range(0, len(order) - 255, 256)]

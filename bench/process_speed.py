@@ -50,9 +50,9 @@ NOTES = (
 def _chapter_main(variant: str, epochs: int, workers: int) -> None:
     """One chapter run in this process; prints its accuracies as one JSON line."""
     from bench.chapter_pipeline import train_chapter
-    from models.data import load_fashion_mnist
+    from bench.data import fashion_mnist
 
-    data = load_fashion_mnist()
+    data = fashion_mnist()  # the subset's DATA_DIR in a quick run
     result = train_chapter(variant, data, epochs=epochs, num_workers=workers)
     print(json.dumps({"train_acc": result.train_acc, "test_acc": result.test_acc}), flush=True)
 
@@ -93,16 +93,17 @@ def _commands(variant: str, epochs: int) -> dict[str, list[str]]:
 
 
 def _write_subset(directory: Path) -> None:
-    from models.data import FILES, load_fashion_mnist, write_idx
+    from bench.data import fashion_mnist
+    from models.data import FILES, write_idx
 
-    data = load_fashion_mnist()
+    data = fashion_mnist()
     for key, tensor in (("train_images", data.train_images[:QUICK_TRAIN]), ("train_labels", data.train_labels[:QUICK_TRAIN]),
                         ("test_images", data.test_images[:QUICK_TEST]), ("test_labels", data.test_labels[:QUICK_TEST])):
         write_idx(directory / FILES[key], tensor.numpy())
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    from models.data import load_fashion_mnist
+    from bench.data import fashion_mnist
 
     epochs, rounds = (1, 1) if quick else (EPOCHS, ROUNDS)
     rows: list[dict[str, Any]] = []
@@ -113,7 +114,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         if quick:
             _write_subset(Path(tmp))
             env["DATA_DIR"] = tmp
-        n_train = QUICK_TRAIN if quick else len(load_fashion_mnist().train_images)
+        n_train = QUICK_TRAIN if quick else len(fashion_mnist().train_images)
         for variant in ("builtin", "scratch"):
             commands = _commands(variant, epochs)
             labels = list(commands)

@@ -15,9 +15,8 @@ import statistics
 import sys
 from typing import Any
 
-from bnlenet.settings import Settings
+from bench.data import fashion_mnist
 from models.averaging import recompute_bn_statistics
-from models.data import load_fashion_mnist
 from models.inference import evaluate_accuracy
 from models.training import TrainConfig, train
 
@@ -38,7 +37,7 @@ LABELS = ("moving averages", "stored model (last 5 epochs averaged, precise BN o
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    data = load_fashion_mnist(Settings().DATA_DIR)
+    data = fashion_mnist()
     epochs, seeds = (1, (0, 1)) if quick else (TrainConfig.epochs, (0, 1, 2, 3, 4))
     rows: list[dict[str, Any]] = []
     for variant in ("scratch", "builtin"):

