@@ -15,13 +15,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.main import api_router
 from app.errors import PayloadTooLarge, install_error_handlers
 from app.events import EventHub
-from app.metrics import HttpMetrics
+from app.metrics import HttpMetrics, MeteredModelStore
 from app.openapi import build_openapi, operation_id
 from app.predictors import Predictors
 from app.web import install_pages
 from bnlenet.jobs import JobStore
 from bnlenet.logs import configure_handlers
-from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings, get_settings
 from bnlenet.training_queue import Publisher
 
@@ -132,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S,
                                             retention_s=settings.JOB_RETENTION_DAYS * 86400)
-    app.state.model_store = ModelStore.from_settings(settings, background=True)
+    app.state.model_store = MeteredModelStore.from_settings(settings, background=True)
     app.state.predictors = Predictors(settings.PREDICT_RUNTIME, threads=settings.PREDICT_THREADS,
                                       size=settings.MODEL_CACHE_SIZE)
     # One pub/sub subscription per process for the job event streams, opened by the first one.
