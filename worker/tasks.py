@@ -111,11 +111,14 @@ def run_job(job_id: str, task_id: str | None,
     attempt = claim.record["attempts"]
     owner: dict[str, Any] = {"worker": me, "attempt": attempt}
 
-    def finish(status: JobStatus, *, within: float = 60.0, **fields: Any) -> tuple[str, str | None]:
-        """Record the outcome, retrying for a while if Redis is briefly away."""
+    def finish(status: JobStatus, *, within: float = 60.0, before: Callable[[], object] | None = None,
+               **fields: Any) -> tuple[str, str | None]:
+        """Record the outcome (after ``before``), retrying both for a while if Redis is briefly away."""
         deadline = time.monotonic() + within
         while True:
             try:
+                if before is not None:
+                    before()
                 store.finish(job_id, status, **owner, **fields)
                 return status, fields.get("error")
             except StoreUnavailable:
@@ -184,8 +187,12 @@ def run_job(job_id: str, task_id: str | None,
         log.exception("job %s: could not publish its model", job_id)
         return finish("failed", error=f"could not publish the model: {type(exc).__name__}: {exc}")
     try:
-        return _ended(beat, finish("succeeded", within=s.OUTCOME_RETRY_S, model_id=job_id, device=result.device,
-                                   final_test_acc=result.final_test_acc))
+        # Every API process serves the model before any client can learn of it (bnlenet.model_news).
+        def tell_every_api() -> object:
+            return resources.model_news().announce(f"model {job_id} published")
+
+        return _ended(beat, finish("succeeded", within=s.OUTCOME_RETRY_S, before=tell_every_api, model_id=job_id,
+                                   device=result.device, final_test_acc=result.final_test_acc))
     except StoreUnavailable:
         log.error("job %s: its model is published but Redis stayed away for %.0fs; the reaper records the "
                   "success from the checkpoint once it can", job_id, s.OUTCOME_RETRY_S)
