@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.errors import Forbidden, Unauthorized
 from app.events import EventHub
 from bnlenet.jobs import JobStore
+from bnlenet.model_news import ModelNews
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher
@@ -37,6 +38,10 @@ def get_model_store(request: Request) -> ModelStore:
     return _state(request, "model_store", ModelStore)
 
 
+def get_model_news(request: Request) -> ModelNews:
+    return _state(request, "model_news", ModelNews)
+
+
 def get_publisher(request: Request) -> Publisher:
     return _state(request, "publisher", Publisher)
 
@@ -48,6 +53,7 @@ def get_event_hub(request: Request) -> EventHub:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
+ModelNewsDep = Annotated[ModelNews, Depends(get_model_news)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 EventHubDep = Annotated[EventHub, Depends(get_event_hub)]
 

@@ -1,4 +1,4 @@
-"""Live job events for ``GET /jobs/{job_id}/events``: one pub/sub subscription per API process.
+"""Live job events for ``GET /jobs/{job_id}/events``, and model news: one pub/sub subscription per API process.
 
 The job store appends a job's events to its Redis Stream and publishes the job's id on
 ``EVENTS_CHANNEL`` in the same transaction (``bnlenet.jobs``). Here, ``EventHub`` holds the
@@ -10,6 +10,10 @@ Redis command at all: it waits on an in-process event, and sends a comment as a 
 No gaps and no duplicates: a stream joins its feed *before* it reads the snapshot and its
 backlog, so whatever is written after that read reaches it through the feed; it drops what it
 already sent by comparing entry ids.
+
+The same subscription carries the model news (``bnlenet.model_news``): each message, and each
+time the subscription is confirmed (news may have been missed), goes to ``on_model_news`` (the
+message, or None), which must return at once. The subscription opens as the process starts.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import redis
 import redis.asyncio
@@ -26,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.schemas import JobOut
 from bnlenet.jobs import EVENTS_CHANNEL, TERMINAL, JobEvent, JobNotFound, JobStore, StoreUnavailable, event_id_key
+from bnlenet.model_news import MODELS_CHANNEL
 
 __all__ = ["EventHub", "Watch", "follow_job"]
 
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 
 BACKLOG_MAX = 1000  # events a slow stream may fall behind before it is closed (its client resumes)
 RECONNECT_S = 1.0  # between attempts to subscribe again after Redis went away
+_MODELS = MODELS_CHANNEL.encode()
 
 
 class Watch:
@@ -77,8 +83,10 @@ class _Feed:
 class EventHub:
     """The process's subscription to ``EVENTS_CHANNEL``, fanned out to the open streams by job."""
 
-    def __init__(self, redis_url: str, store: JobStore, *, timeout: float = 2.0) -> None:
+    def __init__(self, redis_url: str, store: JobStore, *, timeout: float = 2.0,
+                 on_model_news: Callable[[str | None], None] | None = None) -> None:
         self.redis_url, self.store, self.timeout = redis_url, store, timeout
+        self.on_model_news = on_model_news
         self._feeds: dict[str, _Feed] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Event | None = None
@@ -87,14 +95,18 @@ class EventHub:
     def open_streams(self) -> int:
         return sum(len(f.watches) for f in self._feeds.values())
 
-    async def start(self) -> None:
-        """Subscribe (once per process); ``StoreUnavailable`` if Redis does not answer in time."""
-        if self._listener is None or self._listener.done():
+    def listen(self) -> asyncio.Event:
+        """Subscribe in the background (once per process, again whenever Redis comes back); set once subscribed."""
+        if self._listener is None or self._listener.done() or self._subscribed is None:
             self._subscribed = asyncio.Event()
             self._listener = asyncio.create_task(self._listen(self._subscribed), name="job-events-listener")
-        assert self._subscribed is not None
+        return self._subscribed
+
+    async def start(self) -> None:
+        """Subscribe (once per process); ``StoreUnavailable`` if Redis does not answer in time."""
+        subscribed = self.listen()
         try:
-            await asyncio.wait_for(self._subscribed.wait(), self.timeout)
+            await asyncio.wait_for(subscribed.wait(), self.timeout)
         except TimeoutError:
             raise StoreUnavailable("the job store (Redis) is unavailable: cannot subscribe to job events") from None
 
@@ -137,21 +149,31 @@ class EventHub:
             client = redis.asyncio.Redis.from_url(self.redis_url, socket_connect_timeout=self.timeout)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(EVENTS_CHANNEL)
+                await pubsub.subscribe(EVENTS_CHANNEL, MODELS_CHANNEL)
                 subscribed.set()
                 for job_id, feed in self._feeds.items():  # what was published while we were away
                     self._notify(job_id, feed)
+                self._model_news(None)
                 async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        job_id = message["data"].decode()
-                        if (watched := self._feeds.get(job_id)) is not None:
-                            self._notify(job_id, watched)
+                    if message["type"] != "message":
+                        continue
+                    if message["channel"] == _MODELS:
+                        self._model_news(message["data"].decode())
+                    elif (watched := self._feeds.get(job_id := message["data"].decode())) is not None:
+                        self._notify(job_id, watched)
             except (redis.RedisError, OSError) as exc:
                 log.warning("job events subscription lost (%s); subscribing again", exc)
                 await asyncio.sleep(RECONNECT_S)
             finally:
                 await pubsub.aclose()
                 await client.aclose()
+
+    def _model_news(self, message: str | None) -> None:
+        if self.on_model_news is not None:
+            try:
+                self.on_model_news(message)
+            except Exception:
+                log.exception("handling model news failed")
 
     def _notify(self, job_id: str, feed: _Feed) -> None:
         feed.stale = True

@@ -15,13 +15,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.main import api_router
 from app.errors import PayloadTooLarge, install_error_handlers
 from app.events import EventHub
-from app.metrics import HttpMetrics
+from app.metrics import HttpMetrics, MeteredModelStore
 from app.openapi import build_openapi, operation_id
 from app.predictors import Predictors
 from app.web import install_pages
 from bnlenet.jobs import JobStore
 from bnlenet.logs import configure_handlers
-from bnlenet.model_store import ModelStore
+from bnlenet.model_news import ModelNews
 from bnlenet.settings import Settings, get_settings
 from bnlenet.training_queue import Publisher
 
@@ -112,12 +112,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One intra-op thread per API process by default: requests are tiny, processes give parallelism.
         torch.set_num_threads(settings.PREDICT_THREADS)
+        app.state.event_hub.listen()  # job events and model news, from the start
         yield
         app.state.predictors.close()
         app.state.model_store.close()
         await app.state.event_hub.close()
         app.state.publisher.close()
         app.state.job_store.redis.close()
+        app.state.model_news.close()
 
     app = FastAPI(
         title="bnlenet",
@@ -132,11 +134,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S,
                                             retention_s=settings.JOB_RETENTION_DAYS * 86400)
-    app.state.model_store = ModelStore.from_settings(settings, background=True)
+    app.state.model_store = MeteredModelStore.from_settings(settings, background=True)
     app.state.predictors = Predictors(settings.PREDICT_RUNTIME, threads=settings.PREDICT_THREADS,
                                       size=settings.MODEL_CACHE_SIZE)
-    # One pub/sub subscription per process for the job event streams, opened by the first one.
-    app.state.event_hub = EventHub(settings.REDIS_URL, app.state.job_store, timeout=settings.REDIS_TIMEOUT_S)
+    # One pub/sub subscription per process: the job event streams, and the model news that keep the listing current.
+    app.state.model_news = ModelNews.from_url(settings.REDIS_URL, wait_s=settings.MODEL_NEWS_WAIT_S,
+                                              timeout=settings.REDIS_TIMEOUT_S)
+    app.state.event_hub = EventHub(settings.REDIS_URL, app.state.job_store, timeout=settings.REDIS_TIMEOUT_S,
+                                   on_model_news=app.state.model_news.follower(app.state.model_store))
     app.state.publisher = Publisher(settings)  # one long-lived broker connection, opened on first use
     install_error_handlers(app)
     app.include_router(api_router(settings))

@@ -1,4 +1,5 @@
-"""The API's side of the metrics: HTTP requests counted by a pure ASGI middleware, and /predict's phases.
+"""The API's side of the metrics: HTTP requests counted by a pure ASGI middleware, /predict's phases, and
+the model store's cache observed from outside (``MeteredModelStore``).
 
 The middleware does no work per request beyond two clock reads, one dictionary lookup and two
 metric updates: no request object, no body wrapping, so /predict costs what it did. Requests
@@ -14,9 +15,18 @@ from functools import cache
 from prometheus_client.metrics import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bnlenet.metrics import HTTP_DURATION, HTTP_REQUESTS, PREDICT_DURATION, PREDICT_REQUESTS
+from bnlenet.metrics import (
+    HTTP_DURATION,
+    HTTP_REQUESTS,
+    MODEL_CACHE,
+    MODEL_LOAD_SECONDS,
+    MODEL_LOADS,
+    PREDICT_DURATION,
+    PREDICT_REQUESTS,
+)
+from bnlenet.model_store import LoadedModel, ModelStore, ModelUnusable, ObjectStoreUnavailable, UnknownModel
 
-__all__ = ["HttpMetrics", "PredictTimer"]
+__all__ = ["HttpMetrics", "MeteredModelStore", "PredictTimer"]
 
 
 class HttpMetrics:
@@ -98,3 +108,27 @@ class PredictTimer:
         _DECODE.observe(self.decode)
         _INFERENCE.observe(self.inference)
         _OTHER.observe(max(0.0, total - self.decode - self.inference))
+
+
+_CACHE_HIT, _CACHE_MISS = MODEL_CACHE.labels("hit"), MODEL_CACHE.labels("miss")
+_LOAD_OK, _LOAD_ERROR = MODEL_LOADS.labels("ok"), MODEL_LOADS.labels("error")
+
+
+class MeteredModelStore(ModelStore):
+    """The API's model store, observed for /metrics: each lookup a hit or a miss, each load timed and counted."""
+
+    def cached(self, model_id: str) -> LoadedModel | None:
+        loaded = super().cached(model_id)
+        (_CACHE_HIT if loaded is not None else _CACHE_MISS).inc()
+        return loaded
+
+    def load(self, model_id: str) -> LoadedModel:
+        started = time.perf_counter()
+        try:
+            loaded = super().load(model_id)
+        except (UnknownModel, ModelUnusable, ObjectStoreUnavailable):
+            _LOAD_ERROR.inc()
+            raise
+        _LOAD_OK.inc()
+        MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
+        return loaded

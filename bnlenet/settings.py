@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # How stale the listing of models and aliases may be ("the newest model", an alias just moved,
     # a model deleted elsewhere), to keep the storage off the hot path.
     NEWEST_MODEL_REFRESH_S: float = 1.0
+    # A writer (a worker that published a model, an API that moved an alias) waits this long at most for every
+    # API process to list the change before it records the job succeeded or answers (bnlenet.model_news).
+    MODEL_NEWS_WAIT_S: float = Field(2.0, ge=0)
 
     TRAINING_QUEUE: str = "training"
     # Celery's keys (the queue, unacked, _kombu.*, task results) carry this prefix, apart from

@@ -115,18 +115,25 @@ class _Attempt:
             log.exception("job %s: could not publish its model", self.job_id)
             return self._finish("failed", error=f"could not publish the model: {type(exc).__name__}: {exc}")
         try:
-            return self._finish("succeeded", within=self.settings.OUTCOME_RETRY_S, model_id=self.job_id,
-                                device=result.device, final_test_acc=result.final_test_acc)
+            # Every API process serves the model before any client can learn of it (bnlenet.model_news).
+            return self._finish("succeeded", within=self.settings.OUTCOME_RETRY_S, before=self._tell_every_api,
+                                model_id=self.job_id, device=result.device, final_test_acc=result.final_test_acc)
         except StoreUnavailable:
             log.error("job %s: its model is published but Redis stayed away for %.0fs; the reaper records the "
                       "success from the checkpoint once it can", self.job_id, self.settings.OUTCOME_RETRY_S)
             return "succeeded", None
 
-    def _finish(self, status: JobStatus, *, within: float = 60.0, **fields: Any) -> Outcome:
-        """Record the outcome, retrying for a while if Redis is briefly away."""
+    def _tell_every_api(self) -> None:
+        resources.model_news().announce(f"model {self.job_id} published")
+
+    def _finish(self, status: JobStatus, *, within: float = 60.0, before: Callable[[], object] | None = None,
+                **fields: Any) -> Outcome:
+        """Record the outcome (after ``before``), retrying both for a while if Redis is briefly away."""
         deadline = time.monotonic() + within
         while True:
             try:
+                if before is not None:
+                    before()
                 ended = self.store.finish(self.job_id, status, **self.owner, **fields)
             except StoreUnavailable:
                 if time.monotonic() > deadline:

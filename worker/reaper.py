@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from bnlenet.jobs import JobStore, StoreUnavailable, is_stale
+from bnlenet.model_news import ModelNews
 from bnlenet.model_store import ModelStore, ModelUnusable, ObjectStoreUnavailable, UnknownModel
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher
@@ -29,8 +30,11 @@ def reap_stale_jobs(store: JobStore, publisher: Publisher, settings: Settings) -
     for record in store.running():
         if not is_stale(record, settings.JOB_STALE_AFTER_S):
             continue
+        published = _published(record["job_id"], settings)
+        if published is not None:  # recorded succeeded below: every API process serves it first
+            _announce(f"model {record['job_id']} published", settings)
         back = store.reap(record["job_id"], stale_after=settings.JOB_STALE_AFTER_S,
-                          max_attempts=settings.MAX_ATTEMPTS, published=_published(record["job_id"], settings))
+                          max_attempts=settings.MAX_ATTEMPTS, published=published)
         if back is not None:
             log.warning("requeued job %s: %s", back["job_id"], back["note"])
             requeued.append(back["job_id"])
@@ -49,6 +53,14 @@ def _published(job_id: str, settings: Settings) -> dict[str, Any] | None:
         return None
     except ObjectStoreUnavailable as exc:  # unknown yet: a later sweep looks again
         raise StoreUnavailable(str(exc)) from exc
+
+
+def _announce(what: str, settings: Settings) -> None:
+    news = ModelNews.from_url(settings.REDIS_URL, wait_s=settings.MODEL_NEWS_WAIT_S, timeout=settings.REDIS_TIMEOUT_S)
+    try:
+        news.announce(what)
+    finally:
+        news.close()
 
 
 class Reaper(threading.Thread):

@@ -7,12 +7,14 @@ import socket
 import threading
 
 from bnlenet.jobs import JobStore
+from bnlenet.model_news import ModelNews
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings, get_settings
 from bnlenet.training_queue import Publisher
 from models.data import FashionMNIST, load_fashion_mnist
 
-__all__ = ["engine_lock", "job_store", "model_store", "publisher", "settings", "training_data", "worker_name"]
+__all__ = ["engine_lock", "job_store", "model_news", "model_store", "publisher", "settings", "training_data",
+           "worker_name"]
 
 # One training run at a time per process: the warm-up (which compiles on a GPU), then jobs,
 # which reuse what it compiled instead of compiling beside it.
@@ -22,6 +24,7 @@ _data_lock = threading.Lock()  # its own: loading takes seconds, and must not ho
 _store: JobStore | None = None
 _publisher: Publisher | None = None
 _models: ModelStore | None = None
+_news: ModelNews | None = None
 _data: FashionMNIST | None = None
 
 
@@ -52,6 +55,15 @@ def model_store() -> ModelStore:
         if _models is None:
             _models = ModelStore.from_settings(settings())
         return _models
+
+
+def model_news() -> ModelNews:
+    global _news
+    with _lock:
+        if _news is None:
+            s = settings()
+            _news = ModelNews.from_url(s.REDIS_URL, wait_s=s.MODEL_NEWS_WAIT_S, timeout=s.REDIS_TIMEOUT_S)
+        return _news
 
 
 def training_data() -> FashionMNIST:

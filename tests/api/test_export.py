@@ -64,16 +64,16 @@ def test_export_safetensors_is_the_checkpoint(client, trained_models):
 
 
 def test_export_is_cached_per_model_and_format(make_client, checkpoint_dir, tmp_path, monkeypatch):
-    import bnlenet.model_store as model_store
+    import bnlenet.model_store.exports as exports
 
     calls: list[str] = []
-    real = model_store.export_bytes_in_subprocess
+    real = exports.export_bytes_in_subprocess
 
     def counting(model, metadata, fmt, **kwargs):
         calls.append(fmt)
         return real(model, metadata, fmt, **kwargs)
 
-    monkeypatch.setattr(model_store, "export_bytes_in_subprocess", counting)
+    monkeypatch.setattr(exports, "export_bytes_in_subprocess", counting)
     cache = tmp_path / "exports"
     client = make_client(CHECKPOINT_DIR=checkpoint_dir, EXPORT_DIR=cache)
     first = _export(client, "model-scratch", "pt2")

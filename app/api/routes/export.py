@@ -1,6 +1,6 @@
 """GET /models/{model_id}/export: the model as ONNX, a torch.export program (pt2) or safetensors.
 
-Exports are made on first request, by a child process (``ModelStore.export``: the exporter's
+Exports are made on first request, by a child process (``bnlenet.model_store.exports``: the exporter's
 imports never load into the API, and ``torch.export`` never runs beside a serving thread), and
 cached per model and format (``EXPORT_DIR``, default ``<CHECKPOINT_DIR>/exports``), written
 atomically. The handler is a plain ``def``, so FastAPI waits for the child in its threadpool,
@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse
 from app.api.routes.models import ModelId
 from app.deps import ModelStoreDep, ReaderDep, SettingsDep
 from app.errors import error_responses
+from bnlenet.model_store.exports import export
 from models.export import EXPORT_FORMATS, INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, ExportFormat, export_filename
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -49,5 +50,5 @@ def export_model(
     format: Annotated[ExportFormat, Query(description="onnx, pt2 or safetensors")] = "onnx",
 ) -> FileResponse:
     resolved = store.resolve(model_id)
-    path = store.export(resolved, format, settings.EXPORT_DIR)
+    path = export(store, resolved, format, settings.EXPORT_DIR)
     return FileResponse(path, media_type=MEDIA_TYPE, filename=export_filename(resolved, format))

@@ -3,18 +3,22 @@ PUT and DELETE /models/{model_id}/aliases/{alias}."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 
-from app.deps import ModelStoreDep, ReaderDep, WriterDep
+from app.deps import ModelNewsDep, ModelStoreDep, ReaderDep, WriterDep
 from app.errors import error_responses
 from app.schemas import AliasOut, BatchNormLayerOut, BatchNormOut, ModelList, ModelOut, UnusableModelOut
+from bnlenet.jobs import StoreUnavailable
+from bnlenet.model_news import ModelNews
 from bnlenet.model_store import MODEL_ID_PATTERN, AliasConflict, ModelStore, NoModelYet
 from models.batchnorm import batchnorm_report
 from models.checkpoint import final_test_acc
 
 router = APIRouter(prefix="/models", tags=["models"])
+log = logging.getLogger(__name__)
 
 ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN,
                                description="the model's id (its training job's id), or an alias that points at it")]
@@ -50,6 +54,15 @@ def list_models(store: ModelStoreDep) -> ModelList:
     return ModelList(data=[_model_out(i, m, store.aliases_of(i)) for i, m in models], count=len(models),
                      unusable=[UnusableModelOut(model_id=i, error=e) for i, e in store.unusable()],
                      aliases=store.aliases(), default_model_id=_default(store))
+
+
+def _tell_every_api(news: ModelNews, what: str) -> None:
+    """Return once every API process serves the change (``bnlenet.model_news``); without Redis, they follow
+    within ``NEWEST_MODEL_REFRESH_S``."""
+    try:
+        news.announce(what)
+    except StoreUnavailable as exc:
+        log.warning("%s; the other API processes follow within NEWEST_MODEL_REFRESH_S", exc)
 
 
 def _default(store: ModelStore) -> str | None:
@@ -89,14 +102,15 @@ def get_batchnorm(model_id: ModelId, store: ModelStoreDep) -> BatchNormOut:
     "/{model_id}",
     status_code=204,
     summary="Delete a model",
-    description="Removes the checkpoint. Every API process stops serving it within a second "
-    "(`NEWEST_MODEL_REFRESH_S`); the job that trained it stays. A model an alias points at is not deleted "
+    description="Removes the checkpoint. Every API process has stopped serving it when this answers (without "
+    "Redis: within `NEWEST_MODEL_REFRESH_S`); the job that trained it stays. A model an alias points at is not deleted "
     "(409 naming the aliases): move or delete the alias first, so nothing served by name disappears.",
     dependencies=[WriterDep],
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
-def delete_model(model_id: ModelId, store: ModelStoreDep) -> Response:
-    store.delete(model_id)
+def delete_model(model_id: ModelId, store: ModelStoreDep, news: ModelNewsDep) -> Response:
+    deleted = store.delete(model_id)
+    _tell_every_api(news, f"model {deleted} deleted")
     return Response(status_code=204)
 
 
@@ -105,14 +119,17 @@ def delete_model(model_id: ModelId, store: ModelStoreDep) -> Response:
     response_model=AliasOut,
     summary="Point an alias at a model",
     description="Creates the alias or moves it here. `POST /predict` without a model serves the model "
-    "`DEFAULT_MODEL_ALIAS` (default `production`) points at; every API process follows a move within a second. "
+    "`DEFAULT_MODEL_ALIAS` (default `production`) points at; every API process serves the move when this "
+    "answers (without Redis: within `NEWEST_MODEL_REFRESH_S`). "
     "An alias may be given wherever a model id is accepted; it may not be the id of an existing model (409), "
     "and the model must verify (409 otherwise).",
     dependencies=[WriterDep],
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
-def set_alias(model_id: ModelId, alias: AliasName, store: ModelStoreDep) -> AliasOut:
-    return AliasOut(alias=alias, model_id=store.set_alias(alias, model_id))
+def set_alias(model_id: ModelId, alias: AliasName, store: ModelStoreDep, news: ModelNewsDep) -> AliasOut:
+    target = store.set_alias(alias, model_id)
+    _tell_every_api(news, f"alias {alias} -> {target}")
+    return AliasOut(alias=alias, model_id=target)
 
 
 @router.delete(
@@ -123,9 +140,10 @@ def set_alias(model_id: ModelId, alias: AliasName, store: ModelStoreDep) -> Alia
     dependencies=[WriterDep],
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
-def delete_alias(model_id: ModelId, alias: AliasName, store: ModelStoreDep) -> Response:
+def delete_alias(model_id: ModelId, alias: AliasName, store: ModelStoreDep, news: ModelNewsDep) -> Response:
     target = store.aliases().get(alias)
     if target is not None and target != store.resolve(model_id):
         raise AliasConflict(f"alias {alias!r} points at model {target!r}, not {model_id!r}: nothing removed")
     store.delete_alias(alias)
+    _tell_every_api(news, f"alias {alias} deleted")
     return Response(status_code=204)
