@@ -34,7 +34,7 @@ from app.deps import ModelStoreDep, PredictorsDep, ReaderDep, SettingsDep
 from app.errors import STATUS, BadInput, PayloadTooLarge, UnsupportedMedia, error_responses
 from app.metrics import PredictTimer
 from app.predictors import Predictors
-from app.schemas import (
+from app.schemas.predict import (
     MODEL_ID_DESCRIPTION,
     TOP_K_DEFAULT,
     ClassScore,
@@ -176,7 +176,8 @@ async def read_images(request: Request, settings: Settings, *, batch: bool,
             raise UnsupportedMedia(
                 f"content type {ctype or 'none'!r} is not accepted: send multipart/form-data with "
                 + ("one field 'files' per image (or JSON {\"images\": [...]} to /predict/batch/pixels)" if batch else
-                   "the image in field 'file' (or JSON {\"pixels\": 28x28 numbers in [0, 1]} to /predict/pixels)")
+                   f"the image in field 'file' (or JSON {{\"pixels\": {IMAGE_SIZE}x{IMAGE_SIZE} numbers in [0, 1]}} "
+                   "to /predict/pixels)")
             )
         raw = await request.body()
         body = _parse(PredictBatchRequest, raw) if batch else _parse(PredictRequest, raw)
