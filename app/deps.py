@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import Forbidden, Unauthorized
 from app.events import EventHub
+from app.predictors import Predictors
 from bnlenet.jobs import JobStore
 from bnlenet.model_news import ModelNews
 from bnlenet.model_store import ModelStore
@@ -50,12 +51,17 @@ def get_event_hub(request: Request) -> EventHub:
     return _state(request, "event_hub", EventHub)
 
 
+def get_predictors(request: Request) -> Predictors:
+    return _state(request, "predictors", Predictors)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
 ModelNewsDep = Annotated[ModelNews, Depends(get_model_news)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 EventHubDep = Annotated[EventHub, Depends(get_event_hub)]
+PredictorsDep = Annotated[Predictors, Depends(get_predictors)]
 
 
 # Two names for one scheme, so the OpenAPI document can tell writes from reads: app.openapi

@@ -10,7 +10,9 @@ buffered whole. ``GuardedHttpToolsProtocol`` is uvicorn's httptools protocol plu
   408 and the connection is closed; a connection that sends nothing is closed as well;
 * a deadline for the body (``HTTP_BODY_TIMEOUT_S``, from the end of the head): the connection
   is closed, and the app sees the client leave;
-* at most ``HTTP_MAX_HEADER_BYTES`` bytes of head and ``HTTP_MAX_HEADERS`` header lines: 431.
+* at most ``HTTP_MAX_HEADER_BYTES`` bytes of head and ``HTTP_MAX_HEADERS`` header lines: 431;
+  a request line that alone is longer (a long URL: a unicode id grows ninefold percent-encoded)
+  is a 414, the status that names the URL.
 
 The parser stays httptools, so the hot path (``/predict``) costs what it did. Run the API with
 ``python -m app.edge`` (``bnlenet up``, the containers and the tests do).
@@ -36,6 +38,7 @@ log = logging.getLogger("uvicorn.error")
 
 _RESPONSES = {
     408: b"HTTP/1.1 408 Request Timeout\r\n",
+    414: b"HTTP/1.1 414 URI Too Long\r\n",
     431: b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
 }
 
@@ -57,6 +60,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._reading_head = True  # between requests or inside a head: what arrives is head
         self._head_bytes = 0
+        self._line_bytes = 0  # of the request line, while it has not ended
+        self._in_request_line = True
         self._head_lines = 0
         self._refused = False
 
@@ -80,8 +85,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # one write (a JSON batch of images), and that body is MAX_BODY_BYTES's business.
             end = data.find(b"\r\n\r\n")
             self._head_bytes += len(data) if end < 0 else end + 4
+            if self._in_request_line:
+                eol = data.find(b"\n")
+                self._line_bytes += len(data) if eol < 0 else eol + 1
+                self._in_request_line = eol < 0
             if self._head_bytes > self.max_header_bytes:
-                self._refuse(431, f"request head over {self.max_header_bytes} bytes")
+                if self._line_bytes > self.max_header_bytes:
+                    self._refuse(414, f"request line over {self.max_header_bytes} bytes")
+                else:
+                    self._refuse(431, f"request head over {self.max_header_bytes} bytes")
                 return
         super().data_received(data)
 
@@ -113,6 +125,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()
         self._reading_head, self._head_bytes = True, 0
+        self._in_request_line, self._line_bytes = True, 0
         super().on_message_complete()
 
     # Deadlines -------------------------------------------------------------------------

@@ -109,6 +109,17 @@ def test_edge_oversized_head_is_431(edge: tuple[int, Path]) -> None:
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
 
 
+def test_edge_model_id_too_long_for_a_request_line_is_414_not_431(edge: tuple[int, Path]) -> None:
+    """A unicode id grows ninefold percent-encoded: past the head limit it is a 414 (the URL), not a 431."""
+    quoted = "%F0%9F%98%80" * 2000  # 2000 emoji: 24000 bytes of request line
+    with _connect(edge[0]) as sock:
+        sock.sendall(f"GET /models/{quoted} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 414"), answer[:200]
+    short = httpx.get(f"http://127.0.0.1:{edge[0]}/models/" + "%F0%9F%98%80" * 64, timeout=10)
+    assert short.status_code == 422 and "model_id" in short.text  # within the limit: the field is named
+
+
 def test_edge_too_many_headers_is_431(edge: tuple[int, Path]) -> None:
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"x-%d: 1\r\n" % i for i in range(150)) + b"\r\n"
     assert len(head) < 16384  # under the byte limit: the line count refuses it

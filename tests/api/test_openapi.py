@@ -156,3 +156,11 @@ def test_openapi_pixels_example_is_small(client):
     spec = client.get("/openapi.json").json()
     import json as _json
     assert len(_json.dumps(spec["components"]["schemas"]["PredictRequest"])) < 4000
+
+
+def test_openapi_long_urls_are_documented_as_414(client):
+    """app.edge answers 414 to a request line over the head limit: every operation with URL values says so."""
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "414" in paths["/models/{model_id}"]["get"]["responses"]
+    assert "414" in paths["/jobs"]["get"]["responses"]
+    assert "414" not in paths["/healthz"]["get"]["responses"]  # nothing in its URL grows
