@@ -14,6 +14,7 @@ from app.predictors import Predictors
 from bnlenet.jobs import JobStore
 from bnlenet.model_news import ModelNews
 from bnlenet.model_store import ModelStore
+from bnlenet.model_store.exports import ExportBuilds
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher
 
@@ -43,6 +44,10 @@ def get_model_news(request: Request) -> ModelNews:
     return _state(request, "model_news", ModelNews)
 
 
+def get_export_builds(request: Request) -> ExportBuilds:
+    return _state(request, "export_builds", ExportBuilds)
+
+
 def get_publisher(request: Request) -> Publisher:
     return _state(request, "publisher", Publisher)
 
@@ -59,6 +64,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
 ModelNewsDep = Annotated[ModelNews, Depends(get_model_news)]
+ExportBuildsDep = Annotated[ExportBuilds, Depends(get_export_builds)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 EventHubDep = Annotated[EventHub, Depends(get_event_hub)]
 PredictorsDep = Annotated[Predictors, Depends(get_predictors)]

@@ -59,6 +59,9 @@ def serve(redis_url: str, trained_models: tuple[Path, list[str]]) -> Iterator[Ca
         cm = serving(app)
         url = cm.__enter__()
         stack.append(cm)
+        # Past its start-up work (the first listing of the model store, in the background since the
+        # model news): the tests race a writer thread against the first stream.
+        httpx.get(f"{url}/models", timeout=20)  # any answer (401 under PROTECT_READS) comes after it
         return url, app
 
     yield start

@@ -11,7 +11,7 @@ EXPECTED = {
     ("post", "/predict/pixels"): {"200", "404", "409", "422"},
     ("post", "/predict/batch"): {"200", "404", "409", "413", "415", "422"},
     ("post", "/predict/batch/pixels"): {"200", "404", "409", "413", "422"},
-    ("get", "/models/{model_id}/export"): {"200", "404", "409", "422"},
+    ("get", "/models/{model_id}/export"): {"200", "202", "404", "409", "422"},
     ("get", "/models"): {"200"},
     ("get", "/models/{model_id}"): {"200", "404"},
     ("get", "/models/{model_id}/batchnorm"): {"200", "404"},
