@@ -193,17 +193,17 @@ def test_reliability_an_api_killed_during_bursts_of_train_leaves_no_job_behind(t
         stack.start_api()
         for thread in threads:
             thread.start()
-        # Six crashes mid-burst: three SIGKILLs from here, at whatever step each request is, and three
-        # from the API's test-only fault point, the moment a request has stored its job and not yet
-        # answered (a timed kill rarely lands there: the window is a few milliseconds).
-        for kills in range(1, 7):
+        # Six crashes mid-burst: three SIGKILLs from here, at whatever step each request is, each
+        # followed by an API that SIGKILLs itself (its test-only fault point) at the moment a request
+        # has stored its job and not yet answered: a timed kill rarely lands there (a few milliseconds).
+        for cycle in range(1, 4):
             time.sleep(1.0)
-            assert stack.api is not None and stack.api.process is not None
-            if kills % 2:
-                stack.api.kill()
-            else:
-                stack.api.process.wait(60)  # it dies at the next stored job
-            stack.start_api(**({"BNLENET_FAULT": "after-store-before-publish"} if kills % 2 else {}))
+            assert stack.api is not None
+            stack.api.kill()
+            faulty = stack.start_api(BNLENET_FAULT="after-store-before-publish", wait=False)
+            assert faulty.process is not None and faulty.process.wait(120) == -signal.SIGKILL, faulty.tail()
+            kills = 2 * cycle
+            stack.start_api()
         time.sleep(1.0)
         stop.set()
         for thread in threads:
