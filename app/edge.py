@@ -14,6 +14,11 @@ buffered whole. ``GuardedHttpToolsProtocol`` is uvicorn's httptools protocol plu
   a request line that alone is longer (a long URL: a unicode id grows ninefold percent-encoded)
   is a 414, the status that names the URL.
 
+A refused request is closed gracefully (a lingering close, as Apache and nginx do): the answer,
+then a FIN, then whatever the client still sends is read and dropped for up to ``LINGER_S``.
+Closing at once with unread bytes makes the kernel send a reset, and a client still sending its
+1 MiB header then sees "connection reset" instead of the 431.
+
 The parser stays httptools, so the hot path (``/predict``) costs what it did. Run the API with
 ``python -m app.edge`` (``bnlenet up``, the containers and the tests do).
 """
@@ -32,7 +37,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bnlenet.settings import get_settings
 
-__all__ = ["GuardedHttpToolsProtocol", "main"]
+__all__ = ["LINGER_S", "GuardedHttpToolsProtocol", "main"]
+
+LINGER_S = 2.0  # how long a refused connection's late bytes are drained before it is closed
 
 log = logging.getLogger("uvicorn.error")
 
@@ -155,7 +162,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         log.info("refused a request from %s (%d): %s", _client(self.client), status, reason)
         self.transport.write(_RESPONSES[status] + b"content-length: 0\r\nconnection: close\r\n\r\n")
-        self.transport.close()
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        # Lingering close: FIN after the answer, then drain (data_received drops what arrives) until
+        # the client closes its side (eof_received: the transport closes) or LINGER_S passes.
+        self.transport.write_eof()
+        self.transport.resume_reading()
+        self._deadline = self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def _client(client: tuple[str, int] | None) -> str:

@@ -25,6 +25,8 @@ from bnlenet.jobs import JobStore
 from bnlenet.local.redis_server import free_port
 from bnlenet.settings import Settings
 
+pytestmark = pytest.mark.integration  # starts the API under uvicorn (in a thread), over real HTTP
+
 TOKEN = "events-token"
 METRICS = {"epoch": 1, "loss": 0.5, "train_acc": 0.8, "test_acc": 0.7, "examples_per_sec": 1000.0, "seconds": 1.0}
 

@@ -45,7 +45,20 @@ def test_openapi_pixels_state_their_shape_and_range(client):
 
 
 def test_openapi_docs_page_is_served(client):
-    assert client.get("/docs").status_code == 200
+    # The Swagger UI page for this API's description, its script and style served here (vendored), no CDN.
+    import re
+
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "SwaggerUIBundle(" in page and "'/openapi.json'" in page.replace('"', "'"), page
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for asset in assets:
+        assert asset.startswith("/") and not asset.startswith("//"), f"{asset} is not served by the API"
+        got = client.get(asset)
+        assert got.status_code == 200 and len(got.content) > 100, asset
+    assert "cdn" not in page.lower() and "https://" not in page, page
 
 
 def test_openapi_cors_off_by_default(client):

@@ -21,7 +21,7 @@ from bnlenet.model_store import ModelStore
 from models.checkpoint import load_checkpoint
 from models.data import CLASS_NAMES
 from models.inference import predict_probabilities
-from models.preprocess import image_to_tensor
+from models.preprocess import image_to_tensor, load_image
 from tests.api.conftest import png_bytes, sample_image
 
 
@@ -97,11 +97,21 @@ def test_predict_accepts_common_image_modes(client, mode):
     assert r.status_code == 200, (mode, r.text)
 
 
-def test_predict_resizes_large_images(client):
+def test_predict_resizes_large_images(client, trained_models):
+    # The README: any size is read and reduced to the 28x28 grayscale the model sees. The answer is
+    # the newest model's on that reduction (models.preprocess), not merely a 200.
+    directory, ids = trained_models
     big = Image.fromarray(sample_image(4)).resize((300, 200))
     buf = io.BytesIO()
     big.save(buf, format="JPEG")
-    assert _upload(client, buf.getvalue(), filename="x.jpg").status_code == 200
+    data = buf.getvalue()
+    assert load_image(data).size == (28, 28)
+    r = _upload(client, data, filename="x.jpg")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_id"] == ids[-1]
+    np.testing.assert_allclose(body["probabilities"], _expected(directory, ids[-1], data), atol=1e-6)
+    assert body["class_index"] == int(np.argmax(body["probabilities"]))
 
 
 def test_predict_unknown_model_is_404(client):
@@ -206,9 +216,18 @@ def test_predict_pickle_is_not_an_image(client):
     assert r.status_code == 415
 
 
-def test_predict_works_while_redis_is_down(make_client, dead_redis_url):
+def test_predict_works_while_redis_is_down(make_client, dead_redis_url, trained_models):
+    # The same answer as with Redis up: the newest model, its probabilities for this image.
+    directory, ids = trained_models
     client = make_client(REDIS_URL=dead_redis_url)
-    assert _upload(client, png_bytes(sample_image())).status_code == 200
+    data = png_bytes(sample_image())
+    r = _upload(client, data)
+    assert r.status_code == 200, r.text
+    assert r.json()["model_id"] == ids[-1]
+    np.testing.assert_allclose(r.json()["probabilities"], _expected(directory, ids[-1], data), atol=1e-6)
+    r = _upload(client, data, ids[0])  # and any other model by id
+    assert r.status_code == 200 and r.json()["model_id"] == ids[0], r.text
+    np.testing.assert_allclose(r.json()["probabilities"], _expected(directory, ids[0], data), atol=1e-6)
 
 
 def test_predict_closed_with_protect_reads(make_client):

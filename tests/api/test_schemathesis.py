@@ -32,6 +32,8 @@ import redis
 from bnlenet.local import procs
 from bnlenet.local.redis_server import RedisServer, free_port
 
+pytestmark = pytest.mark.integration  # starts the API as a process (python -m app.edge)
+
 FUZZ_S = 150  # schemathesis' whole run; the test adds the server's start and the report
 FUZZ_DB = 8  # the session Redis's database for this test, flushed before and after
 ROOT = Path(__file__).resolve().parents[2]
