@@ -34,6 +34,7 @@ SECTIONS: list[str] = [
     "jobstore",
     "object_store",
     "model_news",
+    "train_state",
     "workers",
     "durability",
 ]

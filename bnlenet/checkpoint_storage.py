@@ -86,6 +86,15 @@ class CheckpointStorage(Protocol):
     def aliases(self) -> dict[str, str]:
         """Every alias and the model id it points at."""
 
+    def put(self, name: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
+        """Store ``payload`` under the relative ``name`` (``state/<id>.safetensors``) atomically, as ``publish`` does."""
+
+    def get(self, name: str) -> bytes:
+        """The bytes stored under ``name``; FileNotFoundError when there are none."""
+
+    def remove(self, name: str) -> bool:
+        """Remove what is stored under ``name``; False when there was nothing."""
+
     def set_alias(self, alias: str, model_id: str) -> None: ...
 
     def delete_alias(self, alias: str) -> bool:
@@ -147,10 +156,19 @@ class LocalStorage:
         return path, version
 
     def publish(self, model_id: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
-        return str(write_atomically(self.path(model_id), payload, before_commit=before_commit))
+        return self.put(model_id + SUFFIX, payload, before_commit)
 
     def delete(self, model_id: str) -> bool:
-        return _remove(self.path(model_id))
+        return self.remove(model_id + SUFFIX)
+
+    def put(self, name: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
+        return str(write_atomically(self.directory / name, payload, before_commit=before_commit))
+
+    def get(self, name: str) -> bytes:
+        return (self.directory / name).read_bytes()
+
+    def remove(self, name: str) -> bool:
+        return _remove(self.directory / name)
 
     def _alias_path(self, alias: str) -> Path:
         return self.directory / ALIASES / f"{alias}.json"
@@ -175,7 +193,7 @@ class LocalStorage:
         write_atomically(self._alias_path(alias), _alias_payload(model_id))
 
     def delete_alias(self, alias: str) -> bool:
-        return _remove(self._alias_path(alias))
+        return self.remove(f"{ALIASES}/{alias}.json")
 
 
 def _remove(path: Path) -> bool:
@@ -351,8 +369,14 @@ class S3Storage:
             total -= size
 
     def publish(self, model_id: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
+        return self._upload(model_id + SUFFIX, payload, before_commit, "upload a checkpoint")
+
+    def put(self, name: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
+        return self._upload(name, payload, before_commit, f"upload {name}")
+
+    def _upload(self, name: str, payload: bytes, before_commit: Callable[[], None] | None, what: str) -> str:
         """Upload in one PUT, retrying an unreachable store for ``upload_retry_s``, then raise with the reason."""
-        key = self._key(model_id + SUFFIX)
+        key = self._key(name)
         # The store refuses a body that does not match: nothing truncated on the way is ever stored.
         digest = base64.b64encode(hashlib.md5(payload, usedforsecurity=False).digest()).decode()
         deadline = time.monotonic() + self.upload_retry_s
@@ -361,7 +385,7 @@ class S3Storage:
             if before_commit is not None:
                 before_commit()  # before every try: the right to publish may have been lost meanwhile
             try:
-                self._call("upload a checkpoint", self.client.put_object, Bucket=self.bucket, Key=key, Body=payload,
+                self._call(what, self.client.put_object, Bucket=self.bucket, Key=key, Body=payload,
                            ContentType="application/octet-stream", ContentMD5=digest)
                 return f"s3://{self.bucket}/{key}"
             except ObjectStoreUnavailable as exc:
@@ -374,10 +398,22 @@ class S3Storage:
                 pause = min(pause * 2, 5.0)
 
     def delete(self, model_id: str) -> bool:
-        if self.version(model_id) is None:
+        return self.remove(model_id + SUFFIX)
+
+    def get(self, name: str) -> bytes:
+        answer = self._call(f"download {name}", self.client.get_object, Bucket=self.bucket, Key=self._key(name))
+        try:
+            return bytes(answer["Body"].read())
+        except Exception as exc:  # the connection broke mid-download
+            raise ObjectStoreUnavailable(f"the object store {self.location} broke off a download: {exc}") from exc
+
+    def remove(self, name: str) -> bool:
+        key = self._key(name)
+        try:
+            self._call(f"read {name}", self.client.head_object, Bucket=self.bucket, Key=key)
+        except FileNotFoundError:
             return False
-        self._call("delete a checkpoint", self.client.delete_object, Bucket=self.bucket,
-                   Key=self._key(model_id + SUFFIX))
+        self._call(f"delete {name}", self.client.delete_object, Bucket=self.bucket, Key=key)
         return True
 
     def aliases(self) -> dict[str, str]:
@@ -409,13 +445,7 @@ class S3Storage:
                    ContentType="application/json")
 
     def delete_alias(self, alias: str) -> bool:
-        key = self._key(f"{ALIASES}/{alias}.json")
-        try:
-            self._call("read an alias", self.client.head_object, Bucket=self.bucket, Key=key)
-        except FileNotFoundError:
-            return False
-        self._call("delete an alias", self.client.delete_object, Bucket=self.bucket, Key=key)
-        return True
+        return self.remove(f"{ALIASES}/{alias}.json")
 
 
 def open_storage(location: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str],

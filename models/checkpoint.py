@@ -35,6 +35,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "checkpoint_bytes",
+    "checksum",
     "class_names",
     "load_checkpoint",
     "read_metadata",
@@ -56,7 +57,7 @@ class Checkpoint:
     metadata: dict[str, Any]
 
 
-def _checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
+def checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous().reshape(-1)
@@ -91,7 +92,7 @@ def checkpoint_bytes(model: nn.Module, metadata: dict[str, Any]) -> bytes:
         "versions": _versions(),
         **metadata,
     }
-    meta["checksum"] = _checksum(tensors, meta)
+    meta["checksum"] = checksum(tensors, meta)
     return safetensors_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
 
 
@@ -167,7 +168,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     ]
     if wrong:
         raise CheckpointError(f"{path} has tensors of the wrong shape: {', '.join(wrong)}")
-    if _checksum(tensors, meta) != meta.get("checksum"):
+    if checksum(tensors, meta) != meta.get("checksum"):
         raise CheckpointError(f"{path} fails its checksum: the file was changed after it was written")
     model.load_state_dict(tensors, strict=True)
     model.eval()

@@ -34,10 +34,12 @@ from models.memory import keep_large_buffers
 from models.params import check_params, describes_run, param
 from models.stepper import TrainSteps, compiled_graph_count, sgd
 from models.threads import training_threads
+from models.train_state import TrainingState, TrainingStateError, capture_state, restore_state
 
 __all__ = [
     "EpochMetrics",
     "Progress",
+    "StateCallback",
     "TrainConfig",
     "TrainResult",
     "TrainingCancelled",
@@ -104,6 +106,10 @@ class TrainConfig:
                              api=False, cli=False, describes_run=False)
     tf32: bool = param(True, "on CUDA, TensorFloat-32 for fp32 matmuls too, as PyTorch's cuDNN already does "
                        "for convolutions", api=False, cli=False, describes_run=False)
+    # What is at risk, not what is computed: a resumed run ends with the same model.
+    checkpoint_every: int = param(1, "epochs between saved training states (a job resumes from the last one "
+                                  "after a crash); the last epoch is always saved", ge=1, cli=False,
+                                  describes_run=False)
 
     def __post_init__(self) -> None:
         check_params(self)
@@ -170,6 +176,7 @@ class TrainResult:
 ProgressCallback = Callable[[Progress], None]
 EpochCallback = Callable[[EpochMetrics], None]
 StopCheck = Callable[[], bool]
+StateCallback = Callable[[TrainingState], None]
 
 
 def train(
@@ -179,11 +186,16 @@ def train(
     on_progress: ProgressCallback | None = None,
     on_epoch: EpochCallback | None = None,
     should_stop: StopCheck | None = None,
+    resume: TrainingState | None = None,
+    on_state: StateCallback | None = None,
 ) -> TrainResult:
     """Train a fresh LeNet with BN on ``data``; returns the model in eval mode and the history.
 
-    Raises ``TrainingDiverged`` when the loss stops being finite and ``TrainingCancelled``
-    when ``should_stop`` returns True (checked between batches).
+    ``on_state`` is given the run's ``TrainingState`` every ``checkpoint_every`` epochs and
+    after the last; ``resume`` (such a state, of a run of the same config) continues from it,
+    ending with the model the uninterrupted run ends with. Raises ``TrainingDiverged`` when
+    the loss stops being finite, ``TrainingCancelled`` when ``should_stop`` returns True
+    (checked between batches), ``TrainingStateError`` for a ``resume`` of another kind of run.
     """
     device = resolve_device(config.device)
     # One intra-op thread on the CPU (models/threads.py), restored afterwards.
@@ -204,17 +216,28 @@ def train(
             raise ValueError("the training set needs at least 2 images")
         result = TrainResult(model=model, device=str(device), averaged_epochs=config.averaged_epochs())
         average = WeightAverage(model) if result.averaged_epochs > 1 else None
+        done = 0  # epochs finished
+        if resume is not None:
+            if not 0 <= resume.epoch <= config.epochs:
+                raise TrainingStateError(f"a state after epoch {resume.epoch} cannot resume a {config.epochs}-epoch run")
+            restore_state(resume, model, optimizer, shuffle, average, device)
+            result.history = [EpochMetrics(**m) for m in resume.history]
+            done = resume.epoch
 
         with cuda_settings(device, tf32=config.tf32):
             steps = TrainSteps(model, optimizer, train_images, train_labels, device, batch_size=config.batch_size,
                                bf16=config.bf16, compile=config.compile, cuda_graph=config.cuda_graph)
             result.cuda_graph = steps.graph is not None
-            for epoch in range(1, config.epochs + 1):
+            for epoch in range(done + 1, config.epochs + 1):
                 metrics = train_one_epoch(steps, config, epoch, shuffle, test_images, test_labels,
                                           on_progress=on_progress, should_stop=should_stop)
                 result.history.append(metrics)
                 if average is not None and epoch > config.epochs - result.averaged_epochs:
                     average.add(model)
+                # Saved before the epoch is reported: whoever learns of epoch k can resume from it.
+                if on_state is not None and (epoch % config.checkpoint_every == 0 or epoch == config.epochs):
+                    on_state(capture_state(epoch, model, optimizer, shuffle, average,
+                                           [asdict(m) for m in result.history], device))
                 if on_epoch is not None:
                     on_epoch(metrics)
         result.compiled_graphs = compiled_graph_count() - graphs_before
@@ -296,10 +319,11 @@ def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[s
         "classes": list(classes),
         "device": result.device,
         # How it ran, not what it computes: compiled or not, replayed as a CUDA graph or not,
-        # and how many graphs this run had to compile (0 when a warm process reused them).
+        # how many graphs this run had to compile (0 when a warm process reused them), and how
+        # often its training state was saved.
         "engine": {"compile": config.compile, "cuda_graph": result.cuda_graph,
                    "tf32": config.tf32 and result.device.startswith("cuda"),
-                   "compiled_graphs": result.compiled_graphs},
+                   "compiled_graphs": result.compiled_graphs, "checkpoint_every": config.checkpoint_every},
     }
 
 

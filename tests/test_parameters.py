@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest
+import torch
 
 from app.schemas import train_request_model
 from bnlenet.local.cli import _build_parser
@@ -36,7 +37,18 @@ def test_parameters_api_cli_and_engine_have_the_same_names() -> None:
     cli = set(_cli_options())
     assert api == {f.name for f in params_of(TrainConfig) if f.param.api}
     assert cli == {f.name for f in params_of(TrainConfig) if f.param.cli}
-    assert api - {"device"} <= set(TrainConfig().hyperparameters())  # what a job sets, its checkpoint records
+    # What a job sets, its checkpoint records: as a hyperparameter, or (where it ran, how often it
+    # saved its state: not what it computes) under "device" and "engine".
+    assert api - {"device", "checkpoint_every"} <= set(TrainConfig().hyperparameters())
+    assert {"device", "checkpoint_every"} <= api
+
+
+def test_parameters_checkpoint_records_how_often_the_state_was_saved() -> None:
+    from models.training import TrainResult, training_metadata
+
+    meta = training_metadata(TrainConfig(checkpoint_every=3), TrainResult(model=torch.nn.Sequential()), ("a",))
+    assert meta["engine"]["checkpoint_every"] == 3
+    assert "checkpoint_every" not in meta["hyperparameters"]
 
 
 def test_parameters_api_cli_and_engine_have_the_same_defaults() -> None:

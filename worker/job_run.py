@@ -1,9 +1,13 @@
 """One attempt at a job: claim it, train under the lease, publish the model, record how it ended.
 
 Every write is conditional on still owning the job (worker and attempt): the claim makes this
-attempt the owner, the lease (``worker.lease.Heartbeat``) says while it still is, and a model is
-published only while the lease vouches for it. Once the model is published the job is recorded
-succeeded, or left for the reaper to record from the checkpoint, but never failed.
+attempt the owner, the lease (``worker.lease.Heartbeat``) says while it still is, and a model (or
+a training state) is published only while the lease vouches for it. Once the model is published
+the job is recorded succeeded, or left for the reaper to record from the checkpoint, but never failed.
+
+An attempt continues from the training state an earlier one saved (``bnlenet.training_states``),
+saves its own every ``checkpoint_every`` epochs before it reports them, and removes it once the
+job has ended.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Any
 
 from bnlenet import job_stats
 from bnlenet.jobs import TERMINAL, Claim, JobRecord, JobStatus, StoreUnavailable
+from bnlenet.training_states import Superseded
 from models.devices import resolve_device
+from models.train_state import TrainingState
 from models.training import (
     EpochMetrics,
     Progress,
@@ -47,6 +53,8 @@ def run_job(job_id: str, task_id: str | None, announce: Callable[[dict[str, Any]
     claim = store.claim(job_id, worker=resources.worker_name(), pid=os.getpid(), task_id=task_id,
                         max_attempts=s.MAX_ATTEMPTS, stale_after=s.JOB_STALE_AFTER_S, owner_gone=owner_gone)
     if not claim.run or claim.record is None:
+        if claim.record is not None and claim.record["status"] in TERMINAL:
+            resources.training_states().discard(job_id)  # ended: nothing will resume it
         return _not_run(job_id, task_id, claim)
     job_stats.job_started(store.redis, claim.record)
     return _Attempt(claim.record, announce).run()
@@ -73,6 +81,7 @@ class _Attempt:
                                interval=s.JOB_HEARTBEAT_INTERVAL_S, progress_interval=s.JOB_PROGRESS_INTERVAL_S,
                                lease=s.JOB_STALE_AFTER_S / 2, announce=announce)
         self.first_step_seen = False
+        self.saved_epoch: int | None = None  # the last epoch whose training state this attempt saved
 
     def run(self) -> Outcome:
         """Train, then publish; whatever happens, this attempt's heartbeats end with it."""
@@ -87,10 +96,15 @@ class _Attempt:
             config = job_config(self.params, self.settings)
             device = str(resolve_device(config.device))
             data = resources.training_data()
+            resume = self._resume_from(config)
             with resources.engine_lock:  # after the warm-up, which compiles what this job reuses
                 result = train(config, data, on_progress=self._on_progress,
                                on_epoch=lambda m: self._on_epoch(m, config.variant, device),
-                               should_stop=self.lease.cancel.is_set)
+                               should_stop=self.lease.cancel.is_set, resume=resume,
+                               on_state=lambda state: self._save_state(state, config))
+        except (Superseded, LostJob) as exc:
+            log.warning("job %s: attempt %d stops: %s", self.job_id, self.attempt, exc)
+            return "lost", None
         except TrainingCancelled:
             if self.lease.lost.is_set():
                 return "lost", None  # another attempt owns the job: it writes the outcome
@@ -123,6 +137,38 @@ class _Attempt:
                       "success from the checkpoint once it can", self.job_id, self.settings.OUTCOME_RETRY_S)
             return "succeeded", None
 
+    def _resume_from(self, config: TrainConfig) -> TrainingState | None:
+        """The training state an earlier attempt saved, if any, with the record's history set from it.
+
+        Raises ``Superseded`` (or ``LostJob``) when a later attempt owns the job.
+        """
+        try:
+            state = resources.training_states().load(self.job_id, self.attempt, config.hyperparameters())
+        except Superseded:
+            raise
+        except Exception as exc:  # unreadable storage: start over, which costs work, not correctness
+            log.warning("job %s: cannot read its training state, starting from the first batch: %s", self.job_id, exc)
+            state = None
+        epoch = 0 if state is None else state.epoch
+        if not self.store.resumed(self.job_id, **self.owner, epoch=epoch, history=[] if state is None else state.history):
+            raise LostJob(f"job {self.job_id} is no longer attempt {self.attempt}'s")
+        if state is not None:
+            log.info("job %s: attempt %d resumes after epoch %d", self.job_id, self.attempt, epoch)
+        return state
+
+    def _save_state(self, state: TrainingState, config: TrainConfig) -> None:
+        """Store the run's state, only while this attempt owns the job; a failed save costs only work at risk."""
+        try:
+            resources.training_states().save(self.job_id, self.attempt, config.hyperparameters(), state,
+                                             before_commit=self.lease.confirm_lease)
+        except LostJob as exc:  # the beat that found it lost also stops training
+            log.warning("job %s: not saving the state of epoch %d: %s", self.job_id, state.epoch, exc)
+            return
+        except Exception as exc:
+            log.warning("job %s: could not save the state of epoch %d: %s", self.job_id, state.epoch, exc)
+            return
+        self.saved_epoch = state.epoch
+
     def _tell_every_api(self) -> None:
         resources.model_news().announce(f"model {self.job_id} published")
 
@@ -141,6 +187,8 @@ class _Attempt:
                 time.sleep(1)
                 continue
             job_stats.job_ended(self.store.redis, ended)
+            if ended is not None:
+                resources.training_states().discard(self.job_id)
             return status, fields.get("error")
 
     def _on_progress(self, p: Progress) -> None:
@@ -154,7 +202,8 @@ class _Attempt:
 
     def _on_epoch(self, m: EpochMetrics, variant: str, device: str) -> None:
         try:
-            self.store.add_epoch(self.job_id, **self.owner, metrics=asdict(m), progress=self.lease.progress or {})
+            self.store.add_epoch(self.job_id, **self.owner, metrics=asdict(m), progress=self.lease.progress or {},
+                                 saved_epoch=self.saved_epoch)
         except StoreUnavailable as exc:
             log.warning("could not record epoch %d of job %s: %s", m.epoch, self.job_id, exc)
         job_stats.epoch_done(self.store.redis, variant=variant, device=device, examples_per_sec=m.examples_per_sec)

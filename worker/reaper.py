@@ -12,11 +12,12 @@ import threading
 import time
 from typing import Any
 
-from bnlenet.jobs import JobStore, StoreUnavailable, is_stale
+from bnlenet.jobs import TERMINAL, JobStore, StoreUnavailable, is_stale
 from bnlenet.model_news import ModelNews
 from bnlenet.model_store import ModelStore, ModelUnusable, ObjectStoreUnavailable, UnknownModel
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher
+from bnlenet.training_states import TrainingStates
 from worker.outbox import publish_outbox
 
 __all__ = ["Reaper", "reap_stale_jobs"]
@@ -35,6 +36,9 @@ def reap_stale_jobs(store: JobStore, publisher: Publisher, settings: Settings) -
             _announce(f"model {record['job_id']} published", settings)
         back = store.reap(record["job_id"], stale_after=settings.JOB_STALE_AFTER_S,
                           max_attempts=settings.MAX_ATTEMPTS, published=published)
+        if back is None and store.get(record["job_id"])["status"] in TERMINAL:
+            # Ended here: nothing will resume it.
+            TrainingStates(ModelStore.from_settings(settings).storage).discard(record["job_id"])
         if back is not None:
             log.warning("requeued job %s: %s", back["job_id"], back["note"])
             requeued.append(back["job_id"])

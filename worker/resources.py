@@ -11,10 +11,11 @@ from bnlenet.model_news import ModelNews
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings, get_settings
 from bnlenet.training_queue import Publisher
+from bnlenet.training_states import TrainingStates
 from models.data import FashionMNIST, load_fashion_mnist
 
 __all__ = ["engine_lock", "job_store", "model_news", "model_store", "publisher", "settings", "training_data",
-           "worker_name"]
+           "training_states", "worker_name"]
 
 # One training run at a time per process: the warm-up (which compiles on a GPU), then jobs,
 # which reuse what it compiled instead of compiling beside it.
@@ -55,6 +56,11 @@ def model_store() -> ModelStore:
         if _models is None:
             _models = ModelStore.from_settings(settings())
         return _models
+
+
+def training_states() -> TrainingStates:
+    """Jobs' training states, in the same storage as the models."""
+    return TrainingStates(model_store().storage)
 
 
 def model_news() -> ModelNews:

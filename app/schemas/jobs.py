@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import EXAMPLE_ID, FINAL_TEST_ACC_DESCRIPTION, HISTORY_DESCRIPTION
 from app.schemas.train import DEFAULT_PARAMS, JobParams
-from bnlenet.jobs import JobStatus
+from bnlenet.jobs import AttemptRecord, JobStatus
 from models.training import EpochMetrics, Progress
 
 __all__ = ["BulkCancelOut", "JobList", "JobOut"]
@@ -28,7 +28,10 @@ class JobOut(BaseModel):
         "created_at": "2025-01-01T12:00:00Z", "started_at": "2025-01-01T12:00:01Z",
         "first_step_at": "2025-01-01T12:00:01.2Z", "finished_at": None,
         "worker": "gpu0@host:4242", "device": "cuda", "model_id": None, "error": None,
-        "attempts": 1, "cancel_requested": False, "task_id": "3f1c0a9e-5b7d-4e21-9c3a-2d8e6f4b1a07",
+        "attempts": 1, "fruitless_attempts": 0,
+        "attempt_log": [{"attempt": 1, "worker": "gpu0@host:4242", "started_at": 1735732801.0, "resumed_from": 0,
+                         "saved_epoch": 1}],
+        "cancel_requested": False, "task_id": "3f1c0a9e-5b7d-4e21-9c3a-2d8e6f4b1a07",
     }]})
 
     job_id: str
@@ -47,7 +50,12 @@ class JobOut(BaseModel):
     model_id: str | None = None
     error: str | None = None
     note: str | None = Field(None, description="why the job was requeued, if it was")
-    attempts: int = 0
+    attempts: int = Field(0, description="how many times the job was started (each run is an attempt)")
+    fruitless_attempts: int = Field(0, description="attempts in a row that died without saving a new epoch; "
+                                    "the job fails once they reach MAX_ATTEMPTS")
+    attempt_log: list[AttemptRecord] = Field(
+        default_factory=list, description="each attempt, oldest first: its worker, when it started, the epoch its "
+        "training state resumed from (0: the start) and the last epoch whose state it saved")
     cancel_requested: bool = False
     task_id: str | None = Field(None, description="the Celery task of the latest delivery (Flower, celery events)")
 

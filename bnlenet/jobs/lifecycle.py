@@ -3,8 +3,16 @@
 Each transition takes the record as read and returns the record to write, or None when nothing
 changes; none of them touches Redis, reads the clock or has side effects (``now`` is passed in),
 so ``JobStore`` can apply one inside a transaction (which may run it more than once) and tests
-can call them on a dict. A worker's writes (``beat``, ``first_step``, ``add_epoch``, its
-``finish``) apply only ``as_owner``: while that worker, on that attempt, still runs the job.
+can call them on a dict. A worker's writes (``beat``, ``first_step``, ``resumed``, ``add_epoch``,
+its ``finish``) apply only ``as_owner``: while that worker, on that attempt, still runs the job.
+
+``MAX_ATTEMPTS`` stops a job that kills its worker every time. An attempt that saved a new epoch
+of training state before dying has not done that: it moved the job on, and the next attempt
+resumes from there. So the limit counts only *fruitless* attempts, in a row: each attempt that
+ended without an outcome (killed, crashed, lost its lease) adds one, unless it saved an epoch
+beyond the one it resumed from, which starts the count again from zero (``fruitless_attempts``).
+A job that dies every time is still stopped after ``MAX_ATTEMPTS`` deaths; one that progresses
+between deaths runs to its end, as each death costs at most the epochs since its last save.
 """
 
 from __future__ import annotations
@@ -13,11 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 from bnlenet.jobs.errors import JobFinished
-from bnlenet.jobs.record import TERMINAL, JobRecord, JobStatus, is_stale, owned
+from bnlenet.jobs.record import TERMINAL, AttemptRecord, JobRecord, JobStatus, is_stale, owned
 
 __all__ = [
-    "add_epoch", "as_owner", "beat", "claim", "finish", "first_step", "lost_message", "published", "reap",
-    "request_cancel",
+    "add_epoch", "as_owner", "beat", "claim", "finish", "first_step", "fruitless_attempts", "lost_message",
+    "made_progress", "published", "reap", "request_cancel", "resumed",
 ]
 
 Record = JobRecord
@@ -28,8 +36,9 @@ def claim(r: Record, *, worker: str, pid: int, task_id: str | None, max_attempts
     """Mark the job running for this delivery, unless it should not run: (new record, why not; None: run it).
 
     A delivery does not run a job that ended, was cancelled, or is running under another live
-    delivery (fresh heartbeat and ``owner_gone`` false). Each run counts as an attempt; past
-    ``max_attempts`` the job fails, as its worker keeps dying.
+    delivery (fresh heartbeat and ``owner_gone`` false). Each run is a new attempt; once
+    ``max_attempts`` attempts in a row died without progress (``fruitless_attempts``) the job
+    fails, as its worker keeps dying.
     """
     if r["status"] in TERMINAL:
         return None, f"job already {r['status']}"
@@ -37,15 +46,49 @@ def claim(r: Record, *, worker: str, pid: int, task_id: str | None, max_attempts
         return {**r, "status": "cancelled", "finished_at": now}, "cancelled before it started"
     if r["status"] == "running" and not is_stale(r, stale_after, now) and not owner_gone(r):
         return None, f"running under another live worker ({r['worker']})"
+    fruitless = fruitless_attempts(r)
+    if fruitless >= max_attempts:
+        return {**r, "status": "failed", "finished_at": now, "fruitless_attempts": fruitless,
+                "error": lost_message(fruitless)}, "attempts exhausted"
     attempts = int(r["attempts"]) + 1
-    if attempts > max_attempts:
-        return {**r, "status": "failed", "finished_at": now, "attempts": attempts - 1,
-                "error": lost_message(attempts - 1)}, "attempts exhausted"
+    entry: AttemptRecord = {"attempt": attempts, "worker": worker, "started_at": now, "resumed_from": None,
+                            "saved_epoch": None}
     return {
         **r, "status": "running", "attempts": attempts, "started_at": now, "first_step_at": None,
         "heartbeat_at": now, "worker": worker, "worker_pid": pid, "task_id": task_id or r["task_id"], "error": None,
-        "progress": None, "history": [],
+        "progress": None, "history": [], "fruitless_attempts": fruitless,
+        "attempt_log": [*r["attempt_log"], entry],
     }, None
+
+
+def _current(r: Record) -> AttemptRecord | None:
+    """The log entry of the record's latest attempt, if it has one."""
+    log = r["attempt_log"]
+    return log[-1] if log and log[-1]["attempt"] == r["attempts"] else None
+
+
+def made_progress(r: Record) -> bool:
+    """Whether the latest attempt saved a training state beyond the epoch it resumed from."""
+    entry = _current(r)
+    return entry is not None and entry["saved_epoch"] is not None and entry["saved_epoch"] > (entry["resumed_from"] or 0)
+
+
+def fruitless_attempts(r: Record) -> int:
+    """The fruitless attempts in a row once the latest attempt is over without an outcome (0 before the first).
+
+    Called when the latest attempt has died (a new claim, the reaper): it adds one, unless it
+    saved a new epoch, which resets the count.
+    """
+    if int(r["attempts"]) == 0:
+        return 0
+    return 0 if made_progress(r) else int(r["fruitless_attempts"]) + 1
+
+
+def _with_current(r: Record, **fields: Any) -> Record:
+    entry = _current(r)
+    if entry is None:
+        return r
+    return {**r, "attempt_log": [*r["attempt_log"][:-1], {**entry, **fields}]}  # type: ignore[typeddict-item]
 
 
 def as_owner(r: Record, worker: str, attempt: int | None, step: Callable[[Record], Record | None]) -> Record | None:
@@ -70,9 +113,19 @@ def first_step(r: Record, *, at: float, progress: dict[str, Any], now: float) ->
     return {**r, "first_step_at": at, "progress": progress, "heartbeat_at": now}
 
 
-def add_epoch(r: Record, *, metrics: dict[str, Any], progress: dict[str, Any], now: float) -> Record:
-    """One more finished epoch, with its metrics."""
-    return {**r, "history": [*r["history"], metrics], "progress": progress, "heartbeat_at": now}
+def resumed(r: Record, *, epoch: int, history: list[dict[str, Any]], now: float) -> Record:
+    """The attempt continues from the training state of ``epoch`` (0: from the start), whose ``history`` it takes.
+
+    The history is the state's, not appended to what an earlier attempt recorded: each epoch is listed once.
+    """
+    return {**_with_current(r, resumed_from=epoch), "history": list(history), "heartbeat_at": now}
+
+
+def add_epoch(r: Record, *, metrics: dict[str, Any], progress: dict[str, Any], now: float,
+              saved_epoch: int | None = None) -> Record:
+    """One more finished epoch, with its metrics (and ``saved_epoch``: the epoch whose state the attempt has saved)."""
+    new = _with_current(r, saved_epoch=saved_epoch) if saved_epoch is not None else r
+    return {**new, "history": [*r["history"], metrics], "progress": progress, "heartbeat_at": now}
 
 
 def finish(r: Record, status: JobStatus, *, now: float, model_id: str | None = None, error: str | None = None,
@@ -124,17 +177,20 @@ def reap(r: Record, *, stale_after: float, max_attempts: int, published: dict[st
     if r["cancel_requested"]:
         return {**r, "status": "cancelled", "finished_at": now,
                 "note": f"its worker {r['worker']} vanished after the cancel was asked"}
-    if int(r["attempts"]) >= max_attempts:
-        return {**r, "status": "failed", "finished_at": now, "error": lost_message(int(r["attempts"]))}
+    fruitless = fruitless_attempts(r)
+    if fruitless >= max_attempts:
+        return {**r, "status": "failed", "finished_at": now, "fruitless_attempts": fruitless,
+                "error": lost_message(fruitless)}
+    how = "after saving a new epoch" if fruitless == 0 else f"{fruitless} of {max_attempts} without progress"
     return {
         **r, "status": "queued", "progress": None,
         "note": f"requeued: worker {r['worker']} sent no heartbeat for {silent:.0f}s "
-                f"(attempt {r['attempts']} of {max_attempts})",
+                f"(attempt {r['attempts']}, {how})",
     }
 
 
 def lost_message(attempts: int) -> str:
     return (
-        f"the worker running this job was lost {attempts} time(s) (killed or crashed mid-training); "
-        "giving up so that it cannot take down more workers"
+        f"the worker running this job was lost {attempts} time(s) (killed or crashed mid-training) without "
+        "saving a new epoch; giving up so that it cannot take down more workers"
     )

@@ -7,12 +7,14 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, TypedDict, get_args
 
+from typing_extensions import TypedDict as ModelTypedDict  # one pydantic can read on Python 3.11 (app.schemas)
+
 from bnlenet.jobs.errors import MalformedJob
 from models.params import ParamField, params_of, stored_value_problem
 from models.training import TrainConfig
 
 __all__ = [
-    "JOB_PARAMS", "STATUSES", "TERMINAL", "JobRecord", "JobStatus", "is_stale", "load_record", "new_record", "owned",
+    "JOB_PARAMS", "STATUSES", "TERMINAL", "AttemptRecord", "JobRecord", "JobStatus", "is_stale", "load_record", "new_record", "owned",
     "params_problems",
 ]
 
@@ -22,6 +24,16 @@ TERMINAL: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
 # What a job takes: POST /train's parameters, declared once on TrainConfig (the API's request and
 # response models are derived from the same declarations).
 JOB_PARAMS: dict[str, ParamField] = {f.name: f for f in params_of(TrainConfig) if f.param.api}
+
+
+class AttemptRecord(ModelTypedDict):
+    """One run of a job (an attempt): where it started from and how far it got."""
+
+    attempt: int  # the attempt number (the record's ``attempts`` when it ran)
+    worker: str
+    started_at: float
+    resumed_from: int | None  # the epoch its training state resumed from (0: the first batch); None: not yet known
+    saved_epoch: int | None  # the last epoch whose training state it saved; None: none
 
 
 class JobRecord(TypedDict):
@@ -45,6 +57,10 @@ class JobRecord(TypedDict):
     error: str | None
     note: str | None  # why the job was requeued, if it was
     attempts: int  # the fencing token: each run of the job is a new attempt
+    # Attempts in a row, up to the last that ended, that died without saving a new epoch: what
+    # MAX_ATTEMPTS limits (``bnlenet.jobs.lifecycle.fruitless_attempts``).
+    fruitless_attempts: int
+    attempt_log: list[AttemptRecord]  # every attempt, oldest first
     task_id: str | None
     cancel_requested: bool
 
@@ -55,7 +71,8 @@ def new_record(job_id: str, params: dict[str, Any], now: float) -> JobRecord:
         "job_id": job_id, "status": "queued", "params": params, "progress": None, "history": [],
         "final_test_acc": None, "created_at": now, "started_at": None, "first_step_at": None,
         "finished_at": None, "heartbeat_at": None, "worker": None, "worker_pid": None, "device": None,
-        "model_id": None, "error": None, "note": None, "attempts": 0, "task_id": None,
+        "model_id": None, "error": None, "note": None, "attempts": 0, "fruitless_attempts": 0, "attempt_log": [],
+        "task_id": None,
         "cancel_requested": False,
     }
 
@@ -93,6 +110,9 @@ def load_record(raw: Any, job_id: str = "?") -> JobRecord:
     if problems:
         raise MalformedJob(job_id, "; ".join(problems))
     record.setdefault("final_test_acc", None)
+    record.setdefault("attempt_log", [])
+    # A record from before progress was tracked: every earlier attempt counts as fruitless, as it did then.
+    record.setdefault("fruitless_attempts", max(int(record["attempts"]) - 1, 0))
     return record  # type: ignore[return-value]
 
 

@@ -472,13 +472,19 @@ class JobStore:
         self._as_owner(job_id, worker, attempt,
                        lambda r: lifecycle.first_step(r, at=at, progress=progress, now=time.time()))
 
+    def resumed(self, job_id: str, *, worker: str, attempt: int | None = None, epoch: int,
+                history: builtins.list[dict[str, Any]]) -> bool:
+        """The attempt continues from the training state of ``epoch`` (``lifecycle.resumed``); whether it still owns the job."""
+        return self._as_owner(job_id, worker, attempt,
+                              lambda r: lifecycle.resumed(r, epoch=epoch, history=history, now=time.time()))[1]
+
     def add_epoch(
         self, job_id: str, *, worker: str, attempt: int | None = None, metrics: dict[str, Any],
-        progress: dict[str, Any],
+        progress: dict[str, Any], saved_epoch: int | None = None,
     ) -> None:
-        """Append one finished epoch's metrics to the job's history."""
-        self._as_owner(job_id, worker, attempt,
-                       lambda r: lifecycle.add_epoch(r, metrics=metrics, progress=progress, now=time.time()))
+        """Append one finished epoch's metrics to the job's history (and the epoch whose state the attempt saved)."""
+        self._as_owner(job_id, worker, attempt, lambda r: lifecycle.add_epoch(
+            r, metrics=metrics, progress=progress, now=time.time(), saved_epoch=saved_epoch))
 
     def finish(
         self, job_id: str, status: JobStatus, *, worker: str | None = None, attempt: int | None = None,

@@ -172,3 +172,35 @@ def test_jobs_record_with_invalid_params_is_409_for_itself_and_left_out_of_lists
         for answer in (client.get(f"/jobs/{job_id}"), client.post(f"/jobs/{job_id}/cancel")):
             assert answer.status_code == 409
             assert "malformed" in answer.json()["detail"] and f"params.{field}" in answer.json()["detail"]
+
+
+def test_jobs_get_shows_each_attempt_and_delete_removes_the_training_state(make_client, redis_url, checkpoint_dir):
+    import torch
+
+    from bnlenet.checkpoint_storage import LocalStorage
+    from bnlenet.training_states import TrainingStates, state_name
+    from models.train_state import TrainingState
+
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)
+    (job_id,) = _submit(client, 1)
+    store = JobStore.from_url(redis_url)
+    attempt = store.claim(job_id, worker="host:1", pid=1, task_id="t", max_attempts=3, stale_after=30).record
+    assert attempt is not None
+    store.resumed(job_id, worker="host:1", attempt=1, epoch=2, history=[])
+    store.add_epoch(job_id, worker="host:1", attempt=1, metrics={"epoch": 3, "loss": 0.5, "train_acc": 0.8,
+                    "test_acc": 0.8, "examples_per_sec": 1.0, "seconds": 1.0}, saved_epoch=3,
+                    progress={"epoch": 3, "epochs": 4, "batch": 2, "batches": 2, "loss": 0.5, "train_acc": 0.8,
+                              "fraction": 0.75})
+    body = client.get(f"/jobs/{job_id}").json()
+    assert [(a["attempt"], a["worker"], a["resumed_from"], a["saved_epoch"]) for a in body["attempt_log"]] == [
+        (1, "host:1", 2, 3)]
+    assert body["fruitless_attempts"] == 0
+
+    states = TrainingStates(LocalStorage(checkpoint_dir))
+    states.save(job_id, 1, {}, TrainingState(epoch=3, model={"w": torch.zeros(1)}, optimizer={}, rng={},
+                                             average_sums=None, average_count=0))
+    assert client.delete(f"/jobs/{job_id}").status_code == 409  # running: its state stays
+    assert (checkpoint_dir / state_name(job_id)).exists()
+    store.finish(job_id, "cancelled")
+    assert client.delete(f"/jobs/{job_id}").status_code == 204
+    assert not (checkpoint_dir / state_name(job_id)).exists()

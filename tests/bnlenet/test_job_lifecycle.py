@@ -43,7 +43,8 @@ def test_job_lifecycle_claim_leaves_a_live_run_and_takes_over_a_stale_or_dead_on
 
 
 def test_job_lifecycle_claim_fails_a_job_past_max_attempts():
-    new, refusal = _claim(_running(attempts=3), worker="host:2", now=T0 + 100)
+    # Two fruitless attempts before the latest, which died without progress too: three in a row.
+    new, refusal = _claim(_running(attempts=3, fruitless_attempts=2), worker="host:2", now=T0 + 100)
     assert refusal == "attempts exhausted" and new is not None
     assert new["status"] == "failed" and new["attempts"] == 3 and "lost 3 time" in (new["error"] or "")
 
@@ -102,7 +103,7 @@ def test_job_lifecycle_reap():
     assert lifecycle.reap(r, now=T0 + 5, **kw) is None  # fresh
     back = lifecycle.reap(r, now=T0 + 100, **kw)
     assert back is not None and back["status"] == "queued" and "requeued" in (back["note"] or "")
-    out = lifecycle.reap({**r, "attempts": 3}, now=T0 + 100, **kw)
+    out = lifecycle.reap({**r, "attempts": 3, "fruitless_attempts": 2}, now=T0 + 100, **kw)
     assert out is not None and out["status"] == "failed" and "lost 3 time" in (out["error"] or "")
     cancelled = lifecycle.reap({**r, "cancel_requested": True}, now=T0 + 100, **kw)
     assert cancelled is not None and cancelled["status"] == "cancelled"
@@ -111,3 +112,78 @@ def test_job_lifecycle_reap():
     assert done is not None and (done["status"], done["model_id"], done["final_test_acc"]) == ("succeeded", "j1", 0.9)
     other = lifecycle.reap(r, now=T0 + 100, stale_after=30, max_attempts=3, published={"job_id": "j1", "attempt": 0})
     assert other is not None and other["status"] == "queued"  # an earlier attempt's checkpoint: trained again
+
+
+def _died(r: JobRecord, *, saved: int | None, resumed_from: int = 0, at: float = T0) -> JobRecord:
+    """The latest attempt resumed from ``resumed_from``, saved up to ``saved`` (None: nothing) and died."""
+    r = lifecycle.resumed(r, epoch=resumed_from, history=[{"epoch": e} for e in range(1, resumed_from + 1)], now=at)
+    if saved is not None:
+        r = lifecycle.add_epoch(r, metrics={"epoch": saved}, progress={}, now=at, saved_epoch=saved)
+    return r
+
+
+def test_job_lifecycle_claim_logs_each_attempt():
+    r = _running()
+    assert r["attempt_log"] == [{"attempt": 1, "worker": "host:1", "started_at": T0 + 1, "resumed_from": None,
+                                 "saved_epoch": None}]
+    r = _died(r, saved=2)
+    again, _ = _claim(r, worker="host:2", now=T0 + 100)
+    assert again is not None and [(a["attempt"], a["worker"], a["saved_epoch"]) for a in again["attempt_log"]] == [
+        (1, "host:1", 2), (2, "host:2", None)]
+
+
+def test_job_lifecycle_only_attempts_without_progress_count_toward_max_attempts():
+    r = _running()
+    now = T0 + 100
+    # Five deaths, each after saving one more epoch: never exhausted.
+    for epoch in range(1, 6):
+        r = _died(r, resumed_from=epoch - 1, saved=epoch, at=now)
+        assert lifecycle.fruitless_attempts(r) == 0
+        r, refusal = _claim(r, worker="host:2", now=now + 100)  # type: ignore[assignment]
+        assert refusal is None and r["status"] == "running" and r["fruitless_attempts"] == 0
+        now += 200
+    assert r["attempts"] == 6
+    # Then three deaths in a row without a new epoch (resumed from 5, saved nothing new): failed.
+    for fruitless in (1, 2):
+        r = _died(r, resumed_from=5, saved=None, at=now)
+        r, refusal = _claim(r, worker="host:2", now=now + 100)  # type: ignore[assignment]
+        assert refusal is None and r["fruitless_attempts"] == fruitless
+        now += 200
+    r = _died(r, resumed_from=5, saved=None, at=now)
+    out, refusal = _claim(r, worker="host:2", now=now + 100)
+    assert refusal == "attempts exhausted" and out is not None and out["status"] == "failed"
+    assert out["fruitless_attempts"] == 3 and "lost 3 time" in (out["error"] or "") and out["attempts"] == 8
+
+
+def test_job_lifecycle_a_save_resets_the_fruitless_count():
+    r = _running(fruitless_attempts=2)  # two fruitless attempts before this one
+    assert lifecycle.fruitless_attempts(_died(r, saved=None)) == 3
+    assert lifecycle.fruitless_attempts(_died(r, resumed_from=4, saved=4)) == 3  # the same epoch again: no progress
+    assert lifecycle.fruitless_attempts(_died(r, resumed_from=4, saved=5)) == 0
+    kw = {"stale_after": 30, "max_attempts": 3, "published": None}
+    back = lifecycle.reap(_died(r, resumed_from=4, saved=5), now=T0 + 100, **kw)
+    assert back is not None and back["status"] == "queued" and "after saving a new epoch" in (back["note"] or "")
+    out = lifecycle.reap(_died(r, saved=None), now=T0 + 100, **kw)
+    assert out is not None and out["status"] == "failed"
+
+
+def test_job_lifecycle_resumed_takes_the_state_history_once():
+    r = lifecycle.add_epoch(_running(), metrics={"epoch": 1}, progress={}, now=T0 + 2, saved_epoch=1)
+    r = lifecycle.add_epoch(r, metrics={"epoch": 2}, progress={}, now=T0 + 3)  # recorded, its state not saved
+    r, _ = _claim(r, worker="host:2", now=T0 + 100)  # type: ignore[assignment]
+    r = lifecycle.resumed(r, epoch=1, history=[{"epoch": 1}], now=T0 + 101)
+    assert r["history"] == [{"epoch": 1}]
+    r = lifecycle.add_epoch(r, metrics={"epoch": 2}, progress={}, now=T0 + 102, saved_epoch=2)
+    assert [m["epoch"] for m in r["history"]] == [1, 2]
+    assert [(a["resumed_from"], a["saved_epoch"]) for a in r["attempt_log"]] == [(None, 1), (1, 2)]
+
+
+def test_job_lifecycle_old_records_count_every_earlier_attempt():
+    import json
+
+    from bnlenet.jobs import load_record
+
+    old = {k: v for k, v in _running(attempts=3).items() if k not in ("fruitless_attempts", "attempt_log")}
+    r = load_record(json.dumps(old))
+    assert r["fruitless_attempts"] == 2 and r["attempt_log"] == []
+    assert lifecycle.fruitless_attempts(r) == 3

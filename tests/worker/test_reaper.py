@@ -74,3 +74,25 @@ def test_reaper_records_the_success_of_a_published_model_instead_of_training_aga
     record = store.get(job_id)
     assert record["status"] == "succeeded" and record["model_id"] == job_id
     assert record["final_test_acc"] == 0.8 and "published the model" in record["note"]
+
+
+def test_reaper_removes_the_training_state_of_a_job_it_ends(store: JobStore, settings: Settings, tmp_path) -> None:
+    import torch
+
+    from bnlenet.checkpoint_storage import LocalStorage
+    from bnlenet.training_states import TrainingStates, state_name
+    from models.train_state import TrainingState
+
+    settings = settings.model_copy(update={"CHECKPOINT_DIR": str(tmp_path)})
+    states = TrainingStates(LocalStorage(tmp_path))
+    job_id = store.submit({})[0]["job_id"]
+    state = TrainingState(epoch=1, model={"w": torch.zeros(1)}, optimizer={}, rng={}, average_sums=None,
+                          average_count=0)
+    for attempt in range(1, settings.MAX_ATTEMPTS + 1):
+        claim(store, job_id)
+        states.save(job_id, attempt, {}, state)  # saved, but no new epoch recorded: fruitless
+        time.sleep(0.3)
+        reap_stale_jobs(store, Publisher(settings), settings)
+        requeued = attempt < settings.MAX_ATTEMPTS
+        assert store.get(job_id)["status"] == ("queued" if requeued else "failed")
+        assert (tmp_path / state_name(job_id)).exists() == requeued  # kept to resume from, removed once it ends

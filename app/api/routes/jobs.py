@@ -10,11 +10,12 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Resp
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import EventHubDep, JobStoreDep, ReaderDep, SettingsDep, StreamReaderDep, WriterDep
+from app.deps import EventHubDep, JobStoreDep, ModelStoreDep, ReaderDep, SettingsDep, StreamReaderDep, WriterDep
 from app.errors import error_responses, json_error_responses
 from app.events import follow_job
 from app.schemas import BulkCancelOut, JobList, JobOut
 from bnlenet.jobs import TERMINAL, JobFinished, JobNotFound, JobStatus, event_id_key
+from bnlenet.training_states import TrainingStates
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -143,11 +144,12 @@ def cancel_jobs(
     "/{job_id}",
     status_code=204,
     summary="Delete a job",
-    description="Removes the job's record (its model, if any, stays: `DELETE /models/{id}`). A running job "
-    "must be cancelled first: 409 says so.",
+    description="Removes the job's record and its saved training state (its model, if any, stays: "
+    "`DELETE /models/{id}`). A running job must be cancelled first: 409 says so.",
     dependencies=[WriterDep],
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
-def delete_job(job_id: JobId, store: JobStoreDep) -> Response:
+def delete_job(job_id: JobId, store: JobStoreDep, models: ModelStoreDep) -> Response:
     store.delete_unless_running(job_id)
+    TrainingStates(models.storage).discard(job_id)  # after the record: a job found running keeps its state
     return Response(status_code=204)

@@ -1,0 +1,104 @@
+"""A job whose worker is SIGKILLed again and again resumes each time from its last saved epoch.
+
+It ends ``succeeded`` with each epoch listed once, with the model the uninterrupted run with the
+same seed ends with (bitwise: same machine, same arithmetic), and each kill costs at most the
+epoch it interrupted (from the attempts' records). Without resuming, every attempt starts from
+the first batch: the attempts' ``resumed_from`` stay 0 (and with the old attempt count the job
+fails, its MAX_ATTEMPTS spent).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnlenet.settings import Settings
+from bnlenet.training_states import state_name
+from models.checkpoint import load_checkpoint
+from models.data import load_fashion_mnist
+from models.training import train
+from tests.conftest import write_synthetic_fashion_mnist
+from tests.integration.conftest import Stack, running_stack, wait_for
+
+pytestmark = pytest.mark.integration
+
+EPOCHS = 10
+KILLS = 5
+# Precise BN and weight averaging on (the defaults); 1024 images in batches of 8: an epoch of 128
+# steps lasts long enough to be caught in the middle.
+JOB = {"epochs": EPOCHS, "batch_size": 8, "seed": 11, "swa_epochs": 3}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_fashion_mnist(tmp_path_factory.mktemp("resume-data"), n_train=1024)
+
+
+@pytest.fixture(scope="module")
+def resume_stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("resume"), data_dir) as s:
+        yield s
+
+
+def _pid(job: dict) -> int:
+    return int(job["worker"].rsplit(":", 1)[1])  # the pool process that trains
+
+
+def _position(job: dict) -> float:
+    """Epochs done, as the record last showed them (a lower bound: progress is written every 0.2 s)."""
+    p = job["progress"]
+    return 0.0 if p is None else p["fraction"] * p["epochs"]
+
+
+def test_resume_job_killed_five_times_ends_with_the_uninterrupted_model(resume_stack: Stack, data_dir: Path):
+    s = resume_stack
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    # Five kills at random batches, in five different epochs before the last.
+    targets = [e - 1 + rng.uniform(0.2, 0.8) for e in sorted(rng.sample(range(1, EPOCHS), KILLS))]
+    job_id = s.client.post("/train", json=JOB).json()["job_id"]
+    seen_at_kill: list[float] = []
+    for attempt, target in enumerate(targets, start=1):
+        def reached(attempt: int = attempt, target: float = target) -> bool:
+            job = s.job(job_id)
+            assert job["status"] in ("queued", "running"), job
+            return job["status"] == "running" and job["attempts"] == attempt and _position(job) >= target
+
+        wait_for(reached, 120, lambda a=attempt, t=target: f"attempt {a} never reached epoch {t:.2f} (seed {seed}): "
+                 f"{s.job(job_id)}\n{s.workers[-1].tail()}", interval=0.02)
+        job = s.job(job_id)
+        os.kill(_pid(job), signal.SIGKILL)
+        seen_at_kill.append(_position(job))
+
+    job = s.wait_job(job_id, {"succeeded", "failed", "cancelled"}, timeout=180)
+    assert job["status"] == "succeeded", (seed, job)
+    assert [m["epoch"] for m in job["history"]] == list(range(1, EPOCHS + 1)), seed
+    log = job["attempt_log"]
+    assert [a["attempt"] for a in log] == list(range(1, KILLS + 2)) and job["attempts"] == KILLS + 1
+    assert log[0]["resumed_from"] == 0 and job["fruitless_attempts"] == 0
+    saved = 0
+    for killed, nxt, seen in zip(log[:-1], log[1:], seen_at_kill, strict=True):
+        saved = max(saved, killed["saved_epoch"] or 0)
+        assert nxt["resumed_from"] == saved, (seed, log)  # every saved epoch is kept ...
+        # ... and every epoch that had finished when the worker died: only the one it was in is lost.
+        assert nxt["resumed_from"] >= math.floor(seen), (seed, seen_at_kill, log)
+    assert [a["resumed_from"] for a in log] == sorted({a["resumed_from"] for a in log}), (seed, log)
+    assert not (s.checkpoint_dir / state_name(job_id)).exists()  # removed once the job ended
+    print(f"seed {seed}: killed at epochs {[round(x, 2) for x in seen_at_kill]}; attempts {log}")
+
+    # The uninterrupted run with the same seed, here, ends with the same model, bit for bit.
+    from worker.job_config import job_config
+
+    config = job_config(job["params"], Settings())
+    expected = train(config, load_fashion_mnist(data_dir, download=False)).model.state_dict()
+    stored = load_checkpoint(s.checkpoint_dir / f"{job_id}.safetensors").model.state_dict()
+    assert list(stored) == list(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(stored[name], tensor.cpu()), (name, seed)
