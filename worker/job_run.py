@@ -29,7 +29,7 @@ from models.training import (
     training_metadata,
 )
 from worker import resources
-from worker.job_config import job_config
+from worker.job_config import job_config, starting_state
 from worker.lease import Heartbeat, LostJob, owner_gone
 
 __all__ = ["Outcome", "run_job"]
@@ -84,13 +84,13 @@ class _Attempt:
 
     def _train_and_publish(self) -> Outcome:
         try:
-            config = job_config(self.params, self.settings)
+            config, init_state = starting_state(job_config(self.params, self.settings), resources.model_store())
             device = str(resolve_device(config.device))
             data = resources.training_data()
             with resources.engine_lock:  # after the warm-up, which compiles what this job reuses
                 result = train(config, data, on_progress=self._on_progress,
                                on_epoch=lambda m: self._on_epoch(m, config.variant, device),
-                               should_stop=self.lease.cancel.is_set)
+                               should_stop=self.lease.cancel.is_set, init_state=init_state)
         except TrainingCancelled:
             if self.lease.lost.is_set():
                 return "lost", None  # another attempt owns the job: it writes the outcome
