@@ -18,24 +18,34 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["load_initial_state"]
+__all__ = ["load_initial_state", "variant_mismatch"]
+
+
+def variant_mismatch(name: str, its_variant: str, variant: str) -> str | None:
+    """Why the model ``name``, of ``its_variant``, cannot start a run of ``variant`` (None: it can)."""
+    if its_variant == variant:
+        return None
+    return (f"init_model {name!r} is a {its_variant} LeNet and this run trains the {variant} variant: the two "
+            "variants name their BN layers' parameters differently, so a model starts runs of its own variant "
+            f"only; choose variant {its_variant}")
 
 
 def _variant_of(names: set[str]) -> str:
     return "scratch" if any(n.endswith(".gamma") for n in names) else "builtin"
 
 
-def load_initial_state(model: nn.Module, state: Mapping[str, Tensor]) -> bool:
-    """Copy ``state`` into ``model`` (built with the run's seed); True when the classifier was left new.
+def load_initial_state(model: nn.Module, state: Mapping[str, Tensor], *, name: str = "init_model") -> bool:
+    """Copy ``state`` (of the model ``name``) into ``model``, built with the run's seed; True when the
+    classifier was left new.
 
     ``ValueError`` when ``state`` is not a LeNet of ``model``'s variant.
     """
     own = model.state_dict()
     if set(state) != set(own):
         theirs, ours = _variant_of(set(state)), _variant_of(set(own))
-        if theirs != ours:
-            raise ValueError(f"init_model is a {theirs} LeNet and this run trains the {ours} variant: their BN "
-                             f"layers' parameters are named differently; choose variant {theirs} to start from it")
+        problem = variant_mismatch(name, theirs, ours)
+        if problem is not None:
+            raise ValueError(problem)
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         raise ValueError(f"init_model's weights do not fit the {ours} LeNet: missing {missing or 'nothing'}, "
                          f"unexpected {unexpected or 'nothing'}")

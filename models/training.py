@@ -209,7 +209,7 @@ def train(
         graphs_before = compiled_graph_count()
         torch.manual_seed(config.seed)  # the weight init
         model = build_lenet(config.variant)
-        new_classifier = init_state is not None and load_initial_state(model, init_state)
+        new_classifier = init_state is not None and load_initial_state(model, init_state, name=str(config.init_model))
         model = model.to(device)
         optimizer = sgd(model, config.lr, device)
         shuffle = torch.Generator().manual_seed(config.seed)

@@ -18,6 +18,7 @@ from app.errors import BadInput, QueueFull, error_responses
 from app.schemas import JobOut, train_request_model
 from bnlenet.model_store import ModelStore, ModelUnusable, UnknownModel
 from bnlenet.settings import Settings
+from models.init_model import variant_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,9 @@ def starting_model(store: ModelStore, name: str, variant: str) -> str:
                        "for fresh weights") from None
     except ModelUnusable as exc:
         raise ModelUnusable(exc.model_id, f"{exc.reason}; init_model must name a model that verifies") from None
-    if meta["variant"] != variant:
-        raise BadInput(f"init_model {name!r} is a {meta['variant']} model and this job's variant is {variant}: "
-                       "the two variants name their BN layers' parameters differently, so a model starts jobs "
-                       f"of its own variant only; send \"variant\": \"{meta['variant']}\"")
+    problem = variant_mismatch(name, meta["variant"], variant)
+    if problem is not None:
+        raise BadInput(problem)
     return model_id
 
 
