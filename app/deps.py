@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Query, Request
@@ -10,52 +11,37 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import Forbidden, Unauthorized
 from app.events import EventHub
+from app.predictors import Predictors
 from bnlenet.jobs import JobStore
 from bnlenet.model_news import ModelNews
 from bnlenet.model_store import ModelStore
+from bnlenet.model_store.exports import ExportBuilds
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher
 
 T = TypeVar("T")
 
 
-def _state(request: Request, name: str, kind: type[T]) -> T:
-    """What ``create_app`` put on ``app.state`` under ``name``."""
-    value = getattr(request.app.state, name)
-    assert isinstance(value, kind)
-    return value
+def _from_state(name: str, kind: type[T]) -> Callable[[Request], T]:
+    """A dependency that hands a route what ``create_app`` put on ``app.state`` under ``name``."""
+
+    def dependency(request: Request) -> T:
+        value = getattr(request.app.state, name)
+        assert isinstance(value, kind)
+        return value
+
+    dependency.__name__ = f"get_{name}"
+    return dependency
 
 
-def get_settings_dep(request: Request) -> Settings:
-    return _state(request, "settings", Settings)
-
-
-def get_job_store(request: Request) -> JobStore:
-    return _state(request, "job_store", JobStore)
-
-
-def get_model_store(request: Request) -> ModelStore:
-    return _state(request, "model_store", ModelStore)
-
-
-def get_model_news(request: Request) -> ModelNews:
-    return _state(request, "model_news", ModelNews)
-
-
-def get_publisher(request: Request) -> Publisher:
-    return _state(request, "publisher", Publisher)
-
-
-def get_event_hub(request: Request) -> EventHub:
-    return _state(request, "event_hub", EventHub)
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
-ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
-ModelNewsDep = Annotated[ModelNews, Depends(get_model_news)]
-PublisherDep = Annotated[Publisher, Depends(get_publisher)]
-EventHubDep = Annotated[EventHub, Depends(get_event_hub)]
+SettingsDep = Annotated[Settings, Depends(_from_state("settings", Settings))]
+JobStoreDep = Annotated[JobStore, Depends(_from_state("job_store", JobStore))]
+ModelStoreDep = Annotated[ModelStore, Depends(_from_state("model_store", ModelStore))]
+ModelNewsDep = Annotated[ModelNews, Depends(_from_state("model_news", ModelNews))]
+ExportBuildsDep = Annotated[ExportBuilds, Depends(_from_state("export_builds", ExportBuilds))]
+PublisherDep = Annotated[Publisher, Depends(_from_state("publisher", Publisher))]
+EventHubDep = Annotated[EventHub, Depends(_from_state("event_hub", EventHub))]
+PredictorsDep = Annotated[Predictors, Depends(_from_state("predictors", Predictors))]
 
 
 # Two names for one scheme, so the OpenAPI document can tell writes from reads: app.openapi

@@ -10,7 +10,14 @@ buffered whole. ``GuardedHttpToolsProtocol`` is uvicorn's httptools protocol plu
   408 and the connection is closed; a connection that sends nothing is closed as well;
 * a deadline for the body (``HTTP_BODY_TIMEOUT_S``, from the end of the head): the connection
   is closed, and the app sees the client leave;
-* at most ``HTTP_MAX_HEADER_BYTES`` bytes of head and ``HTTP_MAX_HEADERS`` header lines: 431.
+* at most ``HTTP_MAX_HEADER_BYTES`` bytes of head and ``HTTP_MAX_HEADERS`` header lines: 431;
+  a request line that alone is longer (a long URL: a unicode id grows ninefold percent-encoded)
+  is a 414, the status that names the URL.
+
+A refused request is closed gracefully (a lingering close, as Apache and nginx do): the answer,
+then a FIN, then whatever the client still sends is read and dropped for up to ``LINGER_S``.
+Closing at once with unread bytes makes the kernel send a reset, and a client still sending its
+1 MiB header then sees "connection reset" instead of the 431.
 
 The parser stays httptools, so the hot path (``/predict``) costs what it did. Run the API with
 ``python -m app.edge`` (``bnlenet up``, the containers and the tests do).
@@ -30,12 +37,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bnlenet.settings import get_settings
 
-__all__ = ["GuardedHttpToolsProtocol", "main"]
+__all__ = ["LINGER_S", "GuardedHttpToolsProtocol", "main"]
+
+LINGER_S = 2.0  # how long a refused connection's late bytes are drained before it is closed
 
 log = logging.getLogger("uvicorn.error")
 
 _RESPONSES = {
     408: b"HTTP/1.1 408 Request Timeout\r\n",
+    414: b"HTTP/1.1 414 URI Too Long\r\n",
     431: b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
 }
 
@@ -57,6 +67,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._reading_head = True  # between requests or inside a head: what arrives is head
         self._head_bytes = 0
+        self._line_bytes = 0  # of the request line, while it has not ended
+        self._in_request_line = True
         self._head_lines = 0
         self._refused = False
 
@@ -80,8 +92,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # one write (a JSON batch of images), and that body is MAX_BODY_BYTES's business.
             end = data.find(b"\r\n\r\n")
             self._head_bytes += len(data) if end < 0 else end + 4
+            if self._in_request_line:
+                eol = data.find(b"\n")
+                self._line_bytes += len(data) if eol < 0 else eol + 1
+                self._in_request_line = eol < 0
             if self._head_bytes > self.max_header_bytes:
-                self._refuse(431, f"request head over {self.max_header_bytes} bytes")
+                if self._line_bytes > self.max_header_bytes:
+                    self._refuse(414, f"request line over {self.max_header_bytes} bytes")
+                else:
+                    self._refuse(431, f"request head over {self.max_header_bytes} bytes")
                 return
         super().data_received(data)
 
@@ -113,6 +132,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()
         self._reading_head, self._head_bytes = True, 0
+        self._in_request_line, self._line_bytes = True, 0
         super().on_message_complete()
 
     # Deadlines -------------------------------------------------------------------------
@@ -142,7 +162,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         log.info("refused a request from %s (%d): %s", _client(self.client), status, reason)
         self.transport.write(_RESPONSES[status] + b"content-length: 0\r\nconnection: close\r\n\r\n")
-        self.transport.close()
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        # Lingering close: FIN after the answer, then drain (data_received drops what arrives) until
+        # the client closes its side (eof_received: the transport closes) or LINGER_S passes.
+        self.transport.write_eof()
+        self.transport.resume_reading()
+        self._deadline = self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def _client(client: tuple[str, int] | None) -> str:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 BACKLOG_MAX = 1000  # events a slow stream may fall behind before it is closed (its client resumes)
 RECONNECT_S = 1.0  # between attempts to subscribe again after Redis went away
+READ_TIMEOUT_S = 0.2  # the longest read on the subscription: how long closing the hub may wait for it
 _MODELS = MODELS_CHANNEL.encode()
 
 
@@ -90,6 +91,7 @@ class EventHub:
         self._feeds: dict[str, _Feed] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Event | None = None
+        self._closing = False
 
     @property
     def open_streams(self) -> int:
@@ -134,6 +136,7 @@ class EventHub:
                 feed.task.cancel()
 
     async def close(self) -> None:
+        self._closing = True
         tasks = [f.task for f in self._feeds.values() if f.task is not None]
         if self._listener is not None:
             tasks.append(self._listener)
@@ -145,7 +148,7 @@ class EventHub:
     # the subscription ----------------------------------------------------------------------
 
     async def _listen(self, subscribed: asyncio.Event) -> None:
-        while True:
+        while not self._closing:
             client = redis.asyncio.Redis.from_url(self.redis_url, socket_connect_timeout=self.timeout)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
@@ -154,8 +157,13 @@ class EventHub:
                 for job_id, feed in self._feeds.items():  # what was published while we were away
                     self._notify(job_id, feed)
                 self._model_news(None)
-                async for message in pubsub.listen():
-                    if message["type"] != "message":
+                while True:
+                    # Never a read without a timeout, and a flag besides the cancel: redis-py can swallow a
+                    # cancel that arrives during a read, so closing the hub relies on the flag and this timeout.
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_TIMEOUT_S)
+                    if self._closing:
+                        return
+                    if message is None or message["type"] != "message":
                         continue
                     if message["channel"] == _MODELS:
                         self._model_news(message["data"].decode())

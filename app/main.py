@@ -22,6 +22,7 @@ from app.web import install_pages
 from bnlenet.jobs import JobStore
 from bnlenet.logs import configure_handlers
 from bnlenet.model_news import ModelNews
+from bnlenet.model_store.exports import ExportBuilds
 from bnlenet.settings import Settings, get_settings
 from bnlenet.training_queue import Publisher
 
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.event_hub.listen()  # job events and model news, from the start
         yield
         app.state.predictors.close()
+        app.state.export_builds.close()
         app.state.model_store.close()
         await app.state.event_hub.close()
         app.state.publisher.close()
@@ -135,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S,
                                             retention_s=settings.JOB_RETENTION_DAYS * 86400)
     app.state.model_store = MeteredModelStore.from_settings(settings, background=True)
+    app.state.export_builds = ExportBuilds()  # GET /models/{id}/export: built in the background
     app.state.predictors = Predictors(settings.PREDICT_RUNTIME, threads=settings.PREDICT_THREADS,
                                       size=settings.MODEL_CACHE_SIZE)
     # One pub/sub subscription per process: the job event streams, and the model news that keep the listing current.

@@ -8,6 +8,9 @@ runs with, and are settled here, once, when the document is first asked for:
   (``require_reader``) too with ``PROTECT_READS``. The two dependencies declare differently
   named bearer schemes (``app.deps``), so the document says which one an operation uses, and
   the document and the server cannot disagree; here both become one scheme, ``bearer``.
+* The edge's answer to a long URL: an operation with path or query parameters documents 414,
+  which ``app.edge`` answers (with no body) when the request line alone is over
+  ``HTTP_MAX_HEADER_BYTES``; its 408 and 431 depend on how a client sends, not on the operation.
 * Integer bounds stay integers: FastAPI's OpenAPI model keeps ``minimum``/``maximum`` as
   floats, so ``seed``'s maximum would read 9.2e18, a number no client can send as an integer.
 
@@ -66,9 +69,20 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                            "description": "API_TOKEN: send `Authorization: Bearer <token>`"}
     if schemes:
         components["securitySchemes"] = schemes
+    _edge_responses(spec, settings)
     _integer_bounds(spec)
     app.openapi_schema = spec
     return spec
+
+
+def _edge_responses(spec: dict[str, Any], settings: Settings) -> None:
+    """414 on every operation whose URL carries values: the edge refuses a request line over the head limit."""
+    description = (f"URI Too Long: the request line is over HTTP_MAX_HEADER_BYTES ({settings.HTTP_MAX_HEADER_BYTES} "
+                   "bytes; a percent-encoded unicode value takes up to 12 bytes a character); no body")
+    for item in spec.get("paths", {}).values():
+        for method, op in item.items():
+            if method in _METHODS and any(p.get("in") in ("path", "query") for p in op.get("parameters", [])):
+                op.setdefault("responses", {})["414"] = {"description": description}
 
 
 def _integer_bounds(node: Any) -> None:

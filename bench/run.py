@@ -33,6 +33,7 @@ SECTIONS: list[str] = [
     "export",
     "jobstore",
     "object_store",
+    "model_news",
     "workers",
     "durability",
 ]

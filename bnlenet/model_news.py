@@ -13,7 +13,8 @@ the change after the storage has it and before it records or answers anything:
 2. each API process, on the message, lists the storage again in a look that *starts after* the
    message arrived (``ModelStore.refresh_soon``), verifies what is new, works out the newest
    model, swaps the new listing in, and only then pushes the token's acknowledgement
-   (``RPUSH`` on ``ack_key(token)``);
+   (``RPUSH`` on ``ack_key(token)``); a process that could not list, or not read every listed
+   checkpoint, does not acknowledge;
 3. the writer waits for ``n`` acknowledgements (``BLPOP``), then records the job succeeded or
    answers the PUT.
 
@@ -29,7 +30,7 @@ reach an API process on different connections, in no guaranteed order. A refresh
 alone would not do either: a stale listing misses nothing when it serves the previous model
 as the newest or an alias's previous target.
 
-Where the guarantee stops, said exactly: the writer waits at most ``MODEL_NEWS_WAIT_S`` (2 s),
+Where the guarantee stops, said exactly: the writer waits at most ``MODEL_NEWS_WAIT_S`` (5 s),
 so that one stuck API process cannot hold up every job; a process that has not acknowledged
 by then (its storage unreachable from it, its event loop stalled) catches up when its listing
 lands, and a name it does not know (or no model at all) lists the storage before it answers
@@ -73,11 +74,11 @@ def ack_key(token: str) -> str:
 class ModelNews:
     """Announce changes to the model store to every API process (a writer), or acknowledge them (an API)."""
 
-    def __init__(self, client: redis.Redis, *, wait_s: float = 2.0) -> None:
+    def __init__(self, client: redis.Redis, *, wait_s: float = 5.0) -> None:
         self.redis, self.wait_s = client, wait_s
 
     @classmethod
-    def from_url(cls, url: str, *, wait_s: float = 2.0, timeout: float = 2.0) -> ModelNews:
+    def from_url(cls, url: str, *, wait_s: float = 5.0, timeout: float = 2.0) -> ModelNews:
         """On a connection pool of its own, whose reads outlast the wait for acknowledgements."""
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=wait_s + timeout)
         return cls(client, wait_s=wait_s)

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     NEWEST_MODEL_REFRESH_S: float = 1.0
     # A writer (a worker that published a model, an API that moved an alias) waits this long at most for every
     # API process to list the change before it records the job succeeded or answers (bnlenet.model_news).
-    MODEL_NEWS_WAIT_S: float = Field(2.0, ge=0)
+    MODEL_NEWS_WAIT_S: float = Field(5.0, ge=0)
 
     TRAINING_QUEUE: str = "training"
     # Celery's keys (the queue, unacked, _kombu.*, task results) carry this prefix, apart from

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +25,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from models.data import CLASS_NAMES
 from models.files import write_atomically
-from models.lenet import VARIANTS, build_lenet
+from models.lenet import NUM_CLASSES, VARIANTS, build_lenet
 from models.preprocess import PREPROCESSING
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "checkpoint_bytes",
+    "class_names",
     "load_checkpoint",
     "read_metadata",
     "final_test_acc",
@@ -129,6 +131,11 @@ def _metadata_of(path: Path, handle: Any) -> dict[str, Any]:
         raise CheckpointError(f"{path} has an unknown checkpoint format {meta.get('format') if isinstance(meta, dict) else None!r}")
     if meta.get("variant") not in VARIANTS:
         raise CheckpointError(f"{path} names an unknown variant {meta.get('variant')!r}")
+    classes = meta.get("classes")
+    if classes is not None and not (isinstance(classes, list) and len(classes) == NUM_CLASSES
+                                    and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{path} names classes {str(classes)[:200]}; the network has {NUM_CLASSES} outputs, "
+                              "so its metadata names that many (strings)")
     return meta
 
 
@@ -169,6 +176,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     model.load_state_dict(tensors, strict=True)
     model.eval()
     return Checkpoint(model=model, metadata=meta)
+
+
+def class_names(metadata: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names of the model's classes in output order: its metadata's ``classes`` (checked when the
+    checkpoint is read), or Fashion-MNIST's for a checkpoint written before they were stored."""
+    return tuple(metadata.get("classes") or CLASS_NAMES)
 
 
 def final_test_acc(metadata: dict[str, Any]) -> float | None:

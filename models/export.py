@@ -43,8 +43,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.data import CLASS_NAMES
+from models.checkpoint import class_names, load_checkpoint, save_checkpoint
 from models.files import write_atomically
 from models.lenet import IMAGE_SIZE, NUM_CLASSES, build_lenet
 from models.preprocess import PREPROCESSING
@@ -116,7 +115,7 @@ def export_metadata(metadata: Mapping[str, Any], *, model_id: str | None = None)
     The ONNX model's ``metadata_props`` and the pt2 archive's ``bnlenet.json``. Nothing time
     dependent, so exports of one checkpoint are byte for byte the same.
     """
-    classes = list(metadata.get("classes") or CLASS_NAMES)
+    classes = list(class_names(metadata))
     if len(classes) != NUM_CLASSES:
         raise ValueError(f"metadata names {len(classes)} classes; the network has {NUM_CLASSES} outputs")
     variant = metadata.get("variant")

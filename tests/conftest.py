@@ -16,11 +16,22 @@ from bnlenet.local.redis_server import RedisServer
 from bnlenet.local.s3_server import S3Server, WeedNotFound, find_weed
 from models.data import FILES, write_idx
 from models.threads import TRAINING_THREADS
+from tests.ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (hooks: under CI a skip fails)
 
 # The engine trains with TRAINING_THREADS intra-op threads (models/threads.py). Results depend
 # in the last bits on how operations are split between threads, so tests that compare the engine
 # with a plain loop in this process run that loop with the same count.
 torch.set_num_threads(TRAINING_THREADS)
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts a server is an integration test: the S3 tests (their own ``s3`` marker, or
+    the session's S3 server) and the browser tests get the marker here, so ``-m "not integration"``
+    is the fast part."""
+    for item in items:
+        if (item.get_closest_marker("s3") or item.get_closest_marker("browser")
+                or "s3_server" in getattr(item, "fixturenames", ())) and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+
 
 SYNTHETIC_TRAIN = 512
 SYNTHETIC_TEST = 128

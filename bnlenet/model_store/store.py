@@ -49,7 +49,8 @@ class ModelStore:
         self.listing = Listing(self.storage, refresh_s=refresh_s, background=background, on_listed=self._listed)
         self.verifications = Verifications(self.storage)
         self.loaded = LoadedModels(cache_size)
-        self._newest: tuple[Snapshot, str | None] | None = None  # the newest model of one listing
+        # The newest model of one listing, and whether every model listed could be read to tell.
+        self._newest: tuple[Snapshot, str | None, bool] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, background: bool = False) -> ModelStore:
@@ -71,7 +72,13 @@ class ModelStore:
     def refresh_soon(self, then: Callable[[bool], None]) -> None:
         """List the storage again in the background, in a look that starts now; ``then(listed)`` once done
         (and, in a serving store, once the newest model is known)."""
-        self.listing.refresh_soon(then)
+        def listed(ok: bool) -> None:  # and, in a serving store, every listed checkpoint was verified
+            known = self._newest
+            warm = not self.listing.background or (known is not None and known[0] is self.listing.current()
+                                                   and known[2])
+            then(ok and warm)
+
+        self.listing.refresh_soon(listed)
 
     def _listed(self, snapshot: Snapshot) -> None:
         """A new listing: what another process deleted or replaced stops being served here."""
@@ -122,16 +129,21 @@ class ModelStore:
         return self._models_in(self.listing.current())
 
     def _models_in(self, snapshot: Snapshot) -> builtins.list[tuple[str, dict[str, Any]]]:
-        found = []
+        return self._read_models(snapshot)[0]
+
+    def _read_models(self, snapshot: Snapshot) -> tuple[builtins.list[tuple[str, dict[str, Any]]], bool]:
+        """The models of ``snapshot`` that verify, newest first, and whether every one could be read."""
+        found, complete = [], True
         for model_id, version in snapshot.versions.items():
             try:
                 meta = self.verifications.check(model_id, version).metadata
             except (UnknownModel, ObjectStoreUnavailable):
+                complete = False
                 continue  # deleted since the listing, or not fetchable now
             if meta is not None:
                 found.append((model_id, meta))
         found.sort(key=lambda item: (str(item[1].get("created_at", "")), item[0]), reverse=True)
-        return found
+        return found, complete
 
     def children(self) -> dict[str, builtins.list[str]]:
         """Each parent's children (the models whose metadata names it as ``parent``), oldest first, as of
@@ -166,9 +178,9 @@ class ModelStore:
         known = self._newest
         if known is not None and known[0] is snapshot:
             return known[1]
-        models = self._models_in(snapshot)
+        models, complete = self._read_models(snapshot)
         newest = models[0][0] if models else None
-        self._newest = (snapshot, newest)
+        self._newest = (snapshot, newest, complete)
         return newest
 
     def default(self) -> str:

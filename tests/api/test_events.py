@@ -25,6 +25,8 @@ from bnlenet.jobs import JobStore
 from bnlenet.local.redis_server import free_port
 from bnlenet.settings import Settings
 
+pytestmark = pytest.mark.integration  # starts the API under uvicorn (in a thread), over real HTTP
+
 TOKEN = "events-token"
 METRICS = {"epoch": 1, "loss": 0.5, "train_acc": 0.8, "test_acc": 0.7, "examples_per_sec": 1000.0, "seconds": 1.0}
 
@@ -59,6 +61,9 @@ def serve(redis_url: str, trained_models: tuple[Path, list[str]]) -> Iterator[Ca
         cm = serving(app)
         url = cm.__enter__()
         stack.append(cm)
+        # Past its start-up work (the first listing of the model store, in the background since the
+        # model news): the tests race a writer thread against the first stream.
+        httpx.get(f"{url}/models", timeout=20)  # any answer (401 under PROTECT_READS) comes after it
         return url, app
 
     yield start

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,10 @@ def _predicted(client, model_id: str, images: np.ndarray) -> np.ndarray:
 
 def _export(client, model_id: str, fmt: str) -> bytes:
     r = client.get(f"/models/{model_id}/export", params={"format": fmt})
+    for _ in range(100):  # 202 while it is built: each request waits a few seconds for the build
+        if r.status_code != 202:
+            break
+        r = client.get(r.headers["location"])
     assert r.status_code == 200, r.text
     assert r.headers["content-disposition"] == f'attachment; filename="{model_id}.{fmt}"'
     return r.content
@@ -115,3 +121,35 @@ def test_export_closed_with_protect_reads(make_client, trained_models):
     url = f"/models/{trained_models[1][0]}/export?format=safetensors"
     assert client.get(url).status_code == 401
     assert client.get(url, headers={"Authorization": "Bearer tok"}).status_code == 200
+
+
+def test_export_a_slow_build_never_holds_a_request_past_a_few_seconds(make_client, checkpoint_dir, tmp_path,
+                                                                      monkeypatch):
+    import bnlenet.model_store.exports as exports
+
+    release = threading.Event()
+    real = exports.export_bytes_in_subprocess
+
+    def slow(model, metadata, fmt, **kwargs):  # an export slower than any request may wait (ONNX on a busy machine)
+        release.wait(30)
+        return real(model, metadata, fmt, **kwargs)
+
+    monkeypatch.setattr(exports, "export_bytes_in_subprocess", slow)
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir, EXPORT_DIR=tmp_path / "exports")
+    started = time.monotonic()
+    r = client.get("/models/model-scratch/export", params={"format": "pt2"})
+    waited = time.monotonic() - started
+    release.set()
+    assert waited < 10, f"the first request waited {waited:.1f} s for the build"
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == "/models/model-scratch/export?format=pt2"
+    assert int(r.headers["retry-after"]) >= 1
+    assert "being built" in r.json()["detail"]
+    again = client.get(r.headers["location"])  # waits a few seconds for the build, which is released now
+    for _ in range(20):
+        if again.status_code != 202:
+            break
+        again = client.get(r.headers["location"])
+    assert again.status_code == 200, again.text
+    program = torch.export.load(io.BytesIO(again.content))
+    assert program.module()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

@@ -113,9 +113,17 @@ def test_models_half_written_temp_files_are_invisible(make_client, checkpoint_di
     assert client.get("/models").json()["count"] == 2
 
 
-def test_models_work_while_redis_is_down(make_client, dead_redis_url):
+def test_models_work_while_redis_is_down(make_client, dead_redis_url, trained_models):
+    # The listing and each model's description are what they are with Redis up.
+    up = make_client()
     client = make_client(REDIS_URL=dead_redis_url)
-    assert client.get("/models").status_code == 200
+    r = client.get("/models")
+    assert r.status_code == 200, r.text
+    assert r.json() == up.get("/models").json()
+    assert [m["model_id"] for m in r.json()["data"]] == trained_models[1][::-1]
+    for model_id in trained_models[1]:
+        described = client.get(f"/models/{model_id}")
+        assert described.status_code == 200 and described.json() == up.get(f"/models/{model_id}").json()
 
 
 def test_models_closed_with_protect_reads(make_client):

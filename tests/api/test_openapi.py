@@ -11,7 +11,7 @@ EXPECTED = {
     ("post", "/predict/pixels"): {"200", "404", "409", "422"},
     ("post", "/predict/batch"): {"200", "404", "409", "413", "415", "422"},
     ("post", "/predict/batch/pixels"): {"200", "404", "409", "413", "422"},
-    ("get", "/models/{model_id}/export"): {"200", "404", "409", "422"},
+    ("get", "/models/{model_id}/export"): {"200", "202", "404", "409", "422"},
     ("get", "/models"): {"200"},
     ("get", "/models/{model_id}"): {"200", "404"},
     ("get", "/models/{model_id}/batchnorm"): {"200", "404"},
@@ -45,7 +45,20 @@ def test_openapi_pixels_state_their_shape_and_range(client):
 
 
 def test_openapi_docs_page_is_served(client):
-    assert client.get("/docs").status_code == 200
+    # The Swagger UI page for this API's description, its script and style served here (vendored), no CDN.
+    import re
+
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "SwaggerUIBundle(" in page and "'/openapi.json'" in page.replace('"', "'"), page
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for asset in assets:
+        assert asset.startswith("/") and not asset.startswith("//"), f"{asset} is not served by the API"
+        got = client.get(asset)
+        assert got.status_code == 200 and len(got.content) > 100, asset
+    assert "cdn" not in page.lower() and "https://" not in page, page
 
 
 def test_openapi_cors_off_by_default(client):
@@ -156,3 +169,11 @@ def test_openapi_pixels_example_is_small(client):
     spec = client.get("/openapi.json").json()
     import json as _json
     assert len(_json.dumps(spec["components"]["schemas"]["PredictRequest"])) < 4000
+
+
+def test_openapi_long_urls_are_documented_as_414(client):
+    """app.edge answers 414 to a request line over the head limit: every operation with URL values says so."""
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "414" in paths["/models/{model_id}"]["get"]["responses"]
+    assert "414" in paths["/jobs"]["get"]["responses"]
+    assert "414" not in paths["/healthz"]["get"]["responses"]  # nothing in its URL grows

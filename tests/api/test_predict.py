@@ -21,7 +21,7 @@ from bnlenet.model_store import ModelStore
 from models.checkpoint import load_checkpoint
 from models.data import CLASS_NAMES
 from models.inference import predict_probabilities
-from models.preprocess import image_to_tensor
+from models.preprocess import image_to_tensor, load_image
 from tests.api.conftest import png_bytes, sample_image
 
 
@@ -97,11 +97,21 @@ def test_predict_accepts_common_image_modes(client, mode):
     assert r.status_code == 200, (mode, r.text)
 
 
-def test_predict_resizes_large_images(client):
+def test_predict_resizes_large_images(client, trained_models):
+    # The README: any size is read and reduced to the 28x28 grayscale the model sees. The answer is
+    # the newest model's on that reduction (models.preprocess), not merely a 200.
+    directory, ids = trained_models
     big = Image.fromarray(sample_image(4)).resize((300, 200))
     buf = io.BytesIO()
     big.save(buf, format="JPEG")
-    assert _upload(client, buf.getvalue(), filename="x.jpg").status_code == 200
+    data = buf.getvalue()
+    assert load_image(data).size == (28, 28)
+    r = _upload(client, data, filename="x.jpg")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_id"] == ids[-1]
+    np.testing.assert_allclose(body["probabilities"], _expected(directory, ids[-1], data), atol=1e-6)
+    assert body["class_index"] == int(np.argmax(body["probabilities"]))
 
 
 def test_predict_unknown_model_is_404(client):
@@ -206,9 +216,18 @@ def test_predict_pickle_is_not_an_image(client):
     assert r.status_code == 415
 
 
-def test_predict_works_while_redis_is_down(make_client, dead_redis_url):
+def test_predict_works_while_redis_is_down(make_client, dead_redis_url, trained_models):
+    # The same answer as with Redis up: the newest model, its probabilities for this image.
+    directory, ids = trained_models
     client = make_client(REDIS_URL=dead_redis_url)
-    assert _upload(client, png_bytes(sample_image())).status_code == 200
+    data = png_bytes(sample_image())
+    r = _upload(client, data)
+    assert r.status_code == 200, r.text
+    assert r.json()["model_id"] == ids[-1]
+    np.testing.assert_allclose(r.json()["probabilities"], _expected(directory, ids[-1], data), atol=1e-6)
+    r = _upload(client, data, ids[0])  # and any other model by id
+    assert r.status_code == 200 and r.json()["model_id"] == ids[0], r.text
+    np.testing.assert_allclose(r.json()["probabilities"], _expected(directory, ids[0], data), atol=1e-6)
 
 
 def test_predict_closed_with_protect_reads(make_client):
@@ -392,3 +411,77 @@ def test_predict_unknown_multipart_field_is_422(client):
     r = client.post("/predict", files={"file": ("x.png", png_bytes(sample_image()), "image/png")},
                     data={"modelid": "typo"})
     assert r.status_code == 422 and "'modelid'" in r.json()["detail"]
+
+
+def test_predict_names_the_classes_of_the_model_it_serves(make_client, checkpoint_dir, trained_models):
+    """A model trained on other classes answers with its own names, taken from its checkpoint."""
+    digits = [f"digit {word}" for word in ("zero", "one", "two", "three", "four", "five", "six", "seven",
+                                           "eight", "nine")]
+    source = load_checkpoint(checkpoint_dir / f"{trained_models[1][0]}.safetensors")
+    ModelStore(checkpoint_dir).publish("model-digits", source.model, {**source.metadata, "classes": digits})
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)
+    pixels = (sample_image(8) / 255.0).tolist()
+    single = client.post("/predict/pixels?top_k=10", json={"pixels": pixels, "model_id": "model-digits"})
+    assert single.status_code == 200, single.text
+    body = single.json()
+    assert list(body["scores"]) == digits
+    assert body["class_name"] == digits[body["class_index"]]
+    assert [t["class_name"] for t in body["top_k"]] == [digits[t["class_index"]] for t in body["top_k"]]
+    upload = client.post("/predict/batch", files=[("files", ("x.png", png_bytes(sample_image(8)), "image/png"))],
+                         data={"model_id": "model-digits"})
+    assert upload.status_code == 200, upload.text
+    assert list(upload.json()["data"][0]["scores"]) == digits
+    # The other models keep Fashion-MNIST's names.
+    other = client.post("/predict/pixels", json={"pixels": pixels, "model_id": trained_models[1][0]}).json()
+    assert list(other["scores"]) == list(CLASS_NAMES)
+
+
+def test_predict_checkpoint_naming_the_wrong_number_of_classes_is_409(make_client, checkpoint_dir, trained_models):
+    source = load_checkpoint(checkpoint_dir / f"{trained_models[1][0]}.safetensors")
+    ModelStore(checkpoint_dir).publish("model-three", source.model, {**source.metadata, "classes": ["a", "b", "c"]})
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)
+    r = client.post("/predict/pixels", json={"pixels": [[0.0] * 28] * 28, "model_id": "model-three"})
+    assert r.status_code == 409 and "10 outputs" in r.json()["detail"], r.text
+
+
+# one place to name a model ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("path", "field"), [("/predict", "file"), ("/predict/batch", "files")])
+def test_predict_model_id_sent_as_a_file_is_422_naming_the_field(client, trained_models, path, field):
+    r = client.post(path, files=[(field, ("x.png", png_bytes(sample_image()), "image/png")),
+                                 ("model_id", ("id.txt", trained_models[1][0].encode(), "text/plain"))])
+    assert r.status_code == 422, r.text
+    assert "model_id" in r.json()["detail"] and "file" in r.json()["detail"]
+
+
+def test_predict_operations_name_the_model_in_one_place(client):
+    """The document names the model in the body (or form) only, and an empty name is not one."""
+    spec = client.get("/openapi.json").json()
+    for path in ("/predict", "/predict/pixels", "/predict/batch", "/predict/batch/pixels"):
+        op = spec["paths"][path]["post"]
+        assert "model_id" not in {p["name"] for p in op.get("parameters", [])}, path
+    for name in ("PredictRequest", "PredictBatchRequest"):
+        model_id = spec["components"]["schemas"][name]["properties"]["model_id"]
+        assert {"type": "string", "minLength": 1} in model_id["anyOf"], model_id
+
+
+@pytest.mark.parametrize("path", ["/predict/pixels", "/predict/batch/pixels"])
+def test_predict_empty_model_name_in_the_body_is_a_field_error(client, trained_models, path):
+    pixels = [[0.0] * 28] * 28
+    body = {"pixels": pixels} if path == "/predict/pixels" else {"images": [pixels]}
+    r = client.post(f"{path}?model_id={trained_models[1][0]}", json={**body, "model_id": ""})
+    assert r.status_code == 422
+    assert [e["loc"] for e in r.json()["errors"]] == [["body", "model_id"]], r.text
+
+
+@pytest.mark.parametrize("path", ["/predict/pixels", "/predict/batch/pixels"])
+def test_predict_model_named_in_the_query_still_serves_outside_the_schema(client, trained_models, path):
+    pixels = [[0.0] * 28] * 28
+    body = {"pixels": pixels} if path == "/predict/pixels" else {"images": [pixels]}
+    older, newer = trained_models[1]
+    r = client.post(f"{path}?model_id={older}", json=body)
+    assert r.status_code == 200 and r.json()["model_id"] == older, r.text
+    r = client.post(f"{path}?model_id={older}", json={**body, "model_id": older})
+    assert r.status_code == 200 and r.json()["model_id"] == older, r.text
+    r = client.post(f"{path}?model_id={older}", json={**body, "model_id": newer})
+    assert r.status_code == 422 and "name one model, once" in r.json()["detail"]

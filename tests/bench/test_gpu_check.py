@@ -20,6 +20,7 @@ from models.training import TrainConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.integration  # with GPU_CHECK_ALLOW_CPU the script starts Redis, a Celery worker and app.edge
 def test_gpu_check_script_runs_its_steps_and_writes_the_report(tmp_path: Path) -> None:
     env = {**os.environ, "GPU_CHECK_NO_INSTALL": "1", "GPU_CHECK_ALLOW_CPU": "1", "PYTHON": sys.executable,
            "BENCH_ARGS": "--quick"}
@@ -78,6 +79,7 @@ def test_gpu_rows_are_valid_engine_configs(label: str, overrides: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.gpu_sim
+@pytest.mark.integration  # the script starts Redis, a Celery worker and app.edge
 def test_gpu_check_runs_as_on_the_gpu_machine(tmp_path: Path) -> None:
     """The whole script on Python 3.12 with only the image's packages, the carried wheels and data, no Debian data set.
 

@@ -1,7 +1,7 @@
 """Browser fixtures: the real stack (Redis, a Celery worker, uvicorn) and headless Chromium via Selenium.
 
 Chromium and chromedriver are the system's (Debian's ``chromium`` and ``chromium-driver``;
-``scripts/test.sh`` installs them when it runs as root). Without them these tests skip.
+``scripts/test.sh`` installs them when it runs as root). Without them these tests skip, and fail under ``CI=true``.
 Screenshots go to ``var/screenshots/`` (``SCREENSHOT_DIR`` moves them).
 """
 
@@ -21,15 +21,21 @@ CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", 
 CHROMEDRIVER = shutil.which("chromedriver")
 SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "var" / "screenshots"))
 
-if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip("headless browser tests need chromium and chromedriver (apt-get install chromium chromium-driver; "
-                "scripts/test.sh installs them when run as root)", allow_module_level=True)
-
+MISSING = None if CHROMIUM and CHROMEDRIVER else (
+    "headless browser tests need chromium and chromedriver (apt-get install chromium chromium-driver; "
+    "scripts/test.sh installs them when run as root)")
 try:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 except ImportError:  # pragma: no cover
-    pytest.skip("selenium is not installed (pip install -e '.[dev]')", allow_module_level=True)
+    MISSING = MISSING or "selenium is not installed (pip install -e '.[dev]')"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def browser_parts() -> None:
+    """Each browser test skips (and under CI=true fails: tests/ci_skips.py) without Chromium or Selenium."""
+    if MISSING:
+        pytest.skip(MISSING)
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,7 @@ def test_iter_sse_reads_events_ids_and_skips_comments() -> None:
     assert [(e.event, e.data, e.id) for e in events] == [("epoch", '{"epoch": 1}', "5-0"), ("message", "a\nb", "5-0")]
 
 
+@pytest.mark.integration  # serves the API (uvicorn in a thread)
 def test_watch_succeeded_prints_epochs_and_exits_0(api: str, store: JobStore, capsys) -> None:
     job_id = start_job(store)
     writer = run_rest(store, job_id)
@@ -57,6 +58,7 @@ def test_watch_succeeded_prints_epochs_and_exits_0(api: str, store: JobStore, ca
     assert f"job {job_id} succeeded" in out
 
 
+@pytest.mark.integration  # serves the API (uvicorn in a thread)
 def test_watch_failed_or_cancelled_exits_1(api: str, store: JobStore, capsys) -> None:
     job_id = start_job(store)
 
@@ -75,6 +77,7 @@ def test_watch_failed_or_cancelled_exits_1(api: str, store: JobStore, capsys) ->
     assert main(["watch", cancelled, "--url", api]) == 1
 
 
+@pytest.mark.integration  # serves the API (uvicorn in a thread)
 def test_watch_unknown_job_or_unreachable_service_exits_2(api: str, capsys) -> None:
     assert main(["watch", "nope", "--url", api]) == 2
     assert "no job nope" in capsys.readouterr().err
@@ -82,6 +85,7 @@ def test_watch_unknown_job_or_unreachable_service_exits_2(api: str, capsys) -> N
     assert "cannot reach the service" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # serves the API (uvicorn in a thread)
 def test_watch_needs_the_token_when_reads_are_protected(redis_url: str, store: JobStore, tmp_path: Path,
                                                         capsys) -> None:
     settings = Settings(REDIS_URL=redis_url, CHECKPOINT_DIR=tmp_path, API_TOKEN="t0k", PROTECT_READS=True)
@@ -94,6 +98,7 @@ def test_watch_needs_the_token_when_reads_are_protected(redis_url: str, store: J
         assert main(["watch", job_id, "--url", url, "--token", "t0k"]) == 1  # it was cancelled
 
 
+@pytest.mark.integration  # serves the API (uvicorn in a thread)
 def test_watch_job_returns_the_final_record(api: str, store: JobStore) -> None:
     job_id = start_job(store)
     writer = run_rest(store, job_id)

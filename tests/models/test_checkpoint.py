@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from models.batchnorm import batchnorm_layers, batchnorm_state
-from models.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from models.checkpoint import CheckpointError, class_names, load_checkpoint, read_metadata, save_checkpoint
+from models.data import CLASS_NAMES
 from models.lenet import build_lenet
 
 
@@ -151,3 +152,19 @@ def test_checkpoint_variant_mismatch_is_an_error(tmp_path: Path) -> None:
 def test_checkpoint_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_checkpoint_classes_name_the_outputs(tmp_path: Path) -> None:
+    digits = [str(d) for d in range(10)]
+    path = save_checkpoint(tmp_path / "m.safetensors", build_lenet("builtin").eval(),
+                           {"variant": "builtin", "classes": digits})
+    assert class_names(load_checkpoint(path).metadata) == tuple(digits)
+    assert class_names({"variant": "builtin"}) == CLASS_NAMES  # written before classes were stored
+
+
+@pytest.mark.parametrize("classes", [["a", "b", "c"], [1] * 10, "abcdefghij"])
+def test_checkpoint_classes_that_cannot_name_the_outputs_are_an_error(tmp_path: Path, classes: object) -> None:
+    path = save_checkpoint(tmp_path / "m.safetensors", build_lenet("builtin").eval(),
+                           {"variant": "builtin", "classes": classes})
+    with pytest.raises(CheckpointError, match="10 outputs"):
+        load_checkpoint(path)

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from app.deps import JobStoreDep, ModelStoreDep, PublisherDep, WriterDep
 from app.errors import BadInput, QueueFull, error_responses
+from app.faults import fault_point
 from app.schemas import JobOut, train_request_model
 from bnlenet.model_store import ModelStore, ModelUnusable, UnknownModel
 from bnlenet.settings import Settings
@@ -70,6 +71,7 @@ def make_router(settings: Settings) -> APIRouter:
         record, new = store.submit(params, idempotency_key=idempotency_key)
         job_id = record["job_id"]
         if new:
+            fault_point("after-store-before-publish")
             try:
                 record = store.published(job_id, publisher.publish(job_id))
             except Exception as exc:
