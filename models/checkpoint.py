@@ -32,6 +32,7 @@ from models.preprocess import PREPROCESSING
 
 __all__ = [
     "FORMAT",
+    "MODEL_ID",
     "Checkpoint",
     "CheckpointError",
     "checkpoint_bytes",
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 FORMAT = "bnlenet-checkpoint/1"
+# What may name a model (its metadata's ``model_id``, a ``parent``): no separators or dots, so no
+# id can name a path outside a store (``bnlenet.model_store``).
+MODEL_ID = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 _META_KEY = "bnlenet"  # the header entry that holds our JSON metadata
 
 

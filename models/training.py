@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -26,9 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from models.averaging import WeightAverage, recompute_bn_statistics
+from models.checkpoint import MODEL_ID
 from models.data import FashionMNIST
 from models.devices import DEVICE_PATTERN, cuda_settings, resolve_device, synchronize
 from models.inference import evaluate_accuracy
+from models.init_model import load_initial_state
 from models.lenet import VARIANTS, build_lenet
 from models.memory import keep_large_buffers
 from models.params import check_params, describes_run, param
@@ -89,6 +91,13 @@ class TrainConfig:
         "accuracy at lr 1.0 (bench/quality.py). 0 or 1: the last epoch's weights. With precise_bn false (the "
         "chapter's recipe) nothing is averaged",
         ge=0, le=1000,
+    )
+    # A name, never weights: whoever runs the config resolves it and passes the state to ``train``.
+    init_model: str | None = param(
+        None,
+        "start from this model's weights and BN statistics (a model id or alias; its variant): fine-tuning, or "
+        "a new last layer when the classes differ. Unset: fresh weights",
+        pattern=MODEL_ID,
     )
     precise_bn_images: int = param(4096, "training images precise BN averages over (\"a few thousand\")",
                                    ge=2, api=False, cli=False)
@@ -163,6 +172,7 @@ class TrainResult:
     precise_bn_test_acc: float | None = None  # test accuracy after precise BN, if applied
     averaged_epochs: int = 1  # the weights are the average of this many last epochs' (1: the last epoch's)
     compiled_graphs: int = 0  # graphs torch.compile compiled during this run (0: all reused)
+    new_classifier: bool = False  # started from a model of other classes: its last layer was not kept
     cuda_graph: bool = False  # whether the step ran as a captured CUDA graph
 
     @property
@@ -188,15 +198,21 @@ def train(
     should_stop: StopCheck | None = None,
     resume: TrainingState | None = None,
     on_state: StateCallback | None = None,
+    init_state: Mapping[str, Tensor] | None = None,
 ) -> TrainResult:
-    """Train a fresh LeNet with BN on ``data``; returns the model in eval mode and the history.
+    """Train a LeNet with BN on ``data``; returns the model in eval mode and the history.
 
+    The LeNet is fresh, or starts from ``init_state``, the state_dict of the model
+    ``config.init_model`` names (``models.init_model``; the caller resolves the name).
     ``on_state`` is given the run's ``TrainingState`` every ``checkpoint_every`` epochs and
     after the last; ``resume`` (such a state, of a run of the same config) continues from it,
     ending with the model the uninterrupted run ends with. Raises ``TrainingDiverged`` when
     the loss stops being finite, ``TrainingCancelled`` when ``should_stop`` returns True
     (checked between batches), ``TrainingStateError`` for a ``resume`` of another kind of run.
     """
+    if (config.init_model is None) != (init_state is None):
+        raise ValueError("init_model names the model a run starts from and init_state holds its weights: "
+                         "give both or neither")
     device = resolve_device(config.device)
     # One intra-op thread on the CPU (models/threads.py), restored afterwards.
     with training_threads(device):
@@ -204,7 +220,9 @@ def train(
             keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step
         graphs_before = compiled_graph_count()
         torch.manual_seed(config.seed)  # the weight init
-        model = build_lenet(config.variant).to(device)
+        model = build_lenet(config.variant)
+        new_classifier = init_state is not None and load_initial_state(model, init_state, name=str(config.init_model))
+        model = model.to(device)
         optimizer = sgd(model, config.lr, device)
         shuffle = torch.Generator().manual_seed(config.seed)
 
@@ -214,7 +232,8 @@ def train(
         test_labels = data.test_labels.to(device)
         if len(train_images) < 2:
             raise ValueError("the training set needs at least 2 images")
-        result = TrainResult(model=model, device=str(device), averaged_epochs=config.averaged_epochs())
+        result = TrainResult(model=model, device=str(device), averaged_epochs=config.averaged_epochs(),
+                             new_classifier=new_classifier)
         average = WeightAverage(model) if result.averaged_epochs > 1 else None
         done = 0  # epochs finished
         if resume is not None:
@@ -317,6 +336,7 @@ def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[s
         "final_test_acc": result.final_test_acc,
         "averaged_epochs": result.averaged_epochs,
         "classes": list(classes),
+        "parent": config.init_model,  # the model id it started from (the caller resolved any alias)
         "device": result.device,
         # How it ran, not what it computes: compiled or not, replayed as a CUDA graph or not,
         # how many graphs this run had to compile (0 when a warm process reused them), and how

@@ -35,7 +35,7 @@ from models.training import (
     training_metadata,
 )
 from worker import resources
-from worker.job_config import job_config
+from worker.job_config import job_config, starting_state
 from worker.lease import Heartbeat, LostJob, owner_gone
 
 __all__ = ["Outcome", "run_job"]
@@ -93,7 +93,7 @@ class _Attempt:
 
     def _train_and_publish(self) -> Outcome:
         try:
-            config = job_config(self.params, self.settings)
+            config, init_state = starting_state(job_config(self.params, self.settings), resources.model_store())
             device = str(resolve_device(config.device))
             data = resources.training_data()
             resume = self._resume_from(config)
@@ -101,7 +101,7 @@ class _Attempt:
                 result = train(config, data, on_progress=self._on_progress,
                                on_epoch=lambda m: self._on_epoch(m, config.variant, device),
                                should_stop=self.lease.cancel.is_set, resume=resume,
-                               on_state=lambda state: self._save_state(state, config))
+                               on_state=lambda state: self._save_state(state, config), init_state=init_state)
         except (Superseded, LostJob) as exc:
             log.warning("job %s: attempt %d stops: %s", self.job_id, self.attempt, exc)
             return "lost", None

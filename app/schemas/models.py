@@ -25,7 +25,7 @@ class ModelOut(BaseModel):
             "history": [{"epoch": 10, "loss": 0.25, "train_acc": 0.91, "test_acc": 0.85,
                          "examples_per_sec": 41000.0, "seconds": 1.4}],
             "final_test_acc": 0.886, "device": "cuda",
-            "created_at": "2025-01-01T12:01:00Z", "job_id": EXAMPLE_ID,
+            "created_at": "2025-01-01T12:01:00Z", "job_id": EXAMPLE_ID, "parent": None, "children": [],
         }]},
     )
 
@@ -38,6 +38,10 @@ class ModelOut(BaseModel):
     created_at: datetime | None = None
     aliases: list[str] = Field(default_factory=list, description="the aliases that point at this model")
     job_id: str | None = None
+    parent: str | None = Field(None, description="the model it started from (its job's init_model), or null for "
+                               "fresh weights; kept when that model is deleted")
+    children: list[str] = Field(default_factory=list,
+                                description="the models started from this one (their parent), oldest first")
 
 
 class UnusableModelOut(BaseModel):

@@ -23,7 +23,7 @@ def train_options() -> list[ParamField]:
 def _add_train_option(parser: argparse.ArgumentParser, f: ParamField) -> None:
     """One ``--name`` option derived from a field's declaration: type, default, choices, help."""
     flag = "--" + f.name.replace("_", "-")
-    help_text = f.param.help.replace("%", "%%")
+    help_text = (f.param.help + _CLI_HELP.get(f.name, "")).replace("%", "%%")
     if f.type is bool:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                             help=f"{help_text} (default: %(default)s)")
@@ -37,6 +37,8 @@ def _add_train_option(parser: argparse.ArgumentParser, f: ParamField) -> None:
 
 _CHECKPOINT_HELP = ("a checkpoint: a file, an s3://bucket/key URL, or the id or alias of a model in CHECKPOINT_DIR "
                     "(the service's store: a directory or s3://bucket/prefix)")
+# What an option means here beyond its declaration: the command line reads files too.
+_CLI_HELP = {"init_model": "; here also " + _CHECKPOINT_HELP.replace("a checkpoint: ", "", 1)}
 
 
 def _checkpoint_file(name: str, scratch: Path) -> tuple[Path, str]:
@@ -61,6 +63,19 @@ def _checkpoint_file(name: str, scratch: Path) -> tuple[Path, str]:
     except UnknownModel:
         raise ValueError(f"{name!r} is not a file, and no model or alias in CHECKPOINT_DIR "
                          f"({store.location}) has that name") from None
+
+
+def _starting_model(name: str, scratch: Path) -> tuple[str, dict[str, Any]]:
+    """The parent id and state_dict of the model ``--init-model`` names (as ``_CHECKPOINT_HELP`` says):
+    a model of the store is recorded by its id, a file by its name."""
+    from bnlenet.model_store import valid_model_id
+    from models.checkpoint import load_checkpoint
+
+    path, model_id = _checkpoint_file(name, scratch)
+    if not valid_model_id(model_id):
+        raise ValueError(f"init_model {name!r}: the parent is recorded by the file's name, and {model_id!r} is "
+                         "not a model id (letters, digits, '-' or '_'): rename the file")
+    return model_id, load_checkpoint(path).model.state_dict()
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -121,7 +136,9 @@ def _train(args: argparse.Namespace) -> int:
     from models.data import load_fashion_mnist
     from models.training import EpochMetrics, Progress, train, training_metadata
 
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in train_options()})
+    with tempfile.TemporaryDirectory() as scratch:
+        parent, init_state = _starting_model(args.init_model, Path(scratch)) if args.init_model else (None, None)
+    config = TrainConfig(**{**{f.name: getattr(args, f.name) for f in train_options()}, "init_model": parent})
     settings = get_settings()
     data = load_fashion_mnist(args.data_dir or settings.DATA_DIR, download=settings.DATA_DOWNLOAD)
     bar = tqdm(total=config.epochs, unit="epoch", desc=f"train {config.variant}", file=sys.stderr,
@@ -139,7 +156,7 @@ def _train(args: argparse.Namespace) -> int:
             bar.write(f"epoch {m.epoch}: loss {m.loss:.3f}, train acc {m.train_acc:.3f}, "
                       f"test acc {m.test_acc:.3f}, {m.examples_per_sec:,.0f} examples/sec")
 
-    result = train(config, data, on_progress=on_progress, on_epoch=on_epoch)
+    result = train(config, data, on_progress=on_progress, on_epoch=on_epoch, init_state=init_state)
     bar.close()
     metadata = training_metadata(config, result, data.classes)
     if args.out is not None and is_s3_url(args.out):

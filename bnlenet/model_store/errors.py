@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from bnlenet.checkpoint_storage import SUFFIX, CheckpointStorage, ObjectStoreUnavailable
-from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from models.checkpoint import MODEL_ID, Checkpoint, CheckpointError, load_checkpoint
 
 __all__ = [
     "MODEL_ID_PATTERN",
@@ -34,7 +34,7 @@ __all__ = [
     "valid_model_id",
 ]
 
-MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+MODEL_ID_PATTERN = f"^{MODEL_ID}$"
 _MODEL_ID = re.compile(MODEL_ID_PATTERN)
 
 

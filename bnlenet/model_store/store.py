@@ -145,6 +145,16 @@ class ModelStore:
         found.sort(key=lambda item: (str(item[1].get("created_at", "")), item[0]), reverse=True)
         return found, complete
 
+    def children(self) -> dict[str, builtins.list[str]]:
+        """Each parent's children (the models whose metadata names it as ``parent``), oldest first, as of
+        the last listing; a deleted parent's children are listed under its id still."""
+        found: dict[str, builtins.list[str]] = {}
+        for model_id, meta in reversed(self.list()):
+            parent = meta.get("parent")
+            if isinstance(parent, str):
+                found.setdefault(parent, []).append(model_id)
+        return found
+
     def unusable(self) -> builtins.list[tuple[str, str]]:
         """(id, why) of every checkpoint that does not verify, as of the last listing."""
         return self.verifications.unusable()

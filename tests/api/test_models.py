@@ -155,3 +155,37 @@ def test_models_bad_newest_checkpoint_never_blocks_default_predict(make_client, 
     r = client.post("/predict", json={"pixels": [[0.0] * 28] * 28})
     assert r.status_code == 200 and r.json()["model_id"] == good_newest
     assert client.get("/models/rogue").status_code == 409
+
+
+# lineage -------------------------------------------------------------------------------------
+
+def _publish_child(directory, child: str, parent: str) -> None:
+    """A model whose checkpoint says it started from ``parent``."""
+    from bnlenet.model_store import ModelStore
+
+    checkpoint = load_checkpoint(directory / f"{parent}.safetensors")
+    ModelStore(directory).publish(child, checkpoint.model, {**checkpoint.metadata, "parent": parent,
+                                                            "job_id": child})
+
+
+def test_models_get_shows_parent_and_children(make_client, checkpoint_dir):
+    _publish_child(checkpoint_dir, "child-a", "model-scratch")
+    _publish_child(checkpoint_dir, "child-b", "model-scratch")
+    _publish_child(checkpoint_dir, "grandchild", "child-a")
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)
+    parent = client.get("/models/model-scratch").json()
+    assert parent["parent"] is None and sorted(parent["children"]) == ["child-a", "child-b"]
+    child = client.get("/models/child-a").json()
+    assert child["parent"] == "model-scratch" and child["children"] == ["grandchild"]
+    assert client.get("/models/model-builtin").json()["children"] == []
+    listed = {m["model_id"]: m for m in client.get("/models").json()["data"]}
+    assert listed["grandchild"]["parent"] == "child-a" and listed["child-a"]["children"] == ["grandchild"]
+
+
+def test_models_deleting_a_parent_keeps_its_children_and_their_record_of_it(make_client, checkpoint_dir):
+    _publish_child(checkpoint_dir, "child-a", "model-scratch")
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)
+    assert client.delete("/models/model-scratch").status_code == 204
+    child = client.get("/models/child-a").json()
+    assert child["parent"] == "model-scratch"  # the id it started from, though that model is gone
+    assert client.get("/models/model-scratch").status_code == 404

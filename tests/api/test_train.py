@@ -20,7 +20,7 @@ def test_train_accepts_the_defaults(client, redis_url):
     # The chapter's hyperparameters, with precise BN on and the last epochs' weights averaged:
     # the better stored model by default.
     assert job["params"] == {"variant": "scratch", "epochs": 10, "lr": 1.0, "batch_size": 256, "seed": 0,
-                             "precise_bn": True, "swa_epochs": 5, "device": None}
+                             "precise_bn": True, "swa_epochs": 5, "init_model": None, "device": None}
     assert job["final_test_acc"] is None and job["history"] == []
     assert job["attempts"] == 0
     assert redis.Redis.from_url(redis_url).llen(queue_key(get_settings())) == 1  # a task was published
@@ -193,3 +193,44 @@ def test_train_chunked_body_over_the_limit_is_413(make_client):
     assert r.status_code == 413 and "4096" in r.json()["detail"]
     small = client.post("/train", content=iter([b'{"epochs": ', b"1}"]), headers={"Content-Type": "application/json"})
     assert small.status_code == 202, small.text
+
+
+# init_model: a job that starts from a model --------------------------------------------------
+
+def test_train_init_model_is_stored_as_the_model_id_an_alias_means(make_client, checkpoint_dir):
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)  # a private store: the alias stays in this test
+    assert client.put("/models/model-scratch/aliases/best").status_code == 200
+    r = client.post("/train", json={"epochs": 1, "init_model": "best"})
+    assert r.status_code == 202, r.text
+    assert r.json()["params"]["init_model"] == "model-scratch"  # the model validated now is the one it starts from
+    assert client.get(r.headers["location"]).json()["params"]["init_model"] == "model-scratch"
+
+
+def test_train_init_model_unknown_is_422_and_stores_nothing(client):
+    r = client.post("/train", json={"init_model": "no-such-model"})
+    assert r.status_code == 422, r.text
+    assert "init_model" in r.json()["detail"] and "no-such-model" in r.json()["detail"]
+    assert client.get("/jobs").json()["count"] == 0
+
+
+def test_train_init_model_of_another_variant_is_422_saying_which(client):
+    r = client.post("/train", json={"variant": "scratch", "init_model": "model-builtin"})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "model-builtin" in detail and "builtin" in detail and "variant" in detail
+    assert client.post("/train", json={"variant": "builtin", "init_model": "model-builtin"}).status_code == 202
+
+
+def test_train_init_model_that_does_not_verify_is_409(make_client, checkpoint_dir):
+    (checkpoint_dir / "broken.safetensors").write_bytes(b"not a checkpoint")
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)
+    r = client.post("/train", json={"init_model": "broken"})
+    assert r.status_code == 409, r.text
+    assert "broken" in r.json()["detail"] and "init_model" in r.json()["detail"]
+    assert client.get("/jobs").json()["count"] == 0
+
+
+@pytest.mark.parametrize("name", ["../x", "a.b", ""])
+def test_train_init_model_that_cannot_be_a_name_is_422(client, name):
+    r = client.post("/train", json={"init_model": name})
+    assert r.status_code == 422 and any("init_model" in err["loc"] for err in r.json()["errors"])

@@ -139,6 +139,36 @@ def test_dashboard_draws_a_models_batchnorm_layers(browser, stack, trained, tmp_
     wait_for(lambda: saved.read_bytes() == (stack.checkpoint_dir / saved.name).read_bytes(), 10, "partial download")
 
 
+def test_dashboard_shows_a_models_lineage_as_links(browser, stack, trained):
+    def train_from(parent: str) -> str:
+        body = {"variant": "scratch", "epochs": 1, "batch_size": 64, "init_model": parent}
+        job_id = stack.client.post("/train", json=body).json()["job_id"]
+        assert stack.wait_job(job_id, {"succeeded", "failed", "cancelled"})["status"] == "succeeded"
+        return job_id
+
+    child = train_from(trained)
+    grandchild = train_from(child)
+    browser.open(f"/#/models/{child}")
+    parent_link = browser.wait("#model-parent a")
+    assert parent_link.text == trained and parent_link.get_attribute("href").endswith(f"#/models/{trained}")
+    children = browser.wait("#model-children a")
+    assert children.text == grandchild and children.get_attribute("href").endswith(f"#/models/{grandchild}")
+    browser.screenshot("model-lineage")
+    parent_link.click()
+    link = browser.wait(f'#model-children a[href$="#/models/{child}"]')
+    assert link.text == child and browser.find("#model-parent").text == "fresh weights"
+
+    browser.open(f"/#/jobs/{child}")
+    started = browser.wait('[data-fact="Started from"] a')
+    assert started.text == trained and started.get_attribute("href").endswith(f"#/models/{trained}")
+
+    assert stack.client.delete(f"/models/{child}").status_code == 204
+    browser.open(f"/#/models/{grandchild}")
+    parent = browser.wait("#model-parent", check=lambda e: "deleted" in e.text)
+    assert parent.text == f"{child} (deleted)" and not parent.find_elements(By.CSS_SELECTOR, "a")
+    browser.screenshot("model-lineage-deleted-parent")
+
+
 def test_dashboard_predicts_an_uploaded_image(browser, stack, trained, tmp_path):
     image = tmp_path / "item.png"
     image.write_bytes(png_bytes(sample_image(3)))

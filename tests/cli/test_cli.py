@@ -173,3 +173,33 @@ def test_cli_trains_to_and_reads_from_s3(s3_url: str, tmp_path: Path, synthetic_
     missing = _bnlenet("inspect", "nope", env=env)
     assert missing.returncode == 2 and "no model or alias" in missing.stderr
 
+
+
+def test_cli_train_from_a_file_and_from_a_model_id_records_the_parent(
+        trained: tuple[Path, list[dict[str, object]]], tmp_path: Path, synthetic_data_dir: Path) -> None:
+    parent_file, _ = trained
+    child = tmp_path / "child.safetensors"
+    small = ["--epochs", "1", "--batch-size", "64", "--json", "--data-dir", str(synthetic_data_dir)]
+    proc = _bnlenet("train", "--variant", "scratch", "--init-model", str(parent_file), "--out", str(child), *small)
+    assert proc.returncode == 0, proc.stderr
+    meta = load_checkpoint(child).metadata
+    assert meta["parent"] == "model" and meta["hyperparameters"]["init_model"] == "model"  # a file: its name
+
+    store = {"CHECKPOINT_DIR": str(tmp_path / "ck")}
+    proc = _bnlenet("train", "--variant", "scratch", "--init-model", str(child), *small, env=store)
+    assert proc.returncode == 0, proc.stderr
+    published = Path(json.loads(proc.stdout.splitlines()[-1])["checkpoint"])
+    model_id = published.name.removesuffix(".safetensors")
+    proc = _bnlenet("train", "--variant", "scratch", "--init-model", model_id, *small, env=store)
+    assert proc.returncode == 0, proc.stderr
+    grandchild = Path(json.loads(proc.stdout.splitlines()[-1])["checkpoint"])
+    assert load_checkpoint(grandchild).metadata["parent"] == model_id  # a model of the store: its id
+
+
+def test_cli_train_from_an_unknown_or_other_variant_model_is_one_clear_line(
+        trained: tuple[Path, list[dict[str, object]]], tmp_path: Path) -> None:
+    parent_file, _ = trained
+    proc = _bnlenet("train", "--init-model", "no-such-model", env={"CHECKPOINT_DIR": str(tmp_path / "ck")})
+    assert proc.returncode == 2 and "no-such-model" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _bnlenet("train", "--variant", "builtin", "--init-model", str(parent_file))
+    assert proc.returncode == 2 and "init_model" in proc.stderr and "scratch" in proc.stderr, proc.stderr

@@ -123,3 +123,38 @@ def test_service_api_restart_loses_no_jobs(stack):
     after = stack.client.get("/jobs", params={"limit": 500}).json()
     assert after["count"] == before["count"] >= 1
     assert {j["job_id"] for j in after["data"]} == {j["job_id"] for j in before["data"]}
+
+
+def test_service_job_from_a_model_records_its_lineage(stack):
+    """Train A, then B from A: B starts at A's weights, records A as parent, and A lists B as a child."""
+    from models.checkpoint import load_checkpoint
+
+    body = {"variant": "builtin", "epochs": 1, "batch_size": 64, "lr": 0.5}
+    a = stack.client.post("/train", json=body).json()["job_id"]
+    assert stack.wait_job(a, {"succeeded", "failed", "cancelled"})["status"] == "succeeded"
+    r = stack.client.post("/train", json={**body, "init_model": a, "seed": 1})
+    assert r.status_code == 202, r.text
+    b = r.json()["job_id"]
+    job = stack.wait_job(b, {"succeeded", "failed", "cancelled"})
+    assert job["status"] == "succeeded", job
+    assert job["params"]["init_model"] == a
+
+    child = load_checkpoint(stack.checkpoint_dir / f"{b}.safetensors").metadata
+    assert child["parent"] == a and child["hyperparameters"]["init_model"] == a
+    assert stack.client.get(f"/models/{b}").json()["parent"] == a
+    assert stack.client.get(f"/models/{a}").json()["children"] == [b]
+    # Fine-tuned from A: B's first epoch starts where A ended, far better than a fresh start's.
+    fresh = stack.client.get(f"/models/{a}").json()["history"][0]
+    assert job["history"][0]["train_acc"] > fresh["train_acc"]
+
+
+def test_service_job_from_a_model_deleted_before_it_runs_fails_saying_so(stack):
+    body = {"variant": "builtin", "epochs": 1, "batch_size": 64}
+    a = stack.client.post("/train", json=body).json()["job_id"]
+    assert stack.wait_job(a, {"succeeded", "failed", "cancelled"})["status"] == "succeeded"
+    busy = stack.client.post("/train", json={**body, "epochs": 100, "batch_size": 2}).json()["job_id"]
+    b = stack.client.post("/train", json={**body, "init_model": a}).json()["job_id"]  # queued behind it
+    assert stack.client.delete(f"/models/{a}").status_code == 204
+    assert stack.client.post(f"/jobs/{busy}/cancel").status_code == 200
+    job = stack.wait_job(b, {"succeeded", "failed", "cancelled"}, timeout=180)
+    assert job["status"] == "failed" and "init_model" in job["error"] and a in job["error"], job

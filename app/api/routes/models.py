@@ -25,7 +25,7 @@ ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN,
 AliasName = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description="the alias, e.g. `production`")]
 
 
-def _model_out(model_id: str, meta: dict[str, Any], aliases: list[str]) -> ModelOut:
+def _model_out(model_id: str, meta: dict[str, Any], aliases: list[str], children: list[str]) -> ModelOut:
     return ModelOut(
         model_id=model_id,
         variant=meta["variant"],
@@ -36,6 +36,8 @@ def _model_out(model_id: str, meta: dict[str, Any], aliases: list[str]) -> Model
         created_at=meta.get("created_at"),
         job_id=meta.get("job_id"),
         aliases=aliases,
+        parent=meta.get("parent"),
+        children=children,
     )
 
 
@@ -50,8 +52,9 @@ def _model_out(model_id: str, meta: dict[str, Any], aliases: list[str]) -> Model
     responses=error_responses(401, 403, 503),
 )
 def list_models(store: ModelStoreDep) -> ModelList:
-    models = store.list()
-    return ModelList(data=[_model_out(i, m, store.aliases_of(i)) for i, m in models], count=len(models),
+    models, children = store.list(), store.children()
+    return ModelList(data=[_model_out(i, m, store.aliases_of(i), children.get(i, [])) for i, m in models],
+                     count=len(models),
                      unusable=[UnusableModelOut(model_id=i, error=e) for i, e in store.unusable()],
                      aliases=store.aliases(), default_model_id=_default(store))
 
@@ -75,13 +78,16 @@ def _default(store: ModelStore) -> str | None:
 @router.get(
     "/{model_id}",
     response_model=ModelOut,
-    summary="One model: variant, hyperparameters, history, final test accuracy, created time, aliases",
+    summary="One model: variant, hyperparameters, history, final test accuracy, created time, aliases, lineage",
+    description="`parent` is the model it started from (`init_model`), `children` the models started from it, "
+    "as of the store's last listing.",
     dependencies=[ReaderDep],
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 def get_model(model_id: ModelId, store: ModelStoreDep) -> ModelOut:
     resolved = store.resolve(model_id)
-    return _model_out(resolved, store.metadata(resolved), store.aliases_of(resolved))
+    return _model_out(resolved, store.metadata(resolved), store.aliases_of(resolved),
+                      store.children().get(resolved, []))
 
 
 @router.get(
@@ -104,7 +110,8 @@ def get_batchnorm(model_id: ModelId, store: ModelStoreDep) -> BatchNormOut:
     summary="Delete a model",
     description="Removes the checkpoint. Every API process has stopped serving it when this answers (without "
     "Redis: within `NEWEST_MODEL_REFRESH_S`); the job that trained it stays. A model an alias points at is not deleted "
-    "(409 naming the aliases): move or delete the alias first, so nothing served by name disappears.",
+    "(409 naming the aliases): move or delete the alias first, so nothing served by name disappears. A model "
+    "other models started from may be deleted: they keep its id as their `parent`.",
     dependencies=[WriterDep],
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )

@@ -13,20 +13,43 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel
 
-from app.deps import JobStoreDep, PublisherDep, WriterDep
-from app.errors import QueueFull, error_responses
+from app.deps import JobStoreDep, ModelStoreDep, PublisherDep, WriterDep
+from app.errors import BadInput, QueueFull, error_responses
 from app.faults import fault_point
 from app.schemas import JobOut, train_request_model
+from bnlenet.model_store import ModelStore, ModelUnusable, UnknownModel
 from bnlenet.settings import Settings
+from models.init_model import variant_mismatch
 
 log = logging.getLogger(__name__)
+
+
+def starting_model(store: ModelStore, name: str, variant: str) -> str:
+    """The id of the model ``init_model`` names, once it is known to start a job of ``variant``.
+
+    An alias is resolved now, so the job starts from the model checked here even if the alias
+    moves before it runs. Unknown: 422 (the body names nothing); does not verify: 409; another
+    variant: 422.
+    """
+    try:
+        model_id = store.resolve(name)
+        meta = store.metadata(model_id)
+    except UnknownModel as exc:
+        raise BadInput(f"init_model {name!r}: {exc}; name a model in GET /models, or leave init_model out "
+                       "for fresh weights") from None
+    except ModelUnusable as exc:
+        raise ModelUnusable(exc.model_id, f"{exc.reason}; init_model must name a model that verifies") from None
+    problem = variant_mismatch(name, meta["variant"], variant)
+    if problem is not None:
+        raise BadInput(problem)
+    return model_id
 
 
 def make_router(settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/train", tags=["train"])
 
     def create_training_job(
-        body: BaseModel, store: JobStoreDep, publisher: PublisherDep, response: Response,
+        body: BaseModel, store: JobStoreDep, models: ModelStoreDep, publisher: PublisherDep, response: Response,
         idempotency_key: Annotated[str | None, Header(
             min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
             description="any unique string (a UUID, say): a retry with the same key and parameters returns "
@@ -38,11 +61,14 @@ def make_router(settings: Settings) -> APIRouter:
         # the workers publish it a few seconds later. So once the record is stored, the answer
         # is 202; a 503 means nothing was stored.
         # A soft limit (a check, then a create): a burst may pass it by a few, never by many.
+        params = body.model_dump()
+        if params.get("init_model") is not None:
+            params["init_model"] = starting_model(models, params["init_model"], params["variant"])
         queued = store.count("queued")
         if settings.MAX_QUEUED_JOBS and queued >= settings.MAX_QUEUED_JOBS:
             raise QueueFull(f"{queued} jobs are queued, the most this service takes (MAX_QUEUED_JOBS="
                             f"{settings.MAX_QUEUED_JOBS}); try again when some have started, or cancel some")
-        record, new = store.submit(body.model_dump(), idempotency_key=idempotency_key)
+        record, new = store.submit(params, idempotency_key=idempotency_key)
         job_id = record["job_id"]
         if new:
             fault_point("after-store-before-publish")
@@ -70,7 +96,9 @@ def make_router(settings: Settings) -> APIRouter:
         "job (409 if the key was used with other parameters). Precise BN is on "
         "by default: the stored model's BN statistics are recomputed as true averages after training, "
         "which scores higher and varies less across seeds than the moving averages (`precise_bn: false`). "
-        "`final_test_acc` is the stored model's accuracy; `history` keeps the per-epoch moving-average figures.",
+        "`final_test_acc` is the stored model's accuracy; `history` keeps the per-epoch moving-average figures. "
+        "`init_model` starts from a model's weights and BN statistics (fine-tuning): an alias is resolved to "
+        "the model's id here; an unknown model or one of another variant is a 422, one that does not verify a 409.",
         dependencies=[WriterDep],
         responses={
             202: {"description": "The job is queued", "headers": {"Location": {

@@ -65,7 +65,8 @@ export function render(main, jobId) {
     const rows = [
       ["Status", job.status + (job.cancel_requested && !TERMINAL.has(job.status) ? " (cancel requested)" : "")],
       ["Progress", job.progress ? `epoch ${job.progress.epoch}/${job.progress.epochs}, batch ${job.progress.batch}/${job.progress.batches} (${pct(job.progress.fraction, 0)})` : "—"],
-      ["Parameters", Object.entries(p).map(([k, v]) => `${k} ${v ?? "auto"}`).join(", ")],
+      ["Parameters", Object.entries(p).filter(([k]) => k !== "init_model").map(([k, v]) => `${k} ${v ?? "auto"}`).join(", ")],
+      ["Started from", p.init_model ? el("a", { href: `#/models/${p.init_model}` }, p.init_model) : "fresh weights"],
       ["Examples/sec", last ? Math.round(last.examples_per_sec).toLocaleString() : "—"],
       ["Latest epoch", last ? `loss ${num(last.loss)}, train ${pct(last.train_acc)}, test ${pct(last.test_acc)}` : "—"],
       ["Created", when(job.created_at)],

@@ -11,6 +11,21 @@ const PARAMS = [
   ["running_var", "running variance"],
 ];
 
+function modelLink(id) {
+  return el("a", { href: `#/models/${id}` }, id);
+}
+
+/** The parent as a link, or marked deleted: a deleted model's children keep its id (GET /models lists the living). */
+async function showParent(dd, parentId) {
+  try {
+    const models = await api("/models", { interactive: false });
+    const alive = (models.data || []).some((x) => x.model_id === parentId);
+    dd.replaceChildren(alive ? modelLink(parentId) : `${parentId} (deleted)`);
+  } catch {
+    dd.replaceChildren(parentId);
+  }
+}
+
 export function render(main, modelId) {
   const error = el("p.error", { id: "model-error", role: "alert", hidden: true });
   const facts = el("dl.facts", { id: "model-facts" });
@@ -53,7 +68,7 @@ export function render(main, modelId) {
       const h = m.hyperparameters || {};
       const rows = [
         ["Variant", m.variant],
-        ["Hyperparameters", Object.entries(h).map(([k, v]) => `${k} ${v}`).join(", ")],
+        ["Hyperparameters", Object.entries(h).filter(([k]) => k !== "init_model").map(([k, v]) => `${k} ${v}`).join(", ")],
         ["Final test accuracy", pct(m.final_test_acc, 2)],
         ["BN statistics", h.precise_bn ? "precise BN (true averages after training)" : "moving averages"],
         ["Device", m.device || "—"],
@@ -61,6 +76,11 @@ export function render(main, modelId) {
       ];
       facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
       if (m.job_id) facts.append(el("dt", {}, "Job"), el("dd", {}, el("a", { href: `#/jobs/${m.job_id}` }, m.job_id)));
+      const parent = el("dd", { id: "model-parent" }, m.parent ? m.parent : "fresh weights");
+      const children = el("dd", { id: "model-children" },
+        m.children?.length ? m.children.flatMap((id, i) => [i ? ", " : "", modelLink(id)]) : "none yet");
+      facts.append(el("dt", {}, "Started from"), parent, el("dt", {}, "Models started from it"), children);
+      if (m.parent) showParent(parent, m.parent);
       const chart = makeChart(curves, {
         title: "Per epoch: loss and accuracy", xLabel: "epoch", series: EPOCH_SERIES, scales: ACC_SCALE, integerX: true,
       });
