@@ -20,7 +20,8 @@ def test_train_accepts_the_defaults(client, redis_url):
     # The chapter's hyperparameters, with precise BN on and the last epochs' weights averaged:
     # the better stored model by default.
     assert job["params"] == {"variant": "scratch", "epochs": 10, "lr": 1.0, "batch_size": 256, "seed": 0,
-                             "precise_bn": True, "swa_epochs": 5, "init_model": None, "device": None}
+                             "precise_bn": True, "swa_epochs": 5, "init_model": None, "device": None,
+                             "checkpoint_every": 1}
     assert job["final_test_acc"] is None and job["history"] == []
     assert job["attempts"] == 0
     assert redis.Redis.from_url(redis_url).llen(queue_key(get_settings())) == 1  # a task was published
