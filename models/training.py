@@ -99,6 +99,9 @@ class TrainConfig:
                           api=False, describes_run=False)
     bf16: bool = param(False, "bfloat16 autocast: faster on AVX-512-bf16 CPUs and recent GPUs, slightly "
                        "different numbers", api=False)
+    # How many threads, not what (the checkpoint's "engine" metadata records the count used).
+    threads: int = param(0, "intra-op CPU threads; 0: the cores this process is given and finds free "
+                         "(models/threads.py)", ge=0, le=1024, api=False, describes_run=False)
     # CUDA only, and again how fast, not what (the checkpoint's "engine" metadata records both).
     cuda_graph: bool = param(True, "on CUDA, replay the whole step as one captured CUDA graph",
                              api=False, cli=False, describes_run=False)
@@ -158,6 +161,7 @@ class TrainResult:
     averaged_epochs: int = 1  # the weights are the average of this many last epochs' (1: the last epoch's)
     compiled_graphs: int = 0  # graphs torch.compile compiled during this run (0: all reused)
     cuda_graph: bool = False  # whether the step ran as a captured CUDA graph
+    threads: int = 1  # intra-op CPU threads it ran on (results depend on it in the last bits)
 
     @property
     def final_test_acc(self) -> float | None:
@@ -186,8 +190,8 @@ def train(
     when ``should_stop`` returns True (checked between batches).
     """
     device = resolve_device(config.device)
-    # One intra-op thread on the CPU (models/threads.py), restored afterwards.
-    with training_threads(device):
+    # The CPU's intra-op threads (models/threads.py), restored afterwards.
+    with training_threads(device, config.threads) as threads:
         if device.type == "cpu":
             keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step
         graphs_before = compiled_graph_count()
@@ -202,7 +206,7 @@ def train(
         test_labels = data.test_labels.to(device)
         if len(train_images) < 2:
             raise ValueError("the training set needs at least 2 images")
-        result = TrainResult(model=model, device=str(device), averaged_epochs=config.averaged_epochs())
+        result = TrainResult(model=model, device=str(device), averaged_epochs=config.averaged_epochs(), threads=threads)
         average = WeightAverage(model) if result.averaged_epochs > 1 else None
 
         with cuda_settings(device, tf32=config.tf32):
@@ -299,7 +303,7 @@ def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[s
         # and how many graphs this run had to compile (0 when a warm process reused them).
         "engine": {"compile": config.compile, "cuda_graph": result.cuda_graph,
                    "tf32": config.tf32 and result.device.startswith("cuda"),
-                   "compiled_graphs": result.compiled_graphs},
+                   "compiled_graphs": result.compiled_graphs, "threads": result.threads},
     }
 
 
