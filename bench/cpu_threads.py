@@ -3,8 +3,8 @@
 Every row is a fresh process (the OpenMP wait policy is read once, when torch loads its
 runtime), timing steady-state SGD steps of the engine (``models.stepper.TrainSteps``, batch
 256) on the real training images. "contended" rows run while one busy-loop process, pinned to
-the same cores, spins for the whole row. The rows of a
-variant run back to back in each round and the ratios are taken within a round.
+the same cores, spins for the whole row. The rows of a variant and condition run back to back
+in each round, in an order that rotates between rounds, and the ratios are taken within a round.
 
     python -m bench --only cpu_threads
     python -m bench.cpu_threads step builtin 2     # one measurement (used by the section)

@@ -13,8 +13,9 @@ OpenMP barrier. GNU OpenMP (PyTorch's on Linux) spins there by default; when ano
 holds the core of the thread a barrier waits for, the spinning threads burn the time slices
 that thread needs, and a step on two threads took 2-40x longer than on one. So the process
 entry points (the CLI, the worker) call ``quiet_openmp_waits`` before torch loads: a waiting
-thread sleeps at once and gives its core away. What it costs on quiet cores and saves on busy
-ones is measured in ``bench/cpu_threads.py``.
+thread sleeps at once and gives its core away. On this project's loaded 2-core machine two
+spinning threads ran at 0.09-0.34x of one thread, two passive ones at 3.7-5.2x of it beside a
+busy loop on the same cores (``bench/cpu_threads.py``, bench/RESULTS.md).
 
 Results depend in the last bits on how operations are split between threads: a seed gives the
 same model for the same thread count, which the checkpoint records (``engine.threads``).
