@@ -33,6 +33,7 @@ CHAPTER = "chapter pipeline (DataLoader, ToTensor, 4 workers)"
 CHAPTER_0 = "chapter pipeline, 0 workers"
 CHAPTER_1T = "chapter pipeline, 4 workers, 1 intra-op thread (OMP_NUM_THREADS=1)"
 ENGINE = "bnlenet train (engine, default options)"
+ENGINE_1T = "bnlenet train --threads 1"
 NOTES = (
     "Each row is one process, timed from its start to its exit: interpreter and torch start-up, "
     "reading Fashion-MNIST, training, the per-epoch test-set evaluation and, for `bnlenet train`, "
@@ -42,7 +43,8 @@ NOTES = (
     "rows of a variant run back to back in a rotating order; the table shows medians over "
     "rounds of the time, the rate and `x chapter` (the rate over the 4-worker chapter pipeline's "
     "in the same round). `load` is the 1-minute load average when the run ended (2 cores: above 2, "
-    "other processes were waiting for a core). Accuracies are the last epoch's, without precise BN, "
+    "other processes were waiting for a core). `threads`: the engine's intra-op threads per round "
+    "(its own choice: the free cores at start). Accuracies are the last epoch's, without precise BN, "
     "from the median round."
 )
 
@@ -82,13 +84,16 @@ def _timed(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, An
 
 def _commands(variant: str, epochs: int) -> dict[str, list[str]]:
     chapter = [sys.executable, "-m", "bench.process_speed", "chapter", variant, str(epochs)]
+    engine = [*_bnlenet(), "train", "--variant", variant, "--epochs", str(epochs), "--json"]
     return {
         CHAPTER: [*chapter, "4"],
         CHAPTER_0: [*chapter, "0"],
-        # The engine trains on one intra-op thread (models/threads.py); the chapter's loop given
-        # the same setting shows how much of the engine's lead that setting alone buys.
+        # The chapter's loop on one intra-op thread: what GNU OpenMP's spinning barriers cost it
+        # beside its own four loader processes.
         CHAPTER_1T: ["OMP_NUM_THREADS=1", *chapter, "4"],
-        ENGINE: [*_bnlenet(), "train", "--variant", variant, "--epochs", str(epochs), "--json"],
+        # The engine picks its threads (models/threads.py); --threads 1 shows what the rest buy.
+        ENGINE: [*engine],
+        ENGINE_1T: [*engine, "--threads", "1"],
     }
 
 
@@ -138,6 +143,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     "x chapter": f"{statistics.median(x['ratio'] for x in runs):.2f}",
                     "x chapter per round": ", ".join(f"{x['ratio']:.2f}" for x in runs),
                     "load": f"{statistics.median(x['load'] for x in runs):.1f}",
+                    "threads": ", ".join(str(x.get("threads", "-")) for x in runs),
                     "train acc": _acc(median_run.get("train_acc")),
                     "test acc": _acc(median_run.get("test_acc")),
                     "rounds": len(runs),

@@ -9,6 +9,7 @@ back to torchvision's downloader when allowed.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ __all__ = [
     "find_data_dir",
     "load_fashion_mnist",
     "read_idx",
+    "read_idx_cached",
     "write_idx",
 ]
 
@@ -39,6 +41,7 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 SYSTEM_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
+DECODED_CACHE_DIR = Path.home() / ".cache" / "bnlenet" / "decoded"  # read_idx_cached's arrays
 _IDX_UBYTE = 0x08  # the only element type Fashion-MNIST uses
 
 
@@ -122,12 +125,49 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     return path
 
 
-def _load_split(directory: Path, images_stem: str, labels_stem: str) -> tuple[Tensor, Tensor]:
+def _cache_file(path: Path, cache_dir: Path) -> Path:
+    """Where the decoded array of ``path`` is kept: named for its absolute path, size and modification time."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir / f"{path.name.removesuffix('.gz')}-{key}.npy"
+
+
+def read_idx_cached(path: Path, cache_dir: Path | None) -> np.ndarray:
+    """``read_idx``, with a gzipped file's decoded array kept in ``cache_dir`` as ``.npy`` for the next process.
+
+    Decompressing the training images takes about 0.3 s of every ``bnlenet train``; loading the
+    cached array, tens of milliseconds. A file that changes (size or modification time) gets a
+    new cache entry; a cache that cannot be written is skipped.
+    """
+    if cache_dir is None or path.suffix != ".gz":
+        return read_idx(path)
+    try:
+        cached = _cache_file(path, cache_dir)
+    except OSError:
+        return read_idx(path)  # which names the problem
+    try:
+        loaded: np.ndarray = np.load(cached, allow_pickle=False)
+        return loaded
+    except (OSError, ValueError):
+        pass  # not cached yet, or a damaged entry: decode again
+    array = read_idx(path)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.partial")
+        with open(partial, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        partial.replace(cached)  # whole or absent: a reader never sees half an array
+    except OSError:
+        pass
+    return array
+
+
+def _load_split(directory: Path, images_stem: str, labels_stem: str, cache_dir: Path | None) -> tuple[Tensor, Tensor]:
     images_path = _find_file(directory, images_stem)
     labels_path = _find_file(directory, labels_stem)
     assert images_path is not None and labels_path is not None
-    images = read_idx(images_path)
-    labels = read_idx(labels_path)
+    images = read_idx_cached(images_path, cache_dir)
+    labels = read_idx_cached(labels_path, cache_dir)
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"{images_path} holds images of shape {images.shape[1:]}, expected (28, 28)")
     if labels.ndim != 1:
@@ -136,7 +176,9 @@ def _load_split(directory: Path, images_stem: str, labels_stem: str) -> tuple[Te
         raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
     if len(labels) and int(labels.max()) >= len(CLASS_NAMES):
         raise DataError(f"{labels_path} has label {int(labels.max())}; labels must be 0..{len(CLASS_NAMES) - 1}")
-    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+    if images.dtype != np.uint8 or labels.dtype != np.uint8:
+        raise DataError(f"{images_path} or {labels_path} did not decode to unsigned bytes")
+    return torch.from_numpy(np.array(images)), torch.from_numpy(labels.astype(np.int64))
 
 
 def _download(root: Path) -> Path | None:
@@ -152,13 +194,16 @@ def _download(root: Path) -> Path | None:
 
 
 def load_fashion_mnist(
-    data_dir: str | os.PathLike[str] | None = None, *, download: bool = True
+    data_dir: str | os.PathLike[str] | None = None, *, download: bool = True,
+    cache_dir: str | os.PathLike[str] | None = DECODED_CACHE_DIR,
 ) -> FashionMNIST:
     """Load the four IDX files from the first place that has them all.
 
     With ``download``, falls back to torchvision's downloader into ``data_dir`` (or
-    ``~/.cache/bnlenet``) when no place has them.
+    ``~/.cache/bnlenet``) when no place has them. Gzipped files are decoded once and kept in
+    ``cache_dir`` (``read_idx_cached``; None: decode every time).
     """
+    cache = Path(cache_dir) if cache_dir is not None else None
     directory = find_data_dir(data_dir)
     if directory is None and download:
         root = Path(data_dir or Path.home() / ".cache" / "bnlenet")
@@ -171,6 +216,6 @@ def load_fashion_mnist(
             + f" in one of: {looked}. Set DATA_DIR, or install Debian's dataset-fashion-mnist"
             + (", or allow the download" if not download else "; the download failed too")
         )
-    train = _load_split(directory, FILES["train_images"], FILES["train_labels"])
-    test = _load_split(directory, FILES["test_images"], FILES["test_labels"])
+    train = _load_split(directory, FILES["train_images"], FILES["train_labels"], cache)
+    test = _load_split(directory, FILES["test_images"], FILES["test_labels"], cache)
     return FashionMNIST(*train, *test, classes=CLASS_NAMES, source=str(directory))

@@ -1,41 +1,194 @@
-"""How many threads a training run on the CPU uses inside each operation: one, unless told otherwise.
+"""How many threads a training run on the CPU uses inside each operation: the cores it is given and finds free.
 
-LeNet's operations on a batch of 256 last 0.05-2 ms each. Split over OpenMP threads, every one
-of them ends at a barrier, and GNU OpenMP (PyTorch's on Linux) spins while it waits. When other
-processes share the cores (the API beside the worker, other jobs, the chapter pipeline's own
-loader processes), the thread the barrier waits for is often descheduled, and a training step
-that took 20 ms on one thread took 50-750 ms on two. One thread has no barrier. On this
-project's shared 2-core machine (load average 6-12) the same ``bnlenet train`` run took 8-12 s
-on one thread against 41-92 s on two (bench/RESULTS.md); a dedicated, quiet machine gives up
-at most the second core's share.
+The count, unless the caller names one (``TRAINING_THREADS``, ``bnlenet train --threads``):
 
-The count is fixed rather than chosen by load: results depend (in the last bits) on how
-operations are split between threads, and a seed must give the same model every time.
+* the cores the process may run on: its CPU affinity (``taskset``, ``docker --cpuset-cpus``),
+  capped by its cgroup's CPU quota (``docker --cpus``, a Kubernetes limit: ``cpu.max``),
+  never ``os.cpu_count()``, which counts the host's;
+* less the cores other processes keep busy as the run starts (``/proc/stat`` over 0.1 s,
+  on those cores only), rounded, and at least one.
+
+LeNet's operations on a batch of 256 last 0.05-2 ms each, and every split one ends at an
+OpenMP barrier. GNU OpenMP (PyTorch's on Linux) spins there by default; when another process
+holds the core of the thread a barrier waits for, the spinning threads burn the time slices
+that thread needs, and a step on two threads took 2-40x longer than on one. So the process
+entry points (the CLI, the worker) call ``quiet_openmp_waits`` before torch loads: a waiting
+thread sleeps at once and gives its core away. On this project's loaded 2-core machine two
+spinning threads ran at 0.09-0.34x of one thread, two passive ones at 3.7-5.2x of it beside a
+busy loop on the same cores (``bench/cpu_threads.py``, bench/RESULTS.md).
+
+Results depend in the last bits on how operations are split between threads: a seed gives the
+same model for the same thread count, which the checkpoint records (``engine.threads``).
 ``OMP_NUM_THREADS`` set in the environment is respected as an explicit choice.
+
+This module imports torch only inside ``training_threads``, so that an entry point can call
+``quiet_openmp_waits`` before anything loads torch.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["TRAINING_THREADS", "training_threads"]
+__all__ = [
+    "QUIET_OPENMP_WAITS",
+    "busy_cores",
+    "choose_threads",
+    "cgroup_cpu_quota",
+    "cpu_quota",
+    "quiet_openmp_waits",
+    "training_threads",
+    "usable_cores",
+]
 
-TRAINING_THREADS = 1
+# Read once, when the OpenMP runtime loads (with torch): a thread at a barrier sleeps at once
+# instead of spinning (GNU: OMP_WAIT_POLICY; Intel's runtime, if a build uses it: KMP_BLOCKTIME).
+QUIET_OPENMP_WAITS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+LOAD_SAMPLE_S = 0.1  # how long the cores' load is measured for an automatic count
+
+
+def quiet_openmp_waits(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set ``QUIET_OPENMP_WAITS`` in the environment where not set already; what it set.
+
+    Call it before torch is imported: the runtime reads these once, as it loads. Child
+    processes inherit them either way.
+    """
+    env = os.environ if environ is None else environ
+    added = {k: v for k, v in QUIET_OPENMP_WAITS.items() if k not in env}
+    env.update(added)
+    return added
+
+
+def cpu_quota(cpu_max: str) -> float | None:
+    """Cores a cgroup v2 ``cpu.max`` line allows (``"150000 100000"``: 1.5); None when unlimited (``"max ..."``)."""
+    parts = cpu_max.split()
+    if not parts or parts[0] == "max":
+        return None
+    period = float(parts[1]) if len(parts) > 1 else 100000.0
+    quota = float(parts[0])
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """This process's CPU quota in cores: the smallest ``cpu.max`` on its cgroup v2 path (v1's
+    ``cpu.cfs_quota_us`` where there is no v2); None when unlimited or unknown."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    quotas: list[float] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":  # v2: check the cgroup and every ancestor
+            d = root / path.lstrip("/")
+            while True:
+                try:
+                    q = cpu_quota((d / "cpu.max").read_text())
+                except OSError:
+                    q = None
+                if q is not None:
+                    quotas.append(q)
+                if d == root or root not in d.parents:
+                    break
+                d = d.parent
+        elif "cpu" in controllers.split(","):  # v1
+            for mount in (root / "cpu", root / "cpu,cpuacct"):
+                d = mount / path.lstrip("/")
+                try:
+                    quota = int((d / "cpu.cfs_quota_us").read_text())
+                    period = int((d / "cpu.cfs_period_us").read_text())
+                except (OSError, ValueError):
+                    continue
+                if quota > 0 and period > 0:
+                    quotas.append(quota / period)
+                break
+    return min(quotas) if quotas else None
+
+
+def usable_cores(affinity: set[int] | None = None, quota: float | None = None, *, read_quota: bool = True) -> int:
+    """Cores this process may use: its affinity set, capped by its cgroup quota (rounded down, at least 1).
+
+    ``affinity`` and ``quota`` default to this process's (``os.sched_getaffinity``, the cgroup's
+    ``cpu.max``); pass them to compute for another. A quota of 1.5 cores gives 1: a second
+    thread would spend every period's last third throttled, and a barrier waits for it.
+    """
+    if affinity is None:
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    if quota is None and read_quota:
+        quota = cgroup_cpu_quota()
+    cores = max(1, len(affinity))
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
+    return cores
+
+
+def _cpu_ticks(stat: str, cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) ticks of ``cpus`` from ``/proc/stat`` text; idle and iowait count as not busy."""
+    busy = total = 0
+    for line in stat.splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+        total += sum(ticks)
+        busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+def busy_cores(before: str, after: str, cpus: set[int]) -> float:
+    """How many of ``cpus`` were busy between two ``/proc/stat`` readings (0 to ``len(cpus)``)."""
+    busy0, total0 = _cpu_ticks(before, cpus)
+    busy1, total1 = _cpu_ticks(after, cpus)
+    if total1 <= total0:
+        return 0.0
+    return len(cpus) * (busy1 - busy0) / (total1 - total0)
+
+
+def _measure_busy_cores(cpus: set[int], seconds: float = LOAD_SAMPLE_S) -> float:
+    stat = Path("/proc/stat")
+    try:
+        before = stat.read_text()
+        time.sleep(seconds)
+        return busy_cores(before, stat.read_text(), cpus)
+    except (OSError, ValueError):
+        return 0.0
+
+
+def choose_threads(requested: int | None, cores: int, busy: float = 0.0) -> int:
+    """The intra-op thread count: ``requested`` when positive, else the ``cores`` not ``busy`` (at least 1)."""
+    if requested:
+        return requested
+    return max(1, min(cores, int(cores - busy + 0.5)))
 
 
 @contextmanager
-def training_threads(device: torch.device) -> Iterator[None]:
-    """Within the block, CPU operations use ``TRAINING_THREADS`` threads (CPU devices only); restored after."""
+def training_threads(device: torch.device, threads: int | None = None) -> Iterator[int]:
+    """Within the block, CPU operations use ``threads`` threads (None or 0: chosen as the module says);
+    restored after. Yields the count the run uses (on other devices, and under an explicit
+    ``OMP_NUM_THREADS``, torch's own, untouched)."""
+    import torch
+
     if device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
-        yield
+        yield torch.get_num_threads()
         return
+    if threads:
+        count = threads
+    else:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        cores = usable_cores(cpus)
+        count = choose_threads(None, cores, _measure_busy_cores(cpus) if cores > 1 else 0.0)
     before = torch.get_num_threads()
-    torch.set_num_threads(TRAINING_THREADS)
+    torch.set_num_threads(count)
     try:
-        yield
+        yield count
     finally:
         torch.set_num_threads(before)
+

@@ -110,6 +110,9 @@ class TrainConfig:
                           api=False, describes_run=False)
     bf16: bool = param(False, "bfloat16 autocast: faster on AVX-512-bf16 CPUs and recent GPUs, slightly "
                        "different numbers", api=False)
+    # How many threads, not what (the checkpoint's "engine" metadata records the count used).
+    threads: int = param(0, "intra-op CPU threads; 0: the cores this process is given and finds free "
+                         "(models/threads.py)", ge=0, le=1024, api=False, describes_run=False)
     # CUDA only, and again how fast, not what (the checkpoint's "engine" metadata records both).
     cuda_graph: bool = param(True, "on CUDA, replay the whole step as one captured CUDA graph",
                              api=False, cli=False, describes_run=False)
@@ -174,6 +177,7 @@ class TrainResult:
     compiled_graphs: int = 0  # graphs torch.compile compiled during this run (0: all reused)
     new_classifier: bool = False  # started from a model of other classes: its last layer was not kept
     cuda_graph: bool = False  # whether the step ran as a captured CUDA graph
+    threads: int = 1  # intra-op CPU threads it ran on (results depend on it in the last bits)
 
     @property
     def final_test_acc(self) -> float | None:
@@ -214,8 +218,9 @@ def train(
         raise ValueError("init_model names the model a run starts from and init_state holds its weights: "
                          "give both or neither")
     device = resolve_device(config.device)
-    # One intra-op thread on the CPU (models/threads.py), restored afterwards.
-    with training_threads(device):
+    # The CPU's intra-op threads (models/threads.py), restored afterwards.
+    # A resumed run trains on the threads its state was saved from, unless told otherwise.
+    with training_threads(device, config.threads or (resume.threads if resume is not None else 0)) as threads:
         if device.type == "cpu":
             keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step
         graphs_before = compiled_graph_count()
@@ -233,7 +238,7 @@ def train(
         if len(train_images) < 2:
             raise ValueError("the training set needs at least 2 images")
         result = TrainResult(model=model, device=str(device), averaged_epochs=config.averaged_epochs(),
-                             new_classifier=new_classifier)
+                             new_classifier=new_classifier, threads=threads)
         average = WeightAverage(model) if result.averaged_epochs > 1 else None
         done = 0  # epochs finished
         if resume is not None:
@@ -256,7 +261,7 @@ def train(
                 # Saved before the epoch is reported: whoever learns of epoch k can resume from it.
                 if on_state is not None and (epoch % config.checkpoint_every == 0 or epoch == config.epochs):
                     on_state(capture_state(epoch, model, optimizer, shuffle, average,
-                                           [asdict(m) for m in result.history], device))
+                                           [asdict(m) for m in result.history], device, threads))
                 if on_epoch is not None:
                     on_epoch(metrics)
         result.compiled_graphs = compiled_graph_count() - graphs_before
@@ -339,11 +344,12 @@ def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[s
         "parent": config.init_model,  # the model id it started from (the caller resolved any alias)
         "device": result.device,
         # How it ran, not what it computes: compiled or not, replayed as a CUDA graph or not,
-        # how many graphs this run had to compile (0 when a warm process reused them), and how
-        # often its training state was saved.
+        # how many graphs this run had to compile (0 when a warm process reused them), how
+        # often its training state was saved, and on how many CPU threads it ran.
         "engine": {"compile": config.compile, "cuda_graph": result.cuda_graph,
                    "tf32": config.tf32 and result.device.startswith("cuda"),
-                   "compiled_graphs": result.compiled_graphs, "checkpoint_every": config.checkpoint_every},
+                   "compiled_graphs": result.compiled_graphs, "checkpoint_every": config.checkpoint_every,
+                   "threads": result.threads},
     }
 
 

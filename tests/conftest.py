@@ -15,13 +15,12 @@ import torch
 from bnlenet.local.redis_server import RedisServer
 from bnlenet.local.s3_server import S3Server, WeedNotFound, find_weed
 from models.data import FILES, write_idx
-from models.threads import TRAINING_THREADS
 from tests.ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (hooks: under CI a skip fails)
 
-# The engine trains with TRAINING_THREADS intra-op threads (models/threads.py). Results depend
-# in the last bits on how operations are split between threads, so tests that compare the engine
-# with a plain loop in this process run that loop with the same count.
-torch.set_num_threads(TRAINING_THREADS)
+# Results depend in the last bits on how operations are split between threads (models/threads.py),
+# so tests that compare the engine with a plain loop in this process run both on this many.
+TEST_THREADS = 1
+torch.set_num_threads(TEST_THREADS)
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that starts a server is an integration test: the S3 tests (their own ``s3`` marker, or

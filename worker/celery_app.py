@@ -14,10 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from models.threads import quiet_openmp_waits
 
-from bnlenet.settings import Settings, get_settings
-from bnlenet.training_queue import TRAIN_TASK, queue_config
+# Before the tasks' modules load torch, whose OpenMP runtime reads its wait policy once, and
+# inherited by the pool processes (models/threads.py).
+quiet_openmp_waits()
+
+from celery import Celery  # noqa: E402
+
+from bnlenet.settings import Settings, get_settings  # noqa: E402
+from bnlenet.training_queue import TRAIN_TASK, queue_config  # noqa: E402
 
 __all__ = ["TRAIN_TASK", "app", "make_celery"]
 

@@ -7,12 +7,18 @@ import json
 import sys
 import tempfile
 import types
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.params import ParamField, params_of
-from models.training import TrainConfig
+from models.threads import quiet_openmp_waits
+
+# Before anything loads torch, whose OpenMP runtime reads its wait policy once (models/threads.py).
+quiet_openmp_waits()
+
+from models.params import ParamField, params_of  # noqa: E402
+from models.training import TrainConfig  # noqa: E402
 
 
 def train_options() -> list[ParamField]:
@@ -140,6 +146,8 @@ def _train(args: argparse.Namespace) -> int:
         parent, init_state = _starting_model(args.init_model, Path(scratch)) if args.init_model else (None, None)
     config = TrainConfig(**{**{f.name: getattr(args, f.name) for f in train_options()}, "init_model": parent})
     settings = get_settings()
+    if not config.threads:  # --threads wins, then TRAINING_THREADS, then the automatic count
+        config = replace(config, threads=settings.TRAINING_THREADS)
     data = load_fashion_mnist(args.data_dir or settings.DATA_DIR, download=settings.DATA_DOWNLOAD)
     bar = tqdm(total=config.epochs, unit="epoch", desc=f"train {config.variant}", file=sys.stderr,
                disable=not sys.stderr.isatty())
@@ -169,7 +177,7 @@ def _train(args: argparse.Namespace) -> int:
         model_id = f"cli-{config.variant}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
         path = ModelStore.from_settings(settings).publish(model_id, result.model, metadata)
     summary = {"checkpoint": str(path), "variant": config.variant, "precise_bn": config.precise_bn,
-               "final_test_acc": result.final_test_acc}
+               "final_test_acc": result.final_test_acc, "threads": result.threads}
     if args.json:
         _emit(summary)
     else:

@@ -33,8 +33,9 @@ from bnlenet.local import procs
 from bnlenet.local.redis_server import RedisNotFound, RedisServer
 from bnlenet.metrics import MULTIPROC_ENV, prepare_multiproc_dir
 from bnlenet.settings import Settings
+from models.threads import usable_cores
 
-__all__ = ["Child", "api_child", "data_note", "gpu_ids", "run_stack", "worker_children"]
+__all__ = ["Child", "api_child", "data_note", "gpu_ids", "run_stack", "worker_children", "worker_training_threads"]
 
 API_STOP_TIMEOUT_S = 15.0
 
@@ -246,6 +247,18 @@ def worker_children(devices: list[str], env: dict[str, str], stop_timeout: float
     return out
 
 
+def worker_training_threads(cores: int) -> int:
+    """The CPU worker's ``TRAINING_THREADS`` beside the API on ``cores`` cores: all but one above two, else 0 (automatic).
+
+    Above two cores one is left to the API processes, Redis and the worker's own main process,
+    so that predictions stay fast while a job trains. On one or two cores keeping one back would
+    halve training for an API that is idle between requests: the worker takes the cores it finds
+    free as each job starts, and waits passively at its barriers when the API wakes
+    (``models.threads``).
+    """
+    return cores - 1 if cores > 2 else 0
+
+
 def api_child(host: str, port: int, workers: int, env: dict[str, str]) -> Child:
     """The API (``app.edge``: uvicorn with request deadlines and limits) with ``workers`` processes."""
     return Child(
@@ -261,7 +274,8 @@ def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wor
     """Start Redis (unless ``REDIS_URL`` is set), the Celery worker(s) and the API; block until stopped.
 
     ``workers`` is the number of API (uvicorn) processes, default ``BNLENET_API_WORKERS``, else
-    the number of CPU cores. Celery runs one worker per visible GPU, or one on the CPU. The
+    the number of CPU cores this process may use (affinity and cgroup quota). Celery runs one
+    worker per visible GPU, or one on the CPU with ``worker_training_threads`` threads. The
     children get this process's environment, with ``REDIS_URL`` and ``CHECKPOINT_DIR`` set.
     Once up, a child that dies is started again (see the module docstring). Returns 0 after a
     clean stop on SIGINT/SIGTERM/SIGHUP, 1 when the stack could not start.
@@ -310,7 +324,10 @@ def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wor
             redis_note = f"{redis.url} (pid {redis.process.pid if redis.process else '?'}), data in {redis.data_dir}"
 
         devices = gpu_ids(env)
-        api_workers = workers or settings.BNLENET_API_WORKERS or os.cpu_count() or 1
+        cores = usable_cores()
+        api_workers = workers or settings.BNLENET_API_WORKERS or cores
+        if "TRAINING_THREADS" not in explicit and not devices:
+            env["TRAINING_THREADS"] = str(worker_training_threads(cores))
         # The API processes add up their metrics in one directory, emptied now so that a
         # previous run's counts never add to this one's; the workers keep none there.
         api_env = dict(env)
@@ -324,7 +341,9 @@ def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wor
         _wait_healthy(_url(_probe_host(host), port) + "/healthz", children, redis, stop,
                       settings.BNLENET_START_TIMEOUT)
         if not stop.is_set():
-            where = "one per GPU: " + ", ".join(devices) if devices else "CPU"
+            threads = int(env.get("TRAINING_THREADS") or 0)
+            cpu = f"CPU, {threads} training threads" if threads else f"CPU, training on the free ones of {cores} cores"
+            where = "one per GPU: " + ", ".join(devices) if devices else cpu
             print(
                 "\nbnlenet is up\n"
                 f"  API          {api}\n"

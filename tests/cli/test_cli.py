@@ -30,7 +30,8 @@ def _bnlenet(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
 def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> tuple[Path, list[dict[str, object]]]:
     out = tmp_path_factory.mktemp("cli") / "model.safetensors"
     proc = _bnlenet("train", "--variant", "scratch", "--epochs", "2", "--batch-size", "32",
-                    "--precise-bn", "--json", "--out", str(out), "--data-dir", str(synthetic_data_dir))
+                    "--precise-bn", "--json", "--out", str(out), "--data-dir", str(synthetic_data_dir),
+                    env={"TRAINING_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     return out, [json.loads(line) for line in proc.stdout.splitlines()]
 
@@ -45,6 +46,15 @@ def test_cli_train_prints_one_json_object_per_epoch_and_the_checkpoint(trained: 
     assert lines[-1]["final_test_acc"] == meta["final_test_acc"] and 0 <= meta["final_test_acc"] <= 1
     assert meta["variant"] == "scratch" and meta["hyperparameters"]["precise_bn"] is True
     assert [h["epoch"] for h in meta["history"]] == [1, 2] and meta["classes"][0] == "T-shirt/top"
+    assert meta["engine"]["threads"] == 1  # TRAINING_THREADS
+
+
+def test_cli_train_threads_option_wins_over_the_setting(tmp_path: Path, synthetic_data_dir: Path) -> None:
+    out = tmp_path / "model.safetensors"
+    proc = _bnlenet("train", "--epochs", "1", "--batch-size", "128", "--threads", "2", "--json", "--out", str(out),
+                    "--data-dir", str(synthetic_data_dir), env={"TRAINING_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert load_checkpoint(out).metadata["engine"]["threads"] == 2
 
 
 def test_cli_train_default_output_is_a_served_model(tmp_path: Path, synthetic_data_dir: Path) -> None:

@@ -90,3 +90,37 @@ def test_data_count_mismatch_is_an_error(tmp_path: Path) -> None:
     write_idx(tmp_path / (FILES["test_labels"] + ".gz"), np.zeros(SYNTHETIC_TEST - 1, dtype=np.uint8))
     with pytest.raises(DataError, match="labels"):
         load_fashion_mnist(tmp_path, download=False)
+
+
+def test_data_gzip_decoded_once_then_read_from_the_cache(synthetic_data_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from models import data as data_module
+
+    first = load_fashion_mnist(synthetic_data_dir, download=False, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 4
+
+    def no_decoding(path: Path) -> None:
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr(data_module, "read_idx", no_decoding)
+    second = load_fashion_mnist(synthetic_data_dir, download=False, cache_dir=tmp_path)
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        a, b = getattr(first, name), getattr(second, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+def test_data_cache_follows_a_changed_file(tmp_path: Path) -> None:
+    from models.data import read_idx_cached
+
+    path = tmp_path / "labels-idx1-ubyte.gz"
+    write_idx(path, np.array([1, 2, 3], dtype=np.uint8))
+    assert read_idx_cached(path, tmp_path / "cache").tolist() == [1, 2, 3]
+    write_idx(path, np.array([4, 5, 6, 7], dtype=np.uint8))
+    assert read_idx_cached(path, tmp_path / "cache").tolist() == [4, 5, 6, 7]
+
+
+def test_data_cache_that_cannot_be_written_is_skipped(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    data = load_fashion_mnist(synthetic_data_dir, download=False, cache_dir=blocked / "cache")
+    assert data.train_images.dtype == torch.uint8 and len(data.train_images) > 0

@@ -83,3 +83,15 @@ def test_train_state_of_another_kind_of_run_is_refused(data: FashionMNIST) -> No
         train(TrainConfig(variant="builtin", **{**RUN, "epochs": 2}), data, resume=states[0])
     with pytest.raises(TrainingStateError):
         train(TrainConfig(variant="scratch", **{**RUN, "epochs": 1}), data, resume=states[1])
+
+
+def test_train_state_resumes_on_the_threads_it_was_saved_from(data: FashionMNIST) -> None:
+    # Results depend on the CPU thread count in the last bits: a resumed attempt whose automatic
+    # count differs (the cores were busier) must still end with the uninterrupted run's model.
+    states: list[TrainingState] = []
+    whole = train(TrainConfig(variant="builtin", threads=2, **RUN), data, on_state=states.append)
+    assert states[1].threads == 2
+    saved = state_from_bytes(state_to_bytes(states[1]))
+    resumed = train(TrainConfig(variant="builtin", threads=0, **RUN), data, resume=saved)
+    assert resumed.threads == 2
+    _same_run(whole, resumed)

@@ -19,11 +19,12 @@ from models.batchnorm import BatchNorm
 from models.data import FashionMNIST
 from models.lenet import build_lenet
 from models.training import Progress, TrainConfig, train
+from tests.conftest import TEST_THREADS
 from tests.devices import DEVICES
 
 # 512 synthetic images in batches of 48: ten full batches and a short last one (32).
 # precise_bn off: the plain loop keeps the moving averages, and so must the engine to compare.
-RUN = dict(epochs=2, batch_size=48, lr=1.0, seed=3, progress_every=1, precise_bn=False)
+RUN = dict(epochs=2, batch_size=48, lr=1.0, seed=3, progress_every=1, precise_bn=False, threads=TEST_THREADS)
 
 
 def plain_loop(variant: str, data: FashionMNIST, *, epochs: int, batch_size: int, lr: float,

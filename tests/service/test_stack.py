@@ -303,6 +303,12 @@ def test_worker_children_one_cpu_worker_without_gpus() -> None:
     assert "CUDA_VISIBLE_DEVICES" not in worker.env
 
 
+def test_worker_training_threads_leave_one_core_to_the_api_above_two() -> None:
+    from bnlenet.local.stack import worker_training_threads
+
+    assert [worker_training_threads(n) for n in (1, 2, 3, 4, 8, 64)] == [0, 0, 2, 3, 7, 63]
+
+
 def test_api_child_runs_the_guarded_server_with_the_asked_worker_count() -> None:
     api = api_child("127.0.0.1", 8123, 3, {})
     assert api.argv[1:3] == ["-m", "app.edge"]
