@@ -20,7 +20,9 @@ CONTENT_TYPES = {
     ".json": ("application/json",),
 }
 # import ... from "x" / import "x" / import("x") in an ES module
-IMPORT = re.compile(r"""(?:\bfrom\s*|\bimport\s*\(?\s*)["']([^"']+)["']""")
+# A module specifier: `from "x"` (a space before the quote, as every module here writes it, so a
+# string ending in "from" followed by another string, `"Started from"), el("`, is not one) or `import "x"`.
+IMPORT = re.compile(r"""(?:\bfrom\s+|\bimport\s*\(?\s*)["']([^"']+)["']""")
 
 
 class _Refs(HTMLParser):
