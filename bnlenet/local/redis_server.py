@@ -41,10 +41,13 @@ def find_redis_server() -> str:
 
 # When Redis forces its append-only file to the disk. Every reply follows the write() of its
 # commands, so a killed Redis loses nothing the OS holds (tests/integration/test_redis_kill.py);
-# "always" also fsyncs before it replies, so an acknowledged job survives a power loss too, for a
-# few milliseconds on POST /train ("everysec" would leave the last second to it: bench/durability.py).
-# The compose files say the same (tests/service/test_compose.py checks).
-APPENDFSYNC = "always"
+# "everysec" forces it to the disk once a second, so a power loss (the OS's buffers gone too) can
+# take the last second of acknowledged writes. "always" would close that gap for a few milliseconds
+# per POST /train (bench/durability.py), but Redis 6.2 exits on a failed append-only write under
+# "always": a full disk would become an outage instead of 503s until space is back
+# (tests/integration/test_full_disk.py fails under it). The compose files say the same
+# (tests/service/test_compose.py checks).
+APPENDFSYNC = "everysec"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
