@@ -117,8 +117,13 @@ def batchnorm_channels(client: AuthenticatedClient | Client, model_id: str) -> d
     return {layer.name: len(layer.gamma) for layer in report.layers}
 
 
-def export_onnx(client: AuthenticatedClient | Client, model_id: str) -> bytes:
-    file = export_model.sync(model_id, client=client, format_=ExportModelFormat.ONNX)
-    if not isinstance(file, File):
-        raise AssertionError(f"export_model answered {file!r}")
-    return file.payload.read()
+def export_onnx(client: AuthenticatedClient | Client, model_id: str, *, within: float = 120.0) -> bytes:
+    """The ONNX file; while the export is being built the API answers 202 with Retry-After: ask again."""
+    deadline = time.monotonic() + within
+    while True:
+        answer = export_model.sync_detailed(model_id, client=client, format_=ExportModelFormat.ONNX)
+        if isinstance(answer.parsed, File):
+            return answer.parsed.payload.read()
+        if answer.status_code != 202 or time.monotonic() > deadline:
+            raise AssertionError(f"export_model answered {answer.status_code}: {answer.parsed!r}")
+        time.sleep(float(answer.headers.get("retry-after", "1")))
