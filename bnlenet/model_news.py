@@ -74,14 +74,17 @@ def ack_key(token: str) -> str:
 class ModelNews:
     """Announce changes to the model store to every API process (a writer), or acknowledge them (an API)."""
 
-    def __init__(self, client: redis.Redis, *, wait_s: float = 5.0) -> None:
-        self.redis, self.wait_s = client, wait_s
+    def __init__(self, client: redis.Redis, *, wait_s: float = 5.0, poll_s: float = 1.0) -> None:
+        # ``poll_s``: the longest single wait for an acknowledgement, kept under the client's read
+        # timeout, so a frozen Redis fails an announcement within that timeout (the worker then
+        # leaves the outcome to the reaper after OUTCOME_RETRY_S) instead of after ``wait_s``.
+        self.redis, self.wait_s, self.poll_s = client, wait_s, poll_s
 
     @classmethod
     def from_url(cls, url: str, *, wait_s: float = 5.0, timeout: float = 2.0) -> ModelNews:
-        """On a connection pool of its own, whose reads outlast the wait for acknowledgements."""
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=wait_s + timeout)
-        return cls(client, wait_s=wait_s)
+        """On a connection pool of its own, with the job store's timeouts."""
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        return cls(client, wait_s=wait_s, poll_s=max(0.05, timeout / 2))
 
     def announce(self, what: str) -> tuple[int, int]:
         """Tell every subscribed API process that the store changed (``what``: for logs); return once each has
@@ -93,9 +96,10 @@ class ModelNews:
             deadline = time.monotonic() + self.wait_s
             while acknowledged < subscribed:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.redis.blpop([ack_key(token)], timeout=remaining) is None:
+                if remaining <= 0:
                     break
-                acknowledged += 1
+                if self.redis.blpop([ack_key(token)], timeout=min(remaining, self.poll_s)) is not None:
+                    acknowledged += 1
         except redis.RedisError as exc:
             raise StoreUnavailable(f"the job store (Redis) is unavailable: cannot announce {what}: {exc}") from exc
         if acknowledged < subscribed:

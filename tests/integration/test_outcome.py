@@ -44,7 +44,15 @@ def test_a_model_published_just_before_redis_went_away_is_recorded_succeeded(
     link = Partitionable(s3.port)
     frozen_at: list[float] = []
 
+    job: list[str] = []
+    bucket = S3Storage(url, tmp_path / "watch")
+
     def freeze_redis() -> None:
+        # The worker also saves its training state to the bucket after each epoch: freeze Redis at
+        # the answer to the model's upload, the first answer after which the model is listed.
+        if not job or job[0] not in bucket.versions():
+            link.before_next_answer(freeze_redis)
+            return
         assert stack.redis.process is not None
         stack.redis.process.send_signal(signal.SIGSTOP)
         frozen_at.append(time.monotonic())
@@ -54,8 +62,9 @@ def test_a_model_published_just_before_redis_went_away_is_recorded_succeeded(
         stack.start_worker(AWS_ENDPOINT_URL=f"http://127.0.0.1:{link.port}", MODEL_CACHE_DIR=str(tmp_path / "w"))
         stack.start_api(MODEL_CACHE_DIR=str(tmp_path / "api"))
         stack.wait_for_worker()
-        link.before_next_answer(freeze_redis)  # the worker's only traffic to the bucket is its upload
+        link.before_next_answer(freeze_redis)
         job_id = stack.client.post("/train", json={"epochs": 2, "batch_size": 64}).json()["job_id"]
+        job.append(job_id)
         deadline = time.monotonic() + 120
         while not frozen_at:
             assert time.monotonic() < deadline, "the worker never uploaded its model"
