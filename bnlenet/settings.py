@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     MAX_ATTEMPTS: int = Field(3, ge=1)  # deliveries of one job before it is failed as a worker killer
     VISIBILITY_TIMEOUT_S: int = 12 * 3600  # longer than the longest job, or Redis redelivers running jobs
     # Intra-op threads of a training run on the CPU (the worker's jobs, `bnlenet train`); 0: the cores the
-    # process is given (affinity, cgroup quota) less those busy as the run starts (models/threads.py).
+    # process is given (affinity, cgroup quota; models/threads.py).
     TRAINING_THREADS: int = Field(0, ge=0, le=1024)
     COMPILE_ON_CUDA: bool = True  # torch.compile jobs that train on a GPU (the worker compiles once, at start)
     EVENTS_HEARTBEAT_S: float = Field(15.0, gt=0)  # a comment on an idle job event stream, this often

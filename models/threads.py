@@ -1,12 +1,14 @@
-"""How many threads a training run on the CPU uses inside each operation: the cores it is given and finds free.
+"""How many threads a training run on the CPU uses inside each operation: the cores it is given.
 
 The count, unless the caller names one (``TRAINING_THREADS``, ``bnlenet train --threads``):
 
 * the cores the process may run on: its CPU affinity (``taskset``, ``docker --cpuset-cpus``),
   capped by its cgroup's CPU quota (``docker --cpus``, a Kubernetes limit: ``cpu.max``),
-  never ``os.cpu_count()``, which counts the host's;
-* less the cores other processes keep busy as the run starts (``/proc/stat`` over 0.1 s,
-  on those cores only), rounded, and at least one.
+  never ``os.cpu_count()``, which counts the host's; at least one.
+
+Not fewer when other processes keep some of those cores busy: the count would then change
+from run to run, and with it a seed's model in the last bits (a resumed job, a test comparing
+two runs); passive waits (below) already make a busy core cost little.
 
 LeNet's operations on a batch of 256 last 0.05-2 ms each, and every split one ends at an
 OpenMP barrier. GNU OpenMP (PyTorch's on Linux) spins there by default; when another process
@@ -28,7 +30,6 @@ This module imports torch only inside ``training_threads``, so that an entry poi
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "QUIET_OPENMP_WAITS",
-    "busy_cores",
-    "choose_threads",
     "cgroup_cpu_quota",
     "cpu_quota",
     "quiet_openmp_waits",
@@ -51,7 +50,6 @@ __all__ = [
 # Read once, when the OpenMP runtime loads (with torch): a thread at a barrier sleeps at once
 # instead of spinning (GNU: OMP_WAIT_POLICY; Intel's runtime, if a build uses it: KMP_BLOCKTIME).
 QUIET_OPENMP_WAITS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
-LOAD_SAMPLE_S = 0.1  # how long the cores' load is measured for an automatic count
 
 
 def quiet_openmp_waits(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
@@ -130,45 +128,6 @@ def usable_cores(affinity: set[int] | None = None, quota: float | None = None, *
     return cores
 
 
-def _cpu_ticks(stat: str, cpus: set[int]) -> tuple[int, int]:
-    """(busy, total) ticks of ``cpus`` from ``/proc/stat`` text; idle and iowait count as not busy."""
-    busy = total = 0
-    for line in stat.splitlines():
-        name, *fields = line.split()
-        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
-            continue
-        ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
-        total += sum(ticks)
-        busy += sum(ticks) - ticks[3] - ticks[4]
-    return busy, total
-
-
-def busy_cores(before: str, after: str, cpus: set[int]) -> float:
-    """How many of ``cpus`` were busy between two ``/proc/stat`` readings (0 to ``len(cpus)``)."""
-    busy0, total0 = _cpu_ticks(before, cpus)
-    busy1, total1 = _cpu_ticks(after, cpus)
-    if total1 <= total0:
-        return 0.0
-    return len(cpus) * (busy1 - busy0) / (total1 - total0)
-
-
-def _measure_busy_cores(cpus: set[int], seconds: float = LOAD_SAMPLE_S) -> float:
-    stat = Path("/proc/stat")
-    try:
-        before = stat.read_text()
-        time.sleep(seconds)
-        return busy_cores(before, stat.read_text(), cpus)
-    except (OSError, ValueError):
-        return 0.0
-
-
-def choose_threads(requested: int | None, cores: int, busy: float = 0.0) -> int:
-    """The intra-op thread count: ``requested`` when positive, else the ``cores`` not ``busy`` (at least 1)."""
-    if requested:
-        return requested
-    return max(1, min(cores, int(cores - busy + 0.5)))
-
-
 @contextmanager
 def training_threads(device: torch.device, threads: int | None = None) -> Iterator[int]:
     """Within the block, CPU operations use ``threads`` threads (None or 0: chosen as the module says);
@@ -183,8 +142,7 @@ def training_threads(device: torch.device, threads: int | None = None) -> Iterat
         count = threads
     else:
         cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-        cores = usable_cores(cpus)
-        count = choose_threads(None, cores, _measure_busy_cores(cpus) if cores > 1 else 0.0)
+        count = usable_cores(cpus)
     before = torch.get_num_threads()
     torch.set_num_threads(count)
     try:

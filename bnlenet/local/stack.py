@@ -342,7 +342,7 @@ def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wor
                       settings.BNLENET_START_TIMEOUT)
         if not stop.is_set():
             threads = int(env.get("TRAINING_THREADS") or 0)
-            cpu = f"CPU, {threads} training threads" if threads else f"CPU, training on the free ones of {cores} cores"
+            cpu = f"CPU, {threads} training threads" if threads else f"CPU, training on {cores} cores"
             where = "one per GPU: " + ", ".join(devices) if devices else cpu
             print(
                 "\nbnlenet is up\n"

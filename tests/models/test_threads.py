@@ -1,4 +1,4 @@
-"""The intra-op thread count while training on the CPU: the cores given, less the busy ones; passive OpenMP waits."""
+"""The intra-op thread count while training on the CPU: the cores given; passive OpenMP waits."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ import torch
 from models.data import FashionMNIST
 from models.threads import (
     QUIET_OPENMP_WAITS,
-    busy_cores,
     cgroup_cpu_quota,
-    choose_threads,
     cpu_quota,
     quiet_openmp_waits,
     training_threads,
@@ -73,37 +71,6 @@ def test_cgroup_cpu_quota_reads_cgroup_v1(tmp_path: Path) -> None:
     assert cgroup_cpu_quota(tmp_path, proc) == 2.5
 
 
-STAT_BEFORE = """cpu  300 0 100 600 0 0 0 0 0 0
-cpu0 100 0 0 100 0 0 0 0 0 0
-cpu1 100 0 50 50 0 0 0 0 0 0
-cpu2 100 0 50 450 0 0 0 0 0 0
-intr 1 2 3
-"""
-# Over the interval: cpu0 fully busy (100 ticks), cpu1 half busy, cpu2 idle (iowait is not busy).
-STAT_AFTER = """cpu  450 0 100 750 0 0 0 0 0 0
-cpu0 200 0 0 100 0 0 0 0 0 0
-cpu1 150 0 50 100 0 0 0 0 0 0
-cpu2 100 0 50 500 50 0 0 0 0 0
-intr 1 2 3
-"""
-
-
-def test_busy_cores_count_only_the_given_cores() -> None:
-    assert busy_cores(STAT_BEFORE, STAT_AFTER, {0, 1, 2}) == pytest.approx(1.5)
-    assert busy_cores(STAT_BEFORE, STAT_AFTER, {0}) == pytest.approx(1.0)
-    assert busy_cores(STAT_BEFORE, STAT_AFTER, {1, 2}) == pytest.approx(0.5)
-    assert busy_cores(STAT_BEFORE, STAT_BEFORE, {0, 1}) == 0.0
-
-
-def test_choose_threads_takes_the_free_cores_and_an_explicit_count_as_is() -> None:
-    assert choose_threads(None, 8, 0.0) == 8
-    assert choose_threads(0, 8, 0.2) == 8
-    assert choose_threads(None, 8, 2.6) == 5  # rounded: 5.4 free cores
-    assert choose_threads(None, 2, 1.0) == 1  # a busy loop on one of two cores
-    assert choose_threads(None, 2, 5.0) == 1  # never fewer than one
-    assert choose_threads(3, 2, 2.0) == 3
-
-
 def test_training_threads_on_the_cpu_and_restored_after(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     with training_threads(torch.device("cpu"), 3) as used:
@@ -111,12 +78,11 @@ def test_training_threads_on_the_cpu_and_restored_after(two_threads: None, monke
     assert torch.get_num_threads() == 2
 
 
-def test_training_threads_automatic_uses_the_free_cores(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_threads_automatic_uses_the_usable_cores(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("models.threads.usable_cores", lambda cpus: 4)
-    monkeypatch.setattr("models.threads._measure_busy_cores", lambda cpus: 1.2)
     with training_threads(torch.device("cpu")) as used:
-        assert used == 3 and torch.get_num_threads() == 3
+        assert used == 4 and torch.get_num_threads() == 4
     assert torch.get_num_threads() == 2
 
 

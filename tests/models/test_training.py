@@ -16,6 +16,7 @@ from models.training import (
     train,
     train_one_epoch,
 )
+from tests.conftest import TEST_THREADS
 
 SMALL = dict(epochs=2, batch_size=32, lr=1.0)
 
@@ -71,7 +72,7 @@ def test_training_divergence_is_a_clear_error(data: FashionMNIST, variant: str) 
 
 
 def test_training_is_one_train_one_epoch_per_epoch(data: FashionMNIST) -> None:
-    config = TrainConfig(variant="scratch", precise_bn=False, device="cpu", **SMALL)
+    config = TrainConfig(variant="scratch", precise_bn=False, device="cpu", threads=TEST_THREADS, **SMALL)
     torch.manual_seed(config.seed)
     model = build_lenet(config.variant)
     steps = TrainSteps(model, sgd(model, config.lr, torch.device("cpu")), data.train_images, data.train_labels,
