@@ -90,7 +90,10 @@ def test_resume_job_killed_five_times_ends_with_the_uninterrupted_model(resume_s
         assert nxt["resumed_from"] == saved, (seed, log)  # every saved epoch is kept ...
         # ... and every epoch that had finished when the worker died: only the one it was in is lost.
         assert nxt["resumed_from"] >= math.floor(seen), (seed, seen_at_kill, log)
-    assert [a["resumed_from"] for a in log] == sorted({a["resumed_from"] for a in log}), (seed, log)
+    # Never back: each attempt resumes from where the last left off or later (a kill inside epoch 1
+    # leaves the next attempt at 0 again, so not strictly later).
+    resumed = [a["resumed_from"] for a in log]
+    assert resumed == sorted(resumed), (seed, log)
     assert not (s.checkpoint_dir / state_name(job_id)).exists()  # removed once the job ended
     print(f"seed {seed}: killed at epochs {[round(x, 2) for x in seen_at_kill]}; attempts {log}")
 
