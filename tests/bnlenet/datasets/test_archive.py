@@ -134,7 +134,11 @@ def test_archive_too_many_files_is_refused_before_the_directory_is_parsed(tmp_pa
             zf.writestr(f"c{i % 2}/{i}.png", b"x")
     parsed = []
     real = zipfile.ZipFile._RealGetContents  # type: ignore[attr-defined]
-    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: parsed.append(1) or real(self))
+
+    def counting(self: zipfile.ZipFile) -> None:
+        parsed.append(1)
+        real(self)
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", counting)
     err = rejected(tmp_path, buf.getvalue())
     assert err.status == 413
     assert err.problems == ["the zip holds 100001 entries; at most 100000 files are accepted (too many files)"]

@@ -95,11 +95,12 @@ def test_ingest_sklearn_digits_as_png_folders_split_by_the_service(tmp_path: Pat
     per_class = np.bincount(digits.target, minlength=10)
     test_counts = [int(round(n * 0.2)) for n in per_class]
     assert [d.report["counts"]["test"][str(k)] for k in range(10)] == test_counts
-    assert [d.report["counts"]["train"][str(k)] for k in range(10)] == [int(n - t) for n, t in zip(per_class, test_counts)]
+    train_counts = [int(n - t) for n, t in zip(per_class, test_counts, strict=True)]
+    assert [d.report["counts"]["train"][str(k)] for k in range(10)] == train_counts
     assert np.bincount(d.test_labels, minlength=10).tolist() == test_counts
     assert len(d.train_images) + len(d.test_images) == 1797
     # every image is the PNG's pixels under its folder's label, each exactly once
-    seen = {}
+    seen: dict[tuple[bytes, int], int] = {}
     for images, labels in ((d.train_images, d.train_labels), (d.test_images, d.test_labels)):
         for img, label in zip(images, labels, strict=True):
             seen.setdefault((img.tobytes(), int(label)), 0)
