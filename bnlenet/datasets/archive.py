@@ -15,7 +15,7 @@ import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO
 
 from bnlenet.datasets.errors import TOO_LARGE, UNPROCESSABLE, UNSUPPORTED, DatasetRejected
@@ -57,7 +57,7 @@ class Member:
 
     @property
     def parts(self) -> tuple[str, ...]:
-        return PurePosixPath(self.name).parts
+        return tuple(self.name.split("/"))  # the name is already normalized: no empty or "." parts
 
 
 @dataclass
