@@ -280,21 +280,26 @@ def _read_folders(archive: Archive, classes: Sequence[str] | None, limits: Inges
         if ignored:
             warnings.append(f"folders {', '.join(ignored)} are not used: the service trains on train/ and "
                             "evaluates on test/")
-        in_splits = [(p, m) for p, m in items if p[0].lower() in SPLIT_DIRS]
-        splits = [p[0].lower() for p, _ in in_splits]
-        items = [(p[1:], m) for p, m in in_splits]
+        kept_items, splits = [], []
+        for p, m in items:
+            if len(p) > 1 and p[0].lower() in _IGNORED_SPLIT_DIRS:
+                continue
+            in_split = len(p) > 1 and p[0].lower() in SPLIT_DIRS
+            kept_items.append((p[1:] if in_split else p, m))  # a file beside train/ and test/ is outside them
+            splits.append(p[0].lower() if in_split else "train")
+        items = kept_items
     else:
         splits = ["train"] * len(items)
     outside, non_images, nested = [], [], []
     wanted: list[tuple[str, str, Member]] = []  # (split, class folder, member)
     for (parts, m), split in zip(items, splits, strict=True):
         suffix = Path(parts[-1]).suffix.lower()
-        if len(parts) < 2:
-            outside.append(m.name)
-        elif suffix in ARCHIVE_SUFFIXES:
+        if suffix in ARCHIVE_SUFFIXES:
             nested.append(m.name)
         elif suffix not in IMAGE_SUFFIXES:
             non_images.append(m.name)
+        elif len(parts) < 2:
+            outside.append(m.name)
         else:
             wanted.append((split, parts[0], m))
     if nested:

@@ -249,3 +249,21 @@ def test_formats_empty_zip_is_refused(tmp_path: Path) -> None:
     zipfile.ZipFile(buf, "w").close()
     err = rejected(write(tmp_path / "u.zip", buf.getvalue()))
     assert "only 0 class" in err.problems[0]
+
+
+def test_formats_files_beside_train_and_test_are_refused_and_val_is_unused(tmp_path: Path) -> None:
+    members = folder_zip({"cat": 10, "dog": 10}, prefix="train/")
+    members.update(folder_zip({"cat": 2, "dog": 2}, prefix="test/", start=100))
+    members.update(folder_zip({"cat": 2}, prefix="val/", start=200))
+    path = write(tmp_path / "u.zip", zip_bytes(members))
+    d = ingest(path, "u.zip")
+    assert d.report["counts"]["test"] == {"cat": 2, "dog": 2}
+    assert d.report["warnings"] == ["folders val are not used: the service trains on train/ and evaluates on test/"]
+    members["README.md"] = b"# my data"
+    members["cover.png"] = png(pattern(0, 300))
+    err = rejected(write(tmp_path / "u.zip", zip_bytes(members)))
+    assert err.problems == [
+        "files that are not images (by their suffix; accepted: .png .jpg .jpeg .gif .bmp .tif .tiff .webp .pgm "
+        ".ppm .pbm .pnm): 'README.md'",
+        "files outside class folders (each image must be in train/<class>/ or test/<class>/): 'cover.png'",
+    ]
