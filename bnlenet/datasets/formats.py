@@ -303,7 +303,7 @@ def _read_folders(archive: Archive, classes: Sequence[str] | None, limits: Inges
         else:
             wanted.append((split, parts[0], m))
     if nested:
-        problems.append(f"nested archives, which are not opened: {listed(nested, limits)}")
+        problems.append(_nested_problem(nested, limits))
     if non_images:
         problems.append(f"files that are not images (by their suffix; accepted: {' '.join(IMAGE_SUFFIXES)}): "
                         f"{listed(non_images, limits)}")
@@ -330,40 +330,52 @@ def _read_folders(archive: Archive, classes: Sequence[str] | None, limits: Inges
     parsed.skipped.extend({"name": n, "reason": "a file the operating system adds"} for n in archive.system_files)
     huge: list[str] = []
     for split in SPLIT_DIRS if by_split else ("train",):
-        chosen = [(c, m) for s, c, m in wanted if s == split]
-        pixels = np.empty((len(chosen), IMAGE_SIZE, IMAGE_SIZE), np.uint8)  # bounded by max_files
-        labels: list[int] = []
-        kept: list[str] = []
-        for cls, m in chosen:
-            data = archive.read(m)
-            kind = archive_magic(data)
-            if kind is not None:
-                nested.append(m.name)
-                continue
-            try:
-                img = decode_image(data, max_pixels=limits.max_image_pixels)
-            except ImageTooLarge as exc:
-                huge.append(f"{m.name!r} ({exc})")
-                continue
-            except ImageError as exc:
-                parsed.skipped.append({"name": m.name, "reason": str(exc)})
-                continue
-            parsed.image_sizes[f"{img.size[0]}x{img.size[1]}"] += 1
-            parsed.image_modes[img.mode] += 1
-            pixels[len(kept)] = to_pixels(img)
-            labels.append(index[cls])
-            kept.append(m.name)
-        result = Split(pixels[: len(kept)].copy() if len(kept) < len(chosen) else pixels,
-                       np.asarray(labels, dtype=np.int64), kept)
+        result = _decode([(c, m) for s, c, m in wanted if s == split], index, archive, parsed, nested, huge)
         if split == "train":
             parsed.train = result
         else:
             parsed.test = result
     if nested:
-        problems.append(f"nested archives, which are not opened: {listed(nested, limits)}")
+        problems.append(_nested_problem(nested, limits))
     if huge:
         problems.append(f"images too large to decode (more than {limits.max_image_pixels} pixels declared in the "
                         f"header): {listed(huge, limits, quote=False)}")
     if problems:
         raise DatasetRejected(problems)
     return parsed
+
+
+def _nested_problem(names: list[str], limits: IngestLimits) -> str:
+    return f"nested archives, which are not opened: {listed(names, limits)}"
+
+
+def _decode(chosen: list[tuple[str, Member]], index: dict[str, int], archive: Archive, parsed: Parsed,
+            nested: list[str], huge: list[str]) -> Split:
+    """One split's members decoded and converted, one member in memory at a time.
+
+    Broken images go to ``parsed.skipped``; archives in disguise to ``nested`` and images over
+    the pixel budget to ``huge`` (both refusals, listed by the caller).
+    """
+    pixels = np.empty((len(chosen), IMAGE_SIZE, IMAGE_SIZE), np.uint8)  # bounded by max_files
+    labels: list[int] = []
+    kept: list[str] = []
+    for cls, m in chosen:
+        data = archive.read(m)
+        if archive_magic(data) is not None:
+            nested.append(m.name)
+            continue
+        try:
+            img = decode_image(data, max_pixels=archive.limits.max_image_pixels)
+        except ImageTooLarge as exc:
+            huge.append(f"{m.name!r} ({exc})")
+            continue
+        except ImageError as exc:
+            parsed.skipped.append({"name": m.name, "reason": str(exc)})
+            continue
+        parsed.image_sizes[f"{img.size[0]}x{img.size[1]}"] += 1
+        parsed.image_modes[img.mode] += 1
+        pixels[len(kept)] = to_pixels(img)
+        labels.append(index[cls])
+        kept.append(m.name)
+    return Split(pixels[: len(kept)].copy() if len(kept) < len(chosen) else pixels,
+                 np.asarray(labels, dtype=np.int64), kept)

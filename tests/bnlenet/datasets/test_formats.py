@@ -267,3 +267,13 @@ def test_formats_files_beside_train_and_test_are_refused_and_val_is_unused(tmp_p
         ".ppm .pbm .pnm): 'README.md'",
         "files outside class folders (each image must be in train/<class>/ or test/<class>/): 'cover.png'",
     ]
+
+
+def test_formats_idx_images_of_another_size_go_through_to_pixels(tmp_path: Path) -> None:
+    arrays = small_arrays()
+    rng = np.random.default_rng(3)
+    arrays["test_images"] = rng.integers(0, 256, (12, 32, 32), dtype=np.uint8)
+    d = ingest(write(tmp_path / "u.zip", idx_zip(arrays, tmp_path)), "u.zip")
+    expected = np.stack([to_pixels(Image.fromarray(a, mode="L")) for a in arrays["test_images"]])
+    assert np.array_equal(d.test_images, expected)
+    assert d.report["image_sizes"] == {"28x28": 36, "32x32": 12}
