@@ -159,17 +159,11 @@ def _read_npz(archive: Archive, classes: Sequence[str] | None, limits: IngestLim
         raise DatasetRejected(problems)
     arrays: dict[str, np.ndarray] = {}
     for key in NPZ_ARRAYS:
-        data = archive.read(by_key[key])
-        try:
-            arrays[key] = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-        except ValueError as exc:
-            if "allow_pickle" in str(exc) or "bject" in str(exc):
-                problems.append(f"{key} is an array of Python objects (a pickle), which is never loaded: "
-                                "arrays must hold numbers")
-            else:
-                problems.append(f"{key} is not a readable .npy array: {exc}")
-        except (OSError, EOFError) as exc:
-            problems.append(f"{key} is not a readable .npy array: {exc}")
+        loaded = _load_npy(key, archive.read(by_key[key]))
+        if isinstance(loaded, str):
+            problems.append(loaded)
+        else:
+            arrays[key] = loaded
     for key, arr in arrays.items():
         problems.extend(_array_problems(key, arr))
     if problems:
@@ -178,6 +172,31 @@ def _read_npz(archive: Archive, classes: Sequence[str] | None, limits: IngestLim
     warnings = [f"{', '.join(ignored)} are not used: the service trains on train_* and evaluates on test_*"] if ignored else []
     arrays = {k: (a.reshape(len(a)) if k.endswith("labels") else a) for k, a in arrays.items()}
     return _from_arrays("npz", arrays, classes, limits, warnings)
+
+
+def _load_npy(key: str, data: bytes) -> np.ndarray | str:
+    """One ``.npy`` member's array, or the problem with it; its header is checked against its size first.
+
+    ``read_array`` allocates the shape its header declares before reading, so a forged shape
+    would ask for any amount of memory; and an object dtype would be a pickle.
+    """
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        return f"{key} is not a readable .npy array: {exc}"
+    if dtype.hasobject:
+        return f"{key} is an array of Python objects (a pickle), which is never loaded: arrays must hold numbers"
+    declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if declared != len(data) - f.tell():
+        return f"{key} declares shape {shape} of {dtype} ({declared} bytes) but holds {len(data) - f.tell()} bytes"
+    f.seek(0)
+    try:
+        return np.lib.format.read_array(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        return f"{key} is not a readable .npy array: {exc}"
 
 
 def _array_problems(key: str, arr: np.ndarray) -> list[str]:
@@ -259,18 +278,16 @@ def _arrays_to_pixels(arr: np.ndarray, parsed: Parsed) -> np.ndarray:
 
 # --- a zip of class folders ----------------------------------------------------------------------
 
-def _strip_common_top(members: list[Member]) -> tuple[list[tuple[tuple[str, ...], Member]], str]:
+def _strip_common_top(members: list[Member]) -> list[tuple[tuple[str, ...], Member]]:
     """Members' path parts without the folders every member shares, as long as each keeps a folder and a file."""
     items = [(m.parts, m) for m in members]
-    prefix: list[str] = []
     while items and len({p[0] for p, _ in items}) == 1 and all(len(p) >= 3 for p, _ in items):
-        prefix.append(items[0][0][0])
         items = [(p[1:], m) for p, m in items]
-    return items, "/".join(prefix)
+    return items
 
 
 def _read_folders(archive: Archive, classes: Sequence[str] | None, limits: IngestLimits) -> Parsed:
-    items, _ = _strip_common_top(archive.members)
+    items = _strip_common_top(archive.members)
     tops = {p[0].lower() for p, _ in items if len(p) > 1}
     by_split = "train" in tops and "test" in tops and tops <= set(SPLIT_DIRS) | set(_IGNORED_SPLIT_DIRS)
     warnings: list[str] = []

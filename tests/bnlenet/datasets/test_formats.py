@@ -277,3 +277,18 @@ def test_formats_idx_images_of_another_size_go_through_to_pixels(tmp_path: Path)
     expected = np.stack([to_pixels(Image.fromarray(a, mode="L")) for a in arrays["test_images"]])
     assert np.array_equal(d.test_images, expected)
     assert d.report["image_sizes"] == {"28x28": 36, "32x32": 12}
+
+
+def test_formats_npz_with_a_forged_shape_is_refused_before_allocating(tmp_path: Path) -> None:
+    arrays = small_arrays()
+    data = npz_bytes(**arrays)
+    header = b"{'descr': '|u1', 'fortran_order': False, 'shape': (36, 28, 28), }"
+    forged_header = b"{'descr': '|u1', 'fortran_order': False, 'shape': (1000000000000,), }"
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    npy = members["train_images.npy"]
+    assert header + b"    " in npy  # the header's padding has room for the longer shape
+    members["train_images.npy"] = npy.replace(header + b"    ", forged_header)
+    err = rejected(write(tmp_path / "u.npz", zip_bytes(members, zipfile.ZIP_STORED)))
+    assert err.problems == ["train_images declares shape (1000000000000,) of uint8 (1000000000000 bytes) but holds "
+                            "28224 bytes"]
