@@ -24,6 +24,7 @@ from bench.machine import describe
 SECTIONS: list[str] = [
     "train_speed",
     "process_speed",
+    "service_speed",
     "cpu_threads",
     "quality",
     "predict",
