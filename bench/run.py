@@ -26,6 +26,7 @@ SECTIONS: list[str] = [
     "process_speed",
     "service_speed",
     "cpu_threads",
+    "step_options",
     "quality",
     "predict",
     "predict_batch",
