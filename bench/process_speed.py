@@ -118,19 +118,25 @@ def write_subset(directory: Path) -> None:
         write_idx(directory / FILES[key], tensor.numpy())
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+def child_env(tmp: Path, quick: bool) -> tuple[dict[str, str], int]:
+    """The environment of the timed child processes (this checkout first on the path, checkpoints
+    in ``tmp``; a quick run's subset written there as its ``DATA_DIR``) and the training set's size."""
     from bench.data import fashion_mnist
 
+    env = dict(os.environ, CHECKPOINT_DIR=str(tmp / "checkpoints"))
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    if quick:
+        write_subset(tmp)
+        env["DATA_DIR"] = str(tmp)
+    return env, QUICK_TRAIN if quick else len(fashion_mnist().train_images)
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
     epochs, rounds = (1, 1) if quick else (EPOCHS, ROUNDS)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="process-speed-") as tmp:
-        env = dict(os.environ, CHECKPOINT_DIR=str(Path(tmp) / "checkpoints"))
-        repo = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
-        if quick:
-            write_subset(Path(tmp))
-            env["DATA_DIR"] = tmp
-        n_train = QUICK_TRAIN if quick else len(fashion_mnist().train_images)
+        env, n_train = child_env(Path(tmp), quick)
         for variant in ("builtin", "scratch"):
             commands = _commands(variant, epochs)
             labels = list(commands)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.process_speed import CHAPTER, QUICK_TRAIN, chapter_command, timed, write_subset
+from bench.process_speed import CHAPTER, chapter_command, child_env, timed
 from bench.queueing import wait_job_end
 from bench.service import http, running_stack
 
@@ -55,19 +55,11 @@ def job_seconds(base: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    from bench.data import fashion_mnist
-
     epochs, rounds = (1, 1) if quick else (EPOCHS, ROUNDS)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="service-speed-") as tmp:
-        env = dict(os.environ, CHECKPOINT_DIR=str(Path(tmp) / "chapter-ck"))
-        repo = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
-        stack_env: dict[str, str] = {}
-        if quick:
-            write_subset(Path(tmp))
-            env["DATA_DIR"] = stack_env["DATA_DIR"] = tmp
-        n_train = QUICK_TRAIN if quick else len(fashion_mnist().train_images)
+        env, n_train = child_env(Path(tmp), quick)
+        stack_env = {"DATA_DIR": env["DATA_DIR"]} if quick else {}
         with running_stack(Path(tmp), env_extra=stack_env) as (base, _):
             job_seconds(base, {"epochs": 1})  # warm the worker's pool process
             for variant in ("builtin", "scratch"):
