@@ -28,23 +28,22 @@ ROUNDS = int(os.environ.get("CPU_THREADS_ROUNDS", "3"))
 SECONDS = float(os.environ.get("CPU_THREADS_SECONDS", "3"))  # timed steps per row, at least
 LENET_FLOP = 1.69e6  # per example, forward and backward (the issue's count)
 
-# (label, environment, threads: 0 every usable core, -1 automatic): what each row runs with.
+# (label, environment, threads: 0 every usable core): what each row runs with.
 # Without the environment GNU OpenMP spins at a barrier (300,000 rounds) before it sleeps;
 # bnlenet's entry points set QUIET_OPENMP_WAITS.
 OPENMP_ENV = ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
 CONFIGS: list[tuple[str, dict[str, str], int]] = [
     ("1 thread", {}, 1),
     ("all cores, OpenMP spin-waits (GNU default)", {}, 0),
+    # bnlenet's automatic count is every usable core (models/threads.py): this row.
     ("all cores, passive waits (bnlenet's default)", QUIET_OPENMP_WAITS, 0),
-    ("auto (bnlenet's default: free cores at start, passive)", QUIET_OPENMP_WAITS, -1),
 ]
 NOTES = (
     "Each cell is a fresh process timing at least "
     f"{SECONDS:g} s of steady SGD steps (after 10 warm-up steps) of the engine on the real training images, "
     "batch 256. `contended`: one busy-loop process (`while True: pass`) pinned to the same cores runs "
     "throughout. `x 1 thread`: examples/s over the 1-thread row's in the same round and condition (the "
-    "promise: never below 0.90 when contended). `threads` is what the row ran on (`auto` measures the "
-    "cores' load for 0.1 s at start). `% peak`: examples/s x 1.69 MFLOP over this CPU's fp32 peak "
+    "promise: never below 0.90 when contended). `threads used` is the count per round. `% peak`: examples/s x 1.69 MFLOP over this CPU's fp32 peak "
     "(`bench.cpu_threads.fp32_peak_gflops`). Medians over rounds; the machine's other load is in "
     "`load` (1-minute load average when the row ended)."
 )
@@ -97,7 +96,7 @@ def _step_main(variant: str, threads: int) -> None:
     keep_large_buffers()
     torch.manual_seed(0)
     model = build_lenet(variant)
-    requested = None if threads < 0 else (threads or usable_cores())  # None: auto; 0: every usable core
+    requested = threads or usable_cores()  # 0: every usable core
     with training_threads(device, requested) as used:
         steps = TrainSteps(model, sgd(model, 1.0, device), data.train_images, data.train_labels, device,
                            batch_size=256)

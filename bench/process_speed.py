@@ -7,7 +7,11 @@ a variant run one after another in each round, in an order that rotates between 
 the ratio to the chapter's pipeline is taken within a round.
 
     python -m bench --only process_speed
+    PROCESS_SPEED_EPOCHS=1 PROCESS_SPEED_ROUNDS=1 PROCESS_SPEED_ROWS=targets python -m bench --only process_speed
     python -m bench.process_speed chapter scratch 3 4   # one chapter run (used by the section)
+
+``PROCESS_SPEED_ROWS=targets`` runs only the issue's comparison (the chapter with 4 loader
+workers against ``bnlenet train`` with its defaults); the default runs every row.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ TITLE = "Whole-process training speed (start to exit)"
 # PROCESS_SPEED_EPOCHS / PROCESS_SPEED_ROUNDS override them (a loaded machine is 5-10x slower).
 EPOCHS = int(os.environ.get("PROCESS_SPEED_EPOCHS", "3"))
 ROUNDS = int(os.environ.get("PROCESS_SPEED_ROUNDS", "3"))
+ROWS = os.environ.get("PROCESS_SPEED_ROWS", "all")  # "targets": the chapter and the engine's defaults only
 QUICK_TRAIN, QUICK_TEST = 8192, 2048  # --quick: a subset written as IDX files, 1 epoch, 1 round
 CHAPTER = "chapter pipeline (DataLoader, ToTensor, 4 workers)"
 CHAPTER_0 = "chapter pipeline, 0 workers"
 CHAPTER_1T = "chapter pipeline, 4 workers, 1 intra-op thread (OMP_NUM_THREADS=1)"
 ENGINE = "bnlenet train (engine, default options)"
 ENGINE_1T = "bnlenet train --threads 1"
+TARGET_ROWS = (CHAPTER, ENGINE)
 NOTES = (
     "Each row is one process, timed from its start to its exit: interpreter and torch start-up, "
     "reading Fashion-MNIST, training, the per-epoch test-set evaluation and, for `bnlenet train`, "
@@ -44,7 +50,7 @@ NOTES = (
     "rounds of the time, the rate and `x chapter` (the rate over the 4-worker chapter pipeline's "
     "in the same round). `load` is the 1-minute load average when the run ended (2 cores: above 2, "
     "other processes were waiting for a core). `threads`: the engine's intra-op threads per round "
-    "(its own choice: the free cores at start). Accuracies are the last epoch's, without precise BN, "
+    "(its own choice: every usable core). Accuracies are the last epoch's, without precise BN, "
     "from the median round."
 )
 
@@ -69,7 +75,7 @@ def _bnlenet() -> list[str]:
     return [found]
 
 
-def _timed(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
     """Wall seconds from start to exit, and the last JSON line the process printed."""
     if command[0] == "OMP_NUM_THREADS=1":
         command, env = command[1:], dict(env, OMP_NUM_THREADS="1")
@@ -82,22 +88,27 @@ def _timed(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, An
     return seconds, json.loads(lines[-1]) if lines else {}
 
 
+def chapter_command(variant: str, epochs: int, workers: int) -> list[str]:
+    """The chapter's pipeline as a fresh process (``train_chapter`` with ``workers`` loader processes)."""
+    return [sys.executable, "-m", "bench.process_speed", "chapter", variant, str(epochs), str(workers)]
+
+
 def _commands(variant: str, epochs: int) -> dict[str, list[str]]:
-    chapter = [sys.executable, "-m", "bench.process_speed", "chapter", variant, str(epochs)]
     engine = [*_bnlenet(), "train", "--variant", variant, "--epochs", str(epochs), "--json"]
-    return {
-        CHAPTER: [*chapter, "4"],
-        CHAPTER_0: [*chapter, "0"],
+    commands = {
+        CHAPTER: chapter_command(variant, epochs, 4),
+        CHAPTER_0: chapter_command(variant, epochs, 0),
         # The chapter's loop on one intra-op thread: what GNU OpenMP's spinning barriers cost it
         # beside its own four loader processes.
-        CHAPTER_1T: ["OMP_NUM_THREADS=1", *chapter, "4"],
+        CHAPTER_1T: ["OMP_NUM_THREADS=1", *chapter_command(variant, epochs, 4)],
         # The engine picks its threads (models/threads.py); --threads 1 shows what the rest buy.
         ENGINE: [*engine],
         ENGINE_1T: [*engine, "--threads", "1"],
     }
+    return {k: v for k, v in commands.items() if k in TARGET_ROWS} if ROWS == "targets" else commands
 
 
-def _write_subset(directory: Path) -> None:
+def write_subset(directory: Path) -> None:
     from bench.data import fashion_mnist
     from models.data import FILES, write_idx
 
@@ -107,19 +118,25 @@ def _write_subset(directory: Path) -> None:
         write_idx(directory / FILES[key], tensor.numpy())
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+def child_env(tmp: Path, quick: bool) -> tuple[dict[str, str], int]:
+    """The environment of the timed child processes (this checkout first on the path, checkpoints
+    in ``tmp``; a quick run's subset written there as its ``DATA_DIR``) and the training set's size."""
     from bench.data import fashion_mnist
 
+    env = dict(os.environ, CHECKPOINT_DIR=str(tmp / "checkpoints"))
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    if quick:
+        write_subset(tmp)
+        env["DATA_DIR"] = str(tmp)
+    return env, QUICK_TRAIN if quick else len(fashion_mnist().train_images)
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
     epochs, rounds = (1, 1) if quick else (EPOCHS, ROUNDS)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="process-speed-") as tmp:
-        env = dict(os.environ, CHECKPOINT_DIR=str(Path(tmp) / "checkpoints"))
-        repo = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
-        if quick:
-            _write_subset(Path(tmp))
-            env["DATA_DIR"] = tmp
-        n_train = QUICK_TRAIN if quick else len(fashion_mnist().train_images)
+        env, n_train = child_env(Path(tmp), quick)
         for variant in ("builtin", "scratch"):
             commands = _commands(variant, epochs)
             labels = list(commands)
@@ -127,7 +144,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             for r in range(rounds):
                 order = labels[r % len(labels):] + labels[:r % len(labels)]
                 for label in order:
-                    seconds, out = _timed(commands[label], env)
+                    seconds, out = timed(commands[label], env)
                     results[label].append({"seconds": seconds, "rate": epochs * n_train / seconds,
                                            "load": os.getloadavg()[0], **out})
                 base = results[CHAPTER][-1]["rate"]

@@ -24,7 +24,9 @@ from bench.machine import describe
 SECTIONS: list[str] = [
     "train_speed",
     "process_speed",
+    "service_speed",
     "cpu_threads",
+    "step_options",
     "quality",
     "predict",
     "predict_batch",

@@ -77,13 +77,21 @@ EXPORT_FORMAT_TAG = "bnlenet-export/1"
 ONNX_OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-_BATCH = torch.export.Dim("batch", min=1)  # any batch size; BN in eval mode does not care
 _EXAMPLE_BATCH = 4  # the trace's example; not 0 or 1, which export would specialize on
 # torch.export keeps tracing state per process: two exports at once in threads fail
 # ("Trying to pop empty mode stack"), so exports in one process take turns. The same state
 # can break a forward pass run by another thread during an export: a process that serves while
 # it exports uses export_bytes_in_subprocess.
 _EXPORT_LOCK = threading.Lock()
+
+
+def _batch_dim() -> Any:
+    """The exports' dynamic batch dimension: any batch size (BN in eval mode does not care).
+
+    Made when an export runs, not at import: ``torch.export.Dim`` loads sympy (0.3 s), which
+    a process that only lists the formats (the CLI's parser, the API) never needs.
+    """
+    return torch.export.Dim("batch", min=1)
 
 
 class ProbabilitiesModel(nn.Module):
@@ -152,7 +160,7 @@ def _exported_program(model: nn.Module) -> torch.export.ExportedProgram:
     # Called in eval mode, which is what gets traced: BN's branch on self.training is
     # resolved at export time, so no training-mode code is in the program.
     return torch.export.export(
-        ProbabilitiesModel(model).eval(), (_example_input(model),), dynamic_shapes={INPUT_NAME: {0: _BATCH}}
+        ProbabilitiesModel(model).eval(), (_example_input(model),), dynamic_shapes={INPUT_NAME: {0: _batch_dim()}}
     )
 
 
@@ -176,7 +184,7 @@ def onnx_bytes(model: nn.Module, metadata: Mapping[str, Any], *, model_id: str |
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes={INPUT_NAME: {0: _BATCH}},
+            dynamic_shapes={INPUT_NAME: {0: _batch_dim()}},
             opset_version=ONNX_OPSET,
             external_data=False,
             optimize=True,

@@ -19,6 +19,7 @@ The compiled forward is one per process and takes the model as an argument, so a
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 
 import torch
@@ -26,18 +27,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.preprocess import to_model_input
+from models.sgd import Optimizer, PlainSGD
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ForwardLoss", "TrainSteps", "compiled_forward_loss", "compiled_graph_count", "forward_loss", "sgd"]
 
 
-def sgd(model: nn.Module, lr: float, device: torch.device) -> torch.optim.SGD:
-    """Plain SGD, the chapter's optimizer; on CUDA its fused kernel."""
-    # On CUDA one fused kernel updates every parameter instead of one launch per tensor; on
-    # the CPU the default per-tensor loop measured as fast.
-    fused = True if device.type == "cuda" else None
-    return torch.optim.SGD(model.parameters(), lr=lr, fused=fused)
+def sgd(model: nn.Module, lr: float, device: torch.device) -> Optimizer:
+    """Plain SGD, the chapter's optimizer: on CUDA ``torch.optim``'s fused kernel, on other devices ``PlainSGD``."""
+    if device.type == "cuda":
+        # One fused kernel updates every parameter instead of one launch per tensor.
+        return torch.optim.SGD(model.parameters(), lr=lr, fused=True)
+    # torch.optim.SGD's own CPU update, bit for bit, without importing torch._dynamo (models/sgd.py).
+    return PlainSGD(model.parameters(), lr)
 
 
 def forward_loss(model: nn.Module, images: Tensor, labels: Tensor, bf16: bool) -> tuple[Tensor, Tensor]:
@@ -68,6 +71,8 @@ def compiled_forward_loss(mode: str | None = None) -> ForwardLoss:
 
 def compiled_graph_count() -> int:
     """Graphs ``torch.compile`` has compiled in this process so far."""
+    if "torch._dynamo" not in sys.modules:
+        return 0  # nothing compiled yet, and importing the compiler to count would cost 1-4 s
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
@@ -82,7 +87,7 @@ class TrainSteps:
     of an epoch, and any run where capture fails, take the ordinary path.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
+    def __init__(self, model: nn.Module, optimizer: Optimizer, images: Tensor, labels: Tensor,
                  device: torch.device, *, batch_size: int, bf16: bool = False, compile: bool = False,
                  cuda_graph: bool = True) -> None:
         self.model, self.optimizer, self.device = model, optimizer, device

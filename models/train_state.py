@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from models.averaging import WeightAverage
 from models.checkpoint import checksum
+from models.sgd import Optimizer
 
 __all__ = ["FORMAT", "TrainingState", "TrainingStateError", "capture_state", "restore_state", "state_from_bytes",
            "state_to_bytes"]
@@ -111,7 +112,7 @@ def state_from_bytes(payload: bytes) -> TrainingState:
                          extra=meta["extra"], threads=int(meta.get("threads", 0)))
 
 
-def capture_state(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, shuffle: torch.Generator,
+def capture_state(epoch: int, model: nn.Module, optimizer: Optimizer, shuffle: torch.Generator,
                   average: WeightAverage | None, history: list[dict[str, Any]], device: torch.device,
                   threads: int = 0) -> TrainingState:
     """The run as it stands now, copied to the CPU (training may go on while the copy is written)."""
@@ -133,7 +134,7 @@ def capture_state(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer
     )
 
 
-def restore_state(state: TrainingState, model: nn.Module, optimizer: torch.optim.Optimizer,
+def restore_state(state: TrainingState, model: nn.Module, optimizer: Optimizer,
                   shuffle: torch.Generator, average: WeightAverage | None, device: torch.device) -> None:
     """Put a freshly built run back where ``state`` left it (in place: tensors keep their storage).
 
