@@ -347,6 +347,7 @@ def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[s
         "history": [asdict(m) for m in result.history],
         "final_test_acc": result.final_test_acc,
         "averaged_epochs": result.averaged_epochs,
+        "dataset": config.dataset,  # the data set's id (the caller resolved any alias)
         "classes": list(classes),
         "parent": config.init_model,  # the model id it started from (the caller resolved any alias)
         "device": result.device,

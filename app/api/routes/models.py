@@ -15,7 +15,8 @@ from bnlenet.jobs import StoreUnavailable
 from bnlenet.model_news import ModelNews
 from bnlenet.model_store import MODEL_ID_PATTERN, AliasConflict, ModelStore, NoModelYet
 from models.batchnorm import batchnorm_report
-from models.checkpoint import final_test_acc
+from bnlenet.datasets.usage import dataset_of
+from models.checkpoint import class_names, final_test_acc
 
 router = APIRouter(prefix="/models", tags=["models"])
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ def _model_out(model_id: str, meta: dict[str, Any], aliases: list[str], children
         aliases=aliases,
         parent=meta.get("parent"),
         children=children,
+        dataset=dataset_of(meta),
+        classes=list(class_names(meta)),
     )
 
 
