@@ -26,6 +26,7 @@ __all__ = [
     "ImageDataset",
     "find_data_dir",
     "load_fashion_mnist",
+    "parse_idx",
     "read_idx",
     "read_idx_cached",
     "write_idx",
@@ -104,19 +105,24 @@ def read_idx(path: Path) -> np.ndarray:
             raw = f.read()
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
+    return parse_idx(raw, str(path))
+
+
+def parse_idx(raw: bytes, name: str) -> np.ndarray:
+    """The array of an IDX file's bytes (unsigned bytes, 1 or 3 dimensions), validating its header and size."""
     if len(raw) < 4:
-        raise DataError(f"{path} is too short to be an IDX file ({len(raw)} bytes)")
+        raise DataError(f"{name} is too short to be an IDX file ({len(raw)} bytes)")
     zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype != _IDX_UBYTE or ndim not in (1, 3):
-        raise DataError(f"{path} does not have an IDX header of unsigned bytes (magic {raw[:4].hex()})")
+        raise DataError(f"{name} does not have an IDX header of unsigned bytes (magic {raw[:4].hex()})")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{path} is truncated inside its header")
+        raise DataError(f"{name} is truncated inside its header")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
         raise DataError(
-            f"{path} declares shape {shape} ({expected} bytes of data) but holds {len(raw) - header}"
+            f"{name} declares shape {shape} ({expected} bytes of data) but holds {len(raw) - header}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
