@@ -11,11 +11,11 @@ from fastapi import APIRouter, Path, Response
 from app.deps import ModelNewsDep, ModelStoreDep, ReaderDep, WriterDep
 from app.errors import error_responses
 from app.schemas import AliasOut, BatchNormLayerOut, BatchNormOut, ModelList, ModelOut, UnusableModelOut
+from bnlenet.datasets.usage import dataset_of
 from bnlenet.jobs import StoreUnavailable
 from bnlenet.model_news import ModelNews
 from bnlenet.model_store import MODEL_ID_PATTERN, AliasConflict, ModelStore, NoModelYet
 from models.batchnorm import batchnorm_report
-from bnlenet.datasets.usage import dataset_of
 from models.checkpoint import class_names, final_test_acc
 
 router = APIRouter(prefix="/models", tags=["models"])
