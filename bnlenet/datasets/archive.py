@@ -41,9 +41,9 @@ def archive_magic(data: bytes) -> str | None:
     return "tar" if data[257:262] == b"ustar" else None
 
 
-def listed(items: list[str], limits: IngestLimits) -> str:
+def listed(items: list[str], limits: IngestLimits, *, quote: bool = True) -> str:
     """``'a', 'b' and 3 more``: names in a problem sentence, at most ``max_listed``."""
-    shown = ", ".join(repr(i) for i in items[: limits.max_listed])
+    shown = ", ".join(repr(i) if quote else i for i in items[: limits.max_listed])
     more = len(items) - limits.max_listed
     return shown + (f" and {more} more" if more > 0 else "")
 
@@ -129,7 +129,7 @@ class Archive:
             problems.append(f"encrypted members, which cannot be read: {listed(encrypted, limits)}")
         if ratios:
             too_large.append(f"members compressed more than {limits.max_ratio:.0f}:1 (a zip bomb's signature): "
-                             f"{listed(ratios, limits)}")
+                             f"{listed(ratios, limits, quote=False)}")
         if declared > limits.max_uncompressed_bytes:
             too_large.append(f"the zip declares {declared} bytes uncompressed; at most {limits.max_uncompressed_bytes} "
                              "are accepted (a zip bomb, or a data set too large)")
@@ -142,9 +142,11 @@ class Archive:
         """The member's bytes, stopping as soon as they exceed its declared size or the total budget."""
         info = member.info
         # zipfile stops at the declared size (and then fails the CRC); asking for one byte more
-        # shows a member that inflates past its header, which is then refused by name.
+        # shows a member that inflates past its header, which is then refused by name. zipfile's
+        # CRC check would fire at that byte, so the CRC is checked here instead.
         probe = copy.copy(info)
         probe.file_size = info.file_size + 1
+        del probe.CRC
         out = bytearray()
         try:
             with self.zf.open(probe) as f:
@@ -160,6 +162,8 @@ class Archive:
         if len(out) != info.file_size:
             raise DatasetRejected([f"{member.name!r} decompresses to {len(out)} bytes, not the {info.file_size} "
                                    "its header declares (a forged or damaged archive)"])
+        if zlib.crc32(out) != info.CRC:
+            raise DatasetRejected([f"{member.name!r} is damaged: its CRC-32 does not match the zip's"])
         return bytes(out)
 
     def _count(self, n: int) -> None:

@@ -358,7 +358,7 @@ def _read_folders(archive: Archive, classes: Sequence[str] | None, limits: Inges
         problems.append(f"nested archives, which are not opened: {listed(nested, limits)}")
     if huge:
         problems.append(f"images too large to decode (more than {limits.max_image_pixels} pixels declared in the "
-                        f"header): {listed(huge, limits)}")
+                        f"header): {listed(huge, limits, quote=False)}")
     if problems:
         raise DatasetRejected(problems)
     return parsed
