@@ -39,6 +39,7 @@ SECTIONS: list[str] = [
     "train_state",
     "workers",
     "durability",
+    "dataset_validation",
 ]
 
 

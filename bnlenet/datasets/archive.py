@@ -15,7 +15,7 @@ import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO
 
 from bnlenet.datasets.errors import TOO_LARGE, UNPROCESSABLE, UNSUPPORTED, DatasetRejected
@@ -57,7 +57,7 @@ class Member:
 
     @property
     def parts(self) -> tuple[str, ...]:
-        return PurePosixPath(self.name).parts
+        return tuple(self.name.split("/"))  # the name is already normalized: no empty or "." parts
 
 
 @dataclass
@@ -177,25 +177,32 @@ class Archive:
 
 
 def gunzip(data: bytes, name: str, limits: IngestLimits, archive: Archive | None = None) -> bytes:
-    """Decompress a gzip stream (concatenated members too) within the ratio and total caps, chunk by chunk."""
+    """Decompress a gzip stream (concatenated members too) within the ratio and total caps, chunk by chunk.
+
+    The input is fed a chunk at a time, and each call's output is capped, so a bomb is stopped
+    after at most one chunk past a cap (and no call copies the rest of the input).
+    """
     out = bytearray()
-    rest = data
+    pending = memoryview(data)  # input not yet given to the decompressor
     try:
-        while rest:
-            d = zlib.decompressobj(31)
-            buf = rest
-            while buf:
-                chunk = d.decompress(buf, CHUNK)
+        d = zlib.decompressobj(31)
+        while True:
+            buf: bytes | memoryview
+            if d.unconsumed_tail:
                 buf = d.unconsumed_tail
-                _gzip_budget(out, chunk, len(data), name, limits, archive)
-                if d.eof:
-                    break
+            elif pending:
+                buf, pending = pending[:CHUNK], pending[CHUNK:]
             else:
-                chunk = d.flush()
-                _gzip_budget(out, chunk, len(data), name, limits, archive)
-                if not d.eof:
-                    raise DatasetRejected([f"{name!r} is a truncated gzip stream"])
-            rest = d.unused_data
+                break
+            _gzip_budget(out, d.decompress(buf, CHUNK), len(data), name, limits, archive)
+            if d.eof:  # a further gzip member may follow (``cat a.gz b.gz``), or padding
+                rest = d.unused_data + bytes(pending)
+                if not rest.strip(b"\x00"):
+                    break
+                d, pending = zlib.decompressobj(31), memoryview(rest)
+        _gzip_budget(out, d.flush(), len(data), name, limits, archive)
+        if not d.eof:
+            raise DatasetRejected([f"{name!r} is a truncated gzip stream"])
     except zlib.error as exc:
         raise DatasetRejected([f"{name!r} is not a readable gzip stream: {exc}"]) from exc
     return bytes(out)

@@ -159,17 +159,11 @@ def _read_npz(archive: Archive, classes: Sequence[str] | None, limits: IngestLim
         raise DatasetRejected(problems)
     arrays: dict[str, np.ndarray] = {}
     for key in NPZ_ARRAYS:
-        data = archive.read(by_key[key])
-        try:
-            arrays[key] = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-        except ValueError as exc:
-            if "allow_pickle" in str(exc) or "bject" in str(exc):
-                problems.append(f"{key} is an array of Python objects (a pickle), which is never loaded: "
-                                "arrays must hold numbers")
-            else:
-                problems.append(f"{key} is not a readable .npy array: {exc}")
-        except (OSError, EOFError) as exc:
-            problems.append(f"{key} is not a readable .npy array: {exc}")
+        loaded = _load_npy(key, archive.read(by_key[key]))
+        if isinstance(loaded, str):
+            problems.append(loaded)
+        else:
+            arrays[key] = loaded
     for key, arr in arrays.items():
         problems.extend(_array_problems(key, arr))
     if problems:
@@ -178,6 +172,31 @@ def _read_npz(archive: Archive, classes: Sequence[str] | None, limits: IngestLim
     warnings = [f"{', '.join(ignored)} are not used: the service trains on train_* and evaluates on test_*"] if ignored else []
     arrays = {k: (a.reshape(len(a)) if k.endswith("labels") else a) for k, a in arrays.items()}
     return _from_arrays("npz", arrays, classes, limits, warnings)
+
+
+def _load_npy(key: str, data: bytes) -> np.ndarray | str:
+    """One ``.npy`` member's array, or the problem with it; its header is checked against its size first.
+
+    ``read_array`` allocates the shape its header declares before reading, so a forged shape
+    would ask for any amount of memory; and an object dtype would be a pickle.
+    """
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        return f"{key} is not a readable .npy array: {exc}"
+    if dtype.hasobject:
+        return f"{key} is an array of Python objects (a pickle), which is never loaded: arrays must hold numbers"
+    declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if declared != len(data) - f.tell():
+        return f"{key} declares shape {shape} of {dtype} ({declared} bytes) but holds {len(data) - f.tell()} bytes"
+    f.seek(0)
+    try:
+        return np.lib.format.read_array(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        return f"{key} is not a readable .npy array: {exc}"
 
 
 def _array_problems(key: str, arr: np.ndarray) -> list[str]:
@@ -259,18 +278,16 @@ def _arrays_to_pixels(arr: np.ndarray, parsed: Parsed) -> np.ndarray:
 
 # --- a zip of class folders ----------------------------------------------------------------------
 
-def _strip_common_top(members: list[Member]) -> tuple[list[tuple[tuple[str, ...], Member]], str]:
+def _strip_common_top(members: list[Member]) -> list[tuple[tuple[str, ...], Member]]:
     """Members' path parts without the folders every member shares, as long as each keeps a folder and a file."""
     items = [(m.parts, m) for m in members]
-    prefix: list[str] = []
     while items and len({p[0] for p, _ in items}) == 1 and all(len(p) >= 3 for p, _ in items):
-        prefix.append(items[0][0][0])
         items = [(p[1:], m) for p, m in items]
-    return items, "/".join(prefix)
+    return items
 
 
 def _read_folders(archive: Archive, classes: Sequence[str] | None, limits: IngestLimits) -> Parsed:
-    items, _ = _strip_common_top(archive.members)
+    items = _strip_common_top(archive.members)
     tops = {p[0].lower() for p, _ in items if len(p) > 1}
     by_split = "train" in tops and "test" in tops and tops <= set(SPLIT_DIRS) | set(_IGNORED_SPLIT_DIRS)
     warnings: list[str] = []
@@ -280,25 +297,30 @@ def _read_folders(archive: Archive, classes: Sequence[str] | None, limits: Inges
         if ignored:
             warnings.append(f"folders {', '.join(ignored)} are not used: the service trains on train/ and "
                             "evaluates on test/")
-        in_splits = [(p, m) for p, m in items if p[0].lower() in SPLIT_DIRS]
-        splits = [p[0].lower() for p, _ in in_splits]
-        items = [(p[1:], m) for p, m in in_splits]
+        kept_items, splits = [], []
+        for p, m in items:
+            if len(p) > 1 and p[0].lower() in _IGNORED_SPLIT_DIRS:
+                continue
+            in_split = len(p) > 1 and p[0].lower() in SPLIT_DIRS
+            kept_items.append((p[1:] if in_split else p, m))  # a file beside train/ and test/ is outside them
+            splits.append(p[0].lower() if in_split else "train")
+        items = kept_items
     else:
         splits = ["train"] * len(items)
     outside, non_images, nested = [], [], []
     wanted: list[tuple[str, str, Member]] = []  # (split, class folder, member)
     for (parts, m), split in zip(items, splits, strict=True):
         suffix = Path(parts[-1]).suffix.lower()
-        if len(parts) < 2:
-            outside.append(m.name)
-        elif suffix in ARCHIVE_SUFFIXES:
+        if suffix in ARCHIVE_SUFFIXES:
             nested.append(m.name)
         elif suffix not in IMAGE_SUFFIXES:
             non_images.append(m.name)
+        elif len(parts) < 2:
+            outside.append(m.name)
         else:
             wanted.append((split, parts[0], m))
     if nested:
-        problems.append(f"nested archives, which are not opened: {listed(nested, limits)}")
+        problems.append(_nested_problem(nested, limits))
     if non_images:
         problems.append(f"files that are not images (by their suffix; accepted: {' '.join(IMAGE_SUFFIXES)}): "
                         f"{listed(non_images, limits)}")
@@ -325,40 +347,52 @@ def _read_folders(archive: Archive, classes: Sequence[str] | None, limits: Inges
     parsed.skipped.extend({"name": n, "reason": "a file the operating system adds"} for n in archive.system_files)
     huge: list[str] = []
     for split in SPLIT_DIRS if by_split else ("train",):
-        chosen = [(c, m) for s, c, m in wanted if s == split]
-        pixels = np.empty((len(chosen), IMAGE_SIZE, IMAGE_SIZE), np.uint8)  # bounded by max_files
-        labels: list[int] = []
-        kept: list[str] = []
-        for cls, m in chosen:
-            data = archive.read(m)
-            kind = archive_magic(data)
-            if kind is not None:
-                nested.append(m.name)
-                continue
-            try:
-                img = decode_image(data, max_pixels=limits.max_image_pixels)
-            except ImageTooLarge as exc:
-                huge.append(f"{m.name!r} ({exc})")
-                continue
-            except ImageError as exc:
-                parsed.skipped.append({"name": m.name, "reason": str(exc)})
-                continue
-            parsed.image_sizes[f"{img.size[0]}x{img.size[1]}"] += 1
-            parsed.image_modes[img.mode] += 1
-            pixels[len(kept)] = to_pixels(img)
-            labels.append(index[cls])
-            kept.append(m.name)
-        result = Split(pixels[: len(kept)].copy() if len(kept) < len(chosen) else pixels,
-                       np.asarray(labels, dtype=np.int64), kept)
+        result = _decode([(c, m) for s, c, m in wanted if s == split], index, archive, parsed, nested, huge)
         if split == "train":
             parsed.train = result
         else:
             parsed.test = result
     if nested:
-        problems.append(f"nested archives, which are not opened: {listed(nested, limits)}")
+        problems.append(_nested_problem(nested, limits))
     if huge:
         problems.append(f"images too large to decode (more than {limits.max_image_pixels} pixels declared in the "
                         f"header): {listed(huge, limits, quote=False)}")
     if problems:
         raise DatasetRejected(problems)
     return parsed
+
+
+def _nested_problem(names: list[str], limits: IngestLimits) -> str:
+    return f"nested archives, which are not opened: {listed(names, limits)}"
+
+
+def _decode(chosen: list[tuple[str, Member]], index: dict[str, int], archive: Archive, parsed: Parsed,
+            nested: list[str], huge: list[str]) -> Split:
+    """One split's members decoded and converted, one member in memory at a time.
+
+    Broken images go to ``parsed.skipped``; archives in disguise to ``nested`` and images over
+    the pixel budget to ``huge`` (both refusals, listed by the caller).
+    """
+    pixels = np.empty((len(chosen), IMAGE_SIZE, IMAGE_SIZE), np.uint8)  # bounded by max_files
+    labels: list[int] = []
+    kept: list[str] = []
+    for cls, m in chosen:
+        data = archive.read(m)
+        if archive_magic(data) is not None:
+            nested.append(m.name)
+            continue
+        try:
+            img = decode_image(data, max_pixels=archive.limits.max_image_pixels)
+        except ImageTooLarge as exc:
+            huge.append(f"{m.name!r} ({exc})")
+            continue
+        except ImageError as exc:
+            parsed.skipped.append({"name": m.name, "reason": str(exc)})
+            continue
+        parsed.image_sizes[f"{img.size[0]}x{img.size[1]}"] += 1
+        parsed.image_modes[img.mode] += 1
+        pixels[len(kept)] = to_pixels(img)
+        labels.append(index[cls])
+        kept.append(m.name)
+    return Split(pixels[: len(kept)].copy() if len(kept) < len(chosen) else pixels,
+                 np.asarray(labels, dtype=np.int64), kept)

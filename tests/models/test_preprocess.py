@@ -8,7 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from models.preprocess import ImageError, image_to_tensor, load_image, pixels_to_tensor, to_model_input
+from models.preprocess import (
+    ImageError,
+    decode_image,
+    image_to_pixels,
+    image_to_tensor,
+    load_image,
+    pixels_to_tensor,
+    to_model_input,
+    to_pixels,
+)
 
 
 def _encode(img: Image.Image, fmt: str = "PNG") -> bytes:
@@ -133,3 +142,15 @@ def test_preprocess_image_at_the_budget_is_accepted() -> None:
     assert image_to_tensor(_encode(_noise(1024, 1024, "L"))).shape == (1, 1, 28, 28)
     with pytest.raises(ImageError, match="at most 1048576 pixels"):
         image_to_tensor(_encode(_noise(1025, 1024, "L")))
+
+
+def test_preprocess_image_to_tensor_is_decode_image_then_to_pixels_then_scaling() -> None:
+    """One path: /predict's tensor is the dataset ingest's pixels, scaled."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 45, 4), dtype=np.uint8), "RGBA").save(buf, "PNG")
+    data = buf.getvalue()
+    pixels = image_to_pixels(data)
+    assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+    assert np.array_equal(pixels, to_pixels(decode_image(data)))
+    assert decode_image(data).size == (45, 37) and decode_image(data).mode == "RGBA"
+    assert torch.equal(image_to_tensor(data), to_model_input(torch.from_numpy(pixels).unsqueeze(0)))

@@ -29,7 +29,7 @@ def pattern(label: int, i: int, size: int = 28) -> np.ndarray:
     return img
 
 
-def zip_bytes(members: Mapping[str, bytes | zipfile.ZipInfo], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+def zip_bytes(members: Mapping[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=compression) as zf:
         for name, data in members.items():
@@ -82,7 +82,7 @@ def zeros_bomb(name: str, gib: int = 1, extra: Mapping[str, bytes] | None = None
     c = zlib.compressobj(9, zlib.DEFLATED, -15)
     segment = c.compress(bytes(1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
     stream = segment * (1024 * gib) + b"\x03\x00"  # an empty final block ends the stream
-    members: dict[str, bytes | zipfile.ZipInfo] = dict(extra or {})
+    members: dict[str, bytes] = dict(extra or {})
     members[name] = stream
     raw = zip_bytes(members, compression=zipfile.ZIP_STORED)
     return forge(raw, name, file_size=(1 << 30) * gib, method=zipfile.ZIP_DEFLATED)

@@ -134,7 +134,11 @@ def test_archive_too_many_files_is_refused_before_the_directory_is_parsed(tmp_pa
             zf.writestr(f"c{i % 2}/{i}.png", b"x")
     parsed = []
     real = zipfile.ZipFile._RealGetContents  # type: ignore[attr-defined]
-    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: parsed.append(1) or real(self))
+
+    def counting(self: zipfile.ZipFile) -> None:
+        parsed.append(1)
+        real(self)
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", counting)
     err = rejected(tmp_path, buf.getvalue())
     assert err.status == 413
     assert err.problems == ["the zip holds 100001 entries; at most 100000 files are accepted (too many files)"]
@@ -199,3 +203,19 @@ def test_archive_upload_over_the_size_cap_is_refused(tmp_path: Path) -> None:
     err = rejected(tmp_path, zip_bytes(folder_zip(TWO_CLASSES)), IngestLimits(max_upload_bytes=1000))
     assert err.status == 413
     assert err.problems[0].endswith("bytes; at most 1000 are accepted")
+
+
+def test_archive_gunzip_reads_concatenated_members_and_refuses_truncation() -> None:
+    import gzip
+    import os
+
+    from bnlenet.datasets.archive import gunzip
+
+    a, b = os.urandom(200_000), bytes(300_000)
+    limits = IngestLimits()
+    assert gunzip(gzip.compress(a) + gzip.compress(b), "x.gz", limits) == a + b
+    assert gunzip(gzip.compress(a) + bytes(8), "x.gz", limits) == a  # trailing padding
+    with pytest.raises(DatasetRejected, match="'x.gz' is a truncated gzip stream"):
+        gunzip(gzip.compress(a)[:-100], "x.gz", limits)
+    with pytest.raises(DatasetRejected, match="'x.gz' is not a readable gzip stream"):
+        gunzip(b"\x1f\x8b" + bytes(50), "x.gz", limits)
