@@ -20,9 +20,9 @@ from tests.dataset_uploads import FASHION_MNIST_DIR, fashion_mnist_subset, idx_z
 
 
 def _tensors(prepared: PreparedDataset) -> ImageDataset:
-    return ImageDataset(torch.from_numpy(prepared.train_images), torch.from_numpy(prepared.train_labels),
-                        torch.from_numpy(prepared.test_images), torch.from_numpy(prepared.test_labels),
-                        classes=prepared.classes)
+    arrays = [np.array(a) for a in (prepared.train_images, prepared.train_labels, prepared.test_images,
+                                    prepared.test_labels)]  # writable copies, as torch wants
+    return ImageDataset(*map(torch.from_numpy, arrays), classes=prepared.classes)
 
 
 def test_builtin_id_is_the_id_of_fashion_mnist_s_images_labels_and_classes():
