@@ -66,4 +66,5 @@ class DatasetRejectedOut(BaseModel):
     }]})
 
     detail: str
-    problems: list[str] = Field(description="every problem found, one sentence each")
+    problems: list[str] = Field(default_factory=list, description="every problem found, one sentence each (a "
+                                "body refused before it was read, too large or not multipart, has only `detail`)")

@@ -203,7 +203,7 @@ def get_dataset(name: DatasetName, store: DatasetStoreDep) -> DatasetOut:
 
 
 @router.delete(
-    "/{dataset_id}",
+    "/{name}",
     status_code=204,
     summary="Delete an uploaded data set",
     description="Refused (409) while a queued or running job trains on it or a model was trained on it, "
@@ -211,11 +211,12 @@ def get_dataset(name: DatasetName, store: DatasetStoreDep) -> DatasetOut:
     dependencies=[WriterDep],
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
-def delete_dataset(dataset_id: DatasetId, store: DatasetStoreDep, jobs: JobStoreDep,
+def delete_dataset(name: DatasetId, store: DatasetStoreDep, jobs: JobStoreDep,
                    models: ModelStoreDep) -> Response:
-    ds_id = store.resolve(dataset_id)
-    if ds_id != dataset_id:
-        raise BadInput(f"{dataset_id!r} is an alias of {ds_id!r}: DELETE takes the data set's id")
+    # One path template with GET /datasets/{name}, so that both answer with one Allow header.
+    ds_id = store.resolve(name)
+    if ds_id != name:
+        raise BadInput(f"{name!r} is an alias of {ds_id!r}: DELETE takes the data set's id")
     if ds_id != BUILTIN_ID:
         using_jobs, using_models = jobs_using(jobs, ds_id), models_using(models, ds_id)
         if using_jobs or using_models:
