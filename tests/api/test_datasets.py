@@ -84,6 +84,8 @@ def test_datasets_train_records_the_id_an_alias_names(client, three_classes):
     assert r.json()["params"]["dataset"] == ds_id
     default = client.post("/train", json={"epochs": 1})
     assert default.status_code == 202 and default.json()["params"]["dataset"] == BUILTIN_ID
+    null = client.post("/train", json={"epochs": 1, "dataset": None})  # the schema admits null: the default
+    assert null.status_code == 202 and null.json()["params"]["dataset"] == BUILTIN_ID
 
 
 def test_datasets_train_on_an_unknown_dataset_is_404(client):

@@ -17,6 +17,7 @@ from app.deps import DatasetStoreDep, JobStoreDep, ModelStoreDep, PublisherDep, 
 from app.errors import BadInput, QueueFull, error_responses
 from app.faults import fault_point
 from app.schemas import JobOut, train_request_model
+from bnlenet.datasets.builtin import BUILTIN_ALIAS
 from bnlenet.model_store import ModelStore, ModelUnusable, UnknownModel
 from bnlenet.settings import Settings
 from models.init_model import variant_mismatch
@@ -64,7 +65,7 @@ def make_router(settings: Settings) -> APIRouter:
         # A soft limit (a check, then a create): a burst may pass it by a few, never by many.
         params = body.model_dump()
         # An alias is resolved now: the job trains on the data set named here even if the alias moves (404: none).
-        params["dataset"] = datasets.resolve(params["dataset"])
+        params["dataset"] = datasets.resolve(params.get("dataset") or BUILTIN_ALIAS)  # null: the default
         if params.get("init_model") is not None:
             params["init_model"] = starting_model(models, params["init_model"], params["variant"])
         queued = store.count("queued")
