@@ -261,7 +261,8 @@ def delete_dataset_alias(name: DatasetName, alias: AliasName, store: DatasetStor
     response_class=Response,
     summary="A grid of sample training images: one row per class, in class order",
     dependencies=[ReaderDep],
-    responses={200: {"content": {"image/png": {}}, "description": "PNG, 28 px tiles"},
+    responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                     "description": "PNG, 28 px tiles"},
                **error_responses(401, 403, 404, 422, 503)},
 )
 async def dataset_samples(request: Request, name: DatasetName, store: DatasetStoreDep, settings: SettingsDep,
