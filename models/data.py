@@ -1,4 +1,4 @@
-"""Fashion-MNIST from its original IDX files, kept as uint8 tensors.
+"""A data set of 28x28 grayscale images as uint8 tensors (``ImageDataset``), and Fashion-MNIST from its IDX files.
 
 Looks in the directory it is given (the callers pass the ``DATA_DIR`` setting; nothing here
 reads the environment), then the usual places: the directory that Debian's and Ubuntu's
@@ -23,6 +23,7 @@ __all__ = [
     "CLASS_NAMES",
     "DataError",
     "FashionMNIST",
+    "ImageDataset",
     "find_data_dir",
     "load_fashion_mnist",
     "parse_idx",
@@ -51,8 +52,12 @@ class DataError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class FashionMNIST:
-    """The whole data set as tensors: images ``(N, 28, 28)`` uint8, labels ``(N,)`` int64."""
+class ImageDataset:
+    """A whole data set as tensors: images ``(N, 28, 28)`` uint8, labels ``(N,)`` int64 in ``[0, len(classes))``.
+
+    Fashion-MNIST (``load_fashion_mnist``) or any uploaded data set (``bnlenet.datasets``); a
+    LeNet trained on it has ``len(classes)`` outputs.
+    """
 
     train_images: Tensor
     train_labels: Tensor
@@ -60,6 +65,9 @@ class FashionMNIST:
     test_labels: Tensor
     classes: tuple[str, ...] = CLASS_NAMES
     source: str = ""
+
+
+FashionMNIST = ImageDataset  # the name it had when Fashion-MNIST was the only data set
 
 
 def candidate_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -202,7 +210,7 @@ def _download(root: Path) -> Path | None:
 def load_fashion_mnist(
     data_dir: str | os.PathLike[str] | None = None, *, download: bool = True,
     cache_dir: str | os.PathLike[str] | None = DECODED_CACHE_DIR,
-) -> FashionMNIST:
+) -> ImageDataset:
     """Load the four IDX files from the first place that has them all.
 
     With ``download``, falls back to torchvision's downloader into ``data_dir`` (or
@@ -224,4 +232,4 @@ def load_fashion_mnist(
         )
     train = _load_split(directory, FILES["train_images"], FILES["train_labels"], cache)
     test = _load_split(directory, FILES["test_images"], FILES["test_labels"], cache)
-    return FashionMNIST(*train, *test, classes=CLASS_NAMES, source=str(directory))
+    return ImageDataset(*train, *test, classes=CLASS_NAMES, source=str(directory))

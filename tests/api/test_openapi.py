@@ -17,6 +17,11 @@ EXPECTED = {
     ("get", "/models/{model_id}/batchnorm"): {"200", "404"},
     ("get", "/healthz"): {"200"},
     ("get", "/readyz"): {"200", "503"},
+    ("post", "/datasets"): {"200", "201", "413", "415", "422"},
+    ("get", "/datasets"): {"200"},
+    ("get", "/datasets/{name}"): {"200", "404"},
+    ("delete", "/datasets/{name}"): {"204", "404", "409"},
+    ("get", "/datasets/{name}/samples.png"): {"200", "404"},
 }
 
 
@@ -85,8 +90,11 @@ OPERATION_IDS = {
     ("put", "/models/{model_id}/aliases/{alias}"): "set_alias",
     ("delete", "/models/{model_id}/aliases/{alias}"): "delete_alias",
     ("get", "/healthz"): "healthz", ("get", "/readyz"): "readyz",
+    ("post", "/datasets"): "upload_dataset", ("get", "/datasets"): "list_datasets",
+    ("get", "/datasets/{name}"): "get_dataset", ("delete", "/datasets/{name}"): "delete_dataset",
 }
-WRITES = {"train", "cancel_job", "cancel_jobs", "delete_job", "delete_model", "set_alias", "delete_alias"}
+WRITES = {"train", "cancel_job", "cancel_jobs", "delete_job", "delete_model", "set_alias", "delete_alias",
+          "upload_dataset", "delete_dataset", "set_dataset_alias", "delete_dataset_alias"}
 
 
 def _operations(spec):

@@ -42,7 +42,9 @@ def generate(base_url: str, out: Path) -> Path:
     spec = out / "openapi.json"
     spec.write_bytes(httpx.get(f"{base_url}/openapi.json", timeout=10).content)
     config = out / "config.yaml"
-    config.write_text("post_hooks: []\n")  # no formatter run: the test reads the code as generated
+    # No formatter run: the test reads the code as generated. A PNG (samples.png) is bytes to the client:
+    # the generator reads JSON, text and octet-stream bodies only, unless told how to read another.
+    config.write_text("post_hooks: []\ncontent_type_overrides:\n  image/png: application/octet-stream\n")
     run = subprocess.run([_generator(), "generate", "--path", str(spec), "--output-path", str(out / "bnlenet_client"),
                           "--meta", "none", "--config", str(config)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr

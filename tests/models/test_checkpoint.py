@@ -168,3 +168,15 @@ def test_checkpoint_classes_that_cannot_name_the_outputs_are_an_error(tmp_path: 
                            {"variant": "builtin", "classes": classes})
     with pytest.raises(CheckpointError, match="10 outputs"):
         load_checkpoint(path)
+
+
+def test_checkpoint_of_a_three_class_model_loads_with_three_outputs(tmp_path: Path) -> None:
+    model = build_lenet("scratch", 3).eval()
+    path = save_checkpoint(tmp_path / "m.safetensors", model, {"variant": "scratch", "classes": ["a", "b", "c"]})
+    loaded = load_checkpoint(path).model
+    assert loaded[-1].out_features == 3 and class_names(read_metadata(path)) == ("a", "b", "c")
+    x = torch.zeros(2, 1, 28, 28)
+    assert torch.equal(loaded(x), model(x))
+    # Without class names (an older writer), the last layer says how many outputs there are.
+    bare = save_checkpoint(tmp_path / "bare.safetensors", model, {"variant": "scratch"})
+    assert load_checkpoint(bare).model[-1].out_features == 3

@@ -328,3 +328,17 @@ def test_export_in_a_subprocess_makes_pt2_programs_too(tmp_path: Path) -> None:
     assert json.loads(extra[EXPORT_METADATA_FILE])["model_id"] == "m2"
     with pytest.raises(ValueError, match="checkpoint itself"):
         export_bytes_in_subprocess(model, {"variant": "scratch"}, "safetensors")
+
+
+def test_export_of_a_three_class_model_names_its_classes(tmp_path: Path) -> None:
+    from models.lenet import build_lenet
+
+    model = build_lenet("builtin", 3).eval()
+    source = save_checkpoint(tmp_path / "three.safetensors", model, {"variant": "builtin", "classes": ["a", "b", "c"]})
+    out = export_checkpoint(source, "onnx", tmp_path / "three.onnx", model_id="three")
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["class_names"]) == ["a", "b", "c"] and "(N, 3)" in props["output"]
+    session = ort.InferenceSession(str(out))
+    x = torch.rand(2, 1, 28, 28)
+    (probs,) = session.run(None, {INPUT_NAME: x.numpy()})
+    assert probs.shape == (2, 3)

@@ -54,7 +54,9 @@ router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[ReaderDep]
 M = TypeVar("M", bound=BaseModel)
 S = TypeVar("S")
 
-TopK = Annotated[int, Query(ge=1, le=NUM_CLASSES, description="how many classes `top_k` lists")]
+# Fashion-MNIST's 10 at most, as always; a model of fewer classes lists all it has.
+TopK = Annotated[int, Query(ge=1, le=NUM_CLASSES, description="how many classes `top_k` lists (a model of fewer "
+                            "classes lists them all)")]
 # Read, but left out of the document: the body names the model (see the module docstring).
 ModelQuery = Annotated[str | None, Query(pattern=MODEL_ID_PATTERN, include_in_schema=False)]
 
@@ -263,13 +265,13 @@ def _answers(store: ModelStore, predictors: Predictors, images: Images, query_mo
              timer: PredictTimer | None = None) -> PredictBatchOut:
     """One answer per image from one forward pass of the model named (timed for /metrics when asked)."""
     loaded = store.get(_model(query_model, images.model_id))
+    names = class_names(loaded.metadata)
     started = time.perf_counter()
     runtime, probabilities = predictors.predict(loaded, images.tensors)  # PREDICT_RUNTIME's, per model
-    probs = probabilities.tolist()  # (N, NUM_CLASSES)
+    probs = probabilities.tolist()  # (N, classes)
     if timer is not None:
         timer.variant = str(loaded.metadata.get("variant", "unknown"))
         timer.inferred(time.perf_counter() - started)
-    names = class_names(loaded.metadata)
     data = [_answer(loaded.model_id, names, row, top_k, runtime) for row in probs]
     return PredictBatchOut.model_construct(model_id=loaded.model_id, data=data, count=len(data))
 
