@@ -1,7 +1,7 @@
 // Jobs: start one (a form built from the TrainRequest schema), and a live table with cancel buttons.
 
 import { api, getOpenApi } from "../api.js";
-import { el, duration, latestAccuracy, notice, pct, shortId, statusBadge, TERMINAL, when, every } from "../util.js";
+import { el, duration, jobAccuracy, notice, pct, shortId, statusBadge, TERMINAL, when, every } from "../util.js";
 
 export function render(main) {
   const formBox = el("section.card.train", { "aria-labelledby": "train-title" },
@@ -118,8 +118,9 @@ function makeRow(jobId, refresh) {
       const fraction = job.status === "succeeded" ? 1 : (job.progress?.fraction ?? 0);
       bar.value = fraction;
       barText.textContent = pct(fraction, 0);
-      const acc = latestAccuracy(job);
-      cells[5].textContent = acc.value === null ? "—" : `${pct(acc.value)} ${acc.kind}`;
+      const acc = jobAccuracy(job);
+      cells[5].replaceChildren(acc.value === null ? "—" : el("span", { dataset: { acc: acc.kind }, title: acc.title },
+        el("span.acc-value", {}, pct(acc.value, acc.digits)), " ", el("span.muted.small", {}, acc.label)));
       cells[6].textContent = when(job.started_at);
       cells[7].textContent = job.started_at ? duration(job.started_at, job.finished_at) : "—";
       const cancellable = !TERMINAL.has(job.status);
