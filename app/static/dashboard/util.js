@@ -29,6 +29,16 @@ export function num(x, digits = 3) {
   return x === null || x === undefined ? "—" : Number(x).toPrecision(digits);
 }
 
+export function bytes(n) {
+  if (n === null || n === undefined) return "—";
+  if (n < 1024) return `${n} B`;
+  const units = ["KB", "MB", "GB", "TB"];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
 export function when(iso) {
   if (!iso) return "—";
   const d = new Date(iso);
