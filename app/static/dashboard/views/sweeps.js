@@ -135,11 +135,11 @@ function renderSweep(main, sweepId) {
         curves),
       el("section.card", { "aria-labelledby": "sweep-spread-title" },
         el("h2", { id: "sweep-spread-title" }, "Served model accuracy per setting"),
-        el("p.muted.small", {}, "The mean across seeds (dot), ± one standard deviation (bar), min to max (whiskers), each trial (ring)."),
+        el("p.muted.small", {}, "Across seeds, over the trials that ran to the end: the mean (dot), ± one standard deviation (bar), min to max (whiskers), each trial (ring)."),
         spread,
         el("div.table-wrap", {}, el("table", { id: "sweep-settings" },
           el("caption.visually-hidden", {}, "Per setting: mean, standard deviation, min and max of the served model's accuracy"),
-          el("thead", {}, el("tr", {}, ["Setting", "Trials", "Mean", "Std", "Min", "Max"].map((h) => el("th", { scope: "col" }, h)))),
+          el("thead", {}, el("tr", {}, ["Setting", "Trials counted", "Mean", "Std", "Min", "Max"].map((h) => el("th", { scope: "col" }, h)))),
           settingsBody)))),
     el("section.card", { "aria-labelledby": "sweep-facts-title" }, el("h2", { id: "sweep-facts-title" }, "Details"), facts));
 
@@ -295,6 +295,7 @@ function renderSweep(main, sweepId) {
     document.title = `${heading.textContent} · bnlenet`;
     status.replaceChildren(statusBadge(sweep.status));
     cancel.hidden = TERMINAL.has(sweep.status);
+    cancel.disabled = !!sweep.cancel_requested;
     // each part is redrawn only when its data changed, so a focused link or a half-typed alias stays
     if (changed("best", sweep.best)) showBest();
     if (changed("trials", [sweep.trials, [...jobs.values()].map((j) => j.params?.epochs)])) showTrials();
@@ -404,7 +405,9 @@ export function spreadChart(settings, trials, colorOf) {
       const cx = x(i);
       const half = Math.min(step * 0.18, 14);
       const sd = s.std || 0;
-      const rings = trials.filter((t) => t.setting === s.setting && t.final_test_acc !== null && t.final_test_acc !== undefined);
+      // the trials the statistics count: succeeded and ran to the end (a stopped trial's model is not comparable)
+      const rings = trials.filter((t) => t.setting === s.setting && t.status === "succeeded" && !t.stopped_early
+        && t.final_test_acc !== null && t.final_test_acc !== undefined);
       return svg("g", { class: "setting", "data-setting": s.setting, "data-mean": s.mean, "data-std": sd, "data-min": s.min, "data-max": s.max },
         svg("title", {}, `${s.setting}: mean ${pct(s.mean, 2)}, std ${(100 * sd).toFixed(2)} pt, min ${pct(s.min, 2)}, max ${pct(s.max, 2)}, ${s.trials} trial${s.trials === 1 ? "" : "s"}`),
         svg("line", { class: "whisker", x1: cx, x2: cx, y1: y(s.min ?? s.mean), y2: y(s.max ?? s.mean), stroke: color, "stroke-width": 1.5 }),
