@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.errors import Forbidden, Unauthorized
 from app.events import EventHub
 from app.predictors import Predictors
+from bnlenet.datasets.store import DatasetStore
 from bnlenet.jobs import JobStore
 from bnlenet.model_news import ModelNews
 from bnlenet.model_store import ModelStore
@@ -37,6 +38,7 @@ def _from_state(name: str, kind: type[T]) -> Callable[[Request], T]:
 SettingsDep = Annotated[Settings, Depends(_from_state("settings", Settings))]
 JobStoreDep = Annotated[JobStore, Depends(_from_state("job_store", JobStore))]
 ModelStoreDep = Annotated[ModelStore, Depends(_from_state("model_store", ModelStore))]
+DatasetStoreDep = Annotated[DatasetStore, Depends(_from_state("dataset_store", DatasetStore))]
 ModelNewsDep = Annotated[ModelNews, Depends(_from_state("model_news", ModelNews))]
 ExportBuildsDep = Annotated[ExportBuilds, Depends(_from_state("export_builds", ExportBuilds))]
 PublisherDep = Annotated[Publisher, Depends(_from_state("publisher", Publisher))]

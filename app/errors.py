@@ -12,6 +12,10 @@
     ModelUnusable (bnlenet.model_store)    409  the checkpoint is corrupt, tampered or not ours
     AliasConflict (bnlenet.model_store)    409  an alias that would shadow a model, or a delete under an alias
     ObjectStoreUnavailable                 503  the S3 model store cannot be reached (loaded models still serve)
+    UnknownDataset (bnlenet.datasets)      404  no data set or alias with this name
+    DatasetInUse (bnlenet.datasets)        409  deleting a data set jobs or models use, or the built-in one
+    DatasetRejected (bnlenet.datasets)     its own (413, 415 or 422)  an upload refused; ``problems`` lists them all
+    DataError (models.data)                503  the built-in data set's files are not on this host
     BadInput                               422  a body that parsed but says something impossible
     UnsupportedMedia                       415  not an image, or a content type /predict does not take
     PayloadTooLarge                        413
@@ -34,8 +38,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from bnlenet.datasets import DatasetRejected
+from bnlenet.datasets.store import DatasetInUse, UnknownDataset
 from bnlenet.jobs import IdempotencyConflict, JobFinished, JobNotFound, JobRunning, MalformedJob, StoreUnavailable
 from bnlenet.model_store import AliasConflict, ModelUnusable, NoModelYet, ObjectStoreUnavailable, UnknownModel
+from models.data import DataError
 
 __all__ = [
     "BadInput",
@@ -78,6 +85,9 @@ STATUS: dict[type[Exception], int] = {
     ObjectStoreUnavailable: 503,
     JobNotFound: 404,
     UnknownModel: 404,
+    UnknownDataset: 404,
+    DatasetInUse: 409,
+    DataError: 503,
     JobFinished: 409,
     MalformedJob: 409,
     IdempotencyConflict: 409,
@@ -194,6 +204,11 @@ def _template_pattern(template: str) -> str:
     return "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{[^}]+\})", template))
 
 
+async def _dataset_rejected(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DatasetRejected)
+    return JSONResponse({"detail": str(exc), "problems": list(exc.problems)}, status_code=exc.status)
+
+
 async def _client_gone(request: Request, exc: Exception) -> Response:
     # The client closed the connection before its body arrived: nobody reads the answer, and
     # it is no error of the service's, so no traceback in the log either.
@@ -203,6 +218,7 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 def install_error_handlers(app: FastAPI) -> None:
     for exc_type, status in STATUS.items():
         app.add_exception_handler(exc_type, _handler(status))
+    app.add_exception_handler(DatasetRejected, _dataset_rejected)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)

@@ -13,12 +13,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.main import api_router
+from app.api.routes.datasets import IngestPool
 from app.errors import PayloadTooLarge, install_error_handlers
 from app.events import EventHub
 from app.metrics import HttpMetrics, MeteredModelStore
 from app.openapi import build_openapi, operation_id
 from app.predictors import Predictors
 from app.web import install_pages
+from bnlenet.datasets.store import DatasetStore
 from bnlenet.jobs import JobStore
 from bnlenet.logs import configure_handlers
 from bnlenet.model_news import ModelNews
@@ -28,24 +30,30 @@ from bnlenet.training_queue import Publisher
 
 
 class BodyLimit:
-    """Refuse bodies over ``max_bytes`` with 413, by Content-Length or while streaming."""
+    """Refuse bodies over ``max_bytes`` with 413, by Content-Length or while streaming.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    ``uploads`` maps a path to a limit of its own (``POST /datasets``): such a body is never held
+    in memory here, only counted as the route streams it to disk.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, uploads: dict[str, int] | None = None) -> None:
+        self.app, self.max_bytes, self.uploads = app, max_bytes, uploads or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload_limit = self.uploads.get(scope.get("path", "").rstrip("/")) if scope.get("method") == "POST" else None
+        limit = self.max_bytes if upload_limit is None else upload_limit
         declared = None
         for key, value in scope["headers"]:
             if key == b"content-length":
                 declared = value
-                if value.isdigit() and int(value) > self.max_bytes:
-                    await _send_413(send, self.max_bytes)
+                if value.isdigit() and int(value) > limit:
+                    await _send_413(send, limit)
                     return
                 break
-        if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+        if declared is None and upload_limit is None and scope.get("method") in ("POST", "PUT", "PATCH"):
             # A chunked body has no length to check up front: read it here, up to the limit,
             # so an oversized one is a 413 like any other (inside the app's own body parsing
             # the overflow would surface as a 422).
@@ -79,8 +87,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLarge(f"the request body is larger than the limit of {self.max_bytes} bytes")
+                if received > limit:
+                    raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
             return message
 
         await self.app(scope, limited, send)
@@ -116,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.event_hub.listen()  # job events and model news, from the start
         yield
         app.state.predictors.close()
+        app.state.ingest_pool.close()
         app.state.export_builds.close()
         app.state.model_store.close()
         await app.state.event_hub.close()
@@ -137,6 +146,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.job_store = JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S,
                                             retention_s=settings.JOB_RETENTION_DAYS * 86400)
     app.state.model_store = MeteredModelStore.from_settings(settings, background=True)
+    # Uploaded data sets, beside the models in the same storage; uploads validated in a bounded pool.
+    app.state.dataset_store = DatasetStore.on(app.state.model_store.storage, settings)
+    app.state.ingest_pool = IngestPool(settings.DATASET_INGEST_WORKERS)
     app.state.export_builds = ExportBuilds()  # GET /models/{id}/export: built in the background
     app.state.predictors = Predictors(settings.PREDICT_RUNTIME, threads=settings.PREDICT_THREADS,
                                       size=settings.MODEL_CACHE_SIZE)
@@ -154,7 +166,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware, allow_origins=settings.CORS_ORIGINS, allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(BodyLimit, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(BodyLimit, max_bytes=settings.MAX_BODY_BYTES,
+                       uploads={"/datasets": settings.DATASET_MAX_UPLOAD_BYTES})
     app.add_middleware(HttpMetrics)  # outermost: counts every answer, a 413 from BodyLimit included
     return app
 

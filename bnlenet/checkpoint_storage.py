@@ -64,6 +64,11 @@ class CheckpointStorage(Protocol):
 
     location: str  # for messages: a directory or an s3:// URL
     exports_dir: Path  # a local directory for cached exports
+    suffix: str  # what follows an id in its object's name (``.safetensors`` for checkpoints)
+
+    def under(self, prefix: str, *, suffix: str, cache_dir: str | os.PathLike[str],
+              max_cache_bytes: int) -> CheckpointStorage:
+        """Another kind of object in the same place, under ``prefix/`` (``datasets/``), with its own cache."""
 
     def versions(self) -> dict[str, str]:
         """Every checkpoint's id and version."""
@@ -116,13 +121,19 @@ def _alias_target(raw: bytes) -> str | None:
 class LocalStorage:
     """Checkpoints as files in one directory (the embedded default, or a shared filesystem)."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, suffix: str = SUFFIX) -> None:
         self.directory = Path(directory)
         self.location = str(self.directory)
         self.exports_dir = self.directory / EXPORTS
+        self.suffix = suffix
+
+    def under(self, prefix: str, *, suffix: str, cache_dir: str | os.PathLike[str],
+              max_cache_bytes: int) -> LocalStorage:
+        """The same storage's ``prefix/`` folder, holding objects named ``<id><suffix>`` (nothing to cache here)."""
+        return LocalStorage(self.directory / prefix, suffix=suffix)
 
     def path(self, model_id: str) -> Path:
-        return self.directory / f"{model_id}{SUFFIX}"
+        return self.directory / f"{model_id}{self.suffix}"
 
     @staticmethod
     def _stamp(st: os.stat_result) -> str:
@@ -135,9 +146,9 @@ class LocalStorage:
         except FileNotFoundError:
             return found
         for entry in entries:
-            if entry.name.endswith(SUFFIX) and not entry.name.startswith("."):  # ".name.tmp": a write under way
+            if entry.name.endswith(self.suffix) and not entry.name.startswith("."):  # ".name.tmp": a write under way
                 try:
-                    found[entry.name[: -len(SUFFIX)]] = self._stamp(entry.stat())
+                    found[entry.name[: -len(self.suffix)]] = self._stamp(entry.stat())
                 except OSError:
                     continue
         return found
@@ -156,10 +167,10 @@ class LocalStorage:
         return path, version
 
     def publish(self, model_id: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
-        return self.put(model_id + SUFFIX, payload, before_commit)
+        return self.put(model_id + self.suffix, payload, before_commit)
 
     def delete(self, model_id: str) -> bool:
-        return self.remove(model_id + SUFFIX)
+        return self.remove(model_id + self.suffix)
 
     def put(self, name: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
         return str(write_atomically(self.directory / name, payload, before_commit=before_commit))
@@ -258,7 +269,8 @@ class S3Storage:
 
     def __init__(self, url: str, cache_dir: str | os.PathLike[str], *, max_cache_bytes: int = 1 << 30,
                  upload_retry_s: float = 60.0, recently_used_s: float = RECENTLY_USED_S,
-                 client: S3Client | None = None) -> None:
+                 client: S3Client | None = None, suffix: str = SUFFIX) -> None:
+        self.suffix = suffix
         self.bucket, self.prefix = split_s3_url(url)
         self.location = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.cache_dir = Path(cache_dir)
@@ -269,6 +281,17 @@ class S3Storage:
         self._client = client
         self._client_lock = threading.Lock()
         self._alias_cache: dict[str, tuple[str, str | None]] = {}  # key -> (etag, target)
+
+    def under(self, prefix: str, *, suffix: str, cache_dir: str | os.PathLike[str],
+              max_cache_bytes: int) -> S3Storage:
+        """The same bucket's ``prefix/`` under this prefix, holding ``<id><suffix>`` objects, with its own
+        bounded download cache (and this storage's client)."""
+        with self._client_lock:
+            client = self._client
+        sub = S3Storage(f"{self.location}/{prefix}", cache_dir, max_cache_bytes=max_cache_bytes,
+                        upload_retry_s=self.upload_retry_s, recently_used_s=self.recently_used_s, client=client,
+                        suffix=suffix)
+        return sub
 
     @property
     def client(self) -> S3Client:
@@ -310,21 +333,21 @@ class S3Storage:
         found: dict[str, str] = {}
         for obj in self._list(root):
             name = obj["Key"][len(root):]
-            if name.endswith(SUFFIX) and not name.startswith("."):
-                found[name[: -len(SUFFIX)]] = str(obj["ETag"]).strip('"')
+            if name.endswith(self.suffix) and not name.startswith("."):
+                found[name[: -len(self.suffix)]] = str(obj["ETag"]).strip('"')
         return found
 
     def version(self, model_id: str) -> str | None:
         try:
             head = self._call("read a checkpoint", self.client.head_object, Bucket=self.bucket,
-                              Key=self._key(model_id + SUFFIX))
+                              Key=self._key(model_id + self.suffix))
         except FileNotFoundError:
             return None
         return str(head["ETag"]).strip('"')
 
     def _cached(self, model_id: str, version: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in version)
-        return self.cache_dir / f"{model_id}.{safe}{SUFFIX}"
+        return self.cache_dir / f"{model_id}.{safe}{self.suffix}"
 
     def fetch(self, model_id: str, version: str | None = None) -> tuple[Path, str]:
         if version is not None:
@@ -333,7 +356,7 @@ class S3Storage:
                 os.utime(cached)  # recently used: the last to be evicted
                 return cached, version
         answer = self._call("download a checkpoint", self.client.get_object, Bucket=self.bucket,
-                            Key=self._key(model_id + SUFFIX))
+                            Key=self._key(model_id + self.suffix))
         version = str(answer["ETag"]).strip('"')
         try:
             body = answer["Body"].read()
@@ -348,7 +371,7 @@ class S3Storage:
         files = []
         model_prefix = keep.name.split(".", 1)[0] + "."
         for entry in os.scandir(self.cache_dir):
-            if not entry.name.endswith(SUFFIX) or entry.name.startswith(".") or entry.path == str(keep):
+            if not entry.name.endswith(self.suffix) or entry.name.startswith(".") or entry.path == str(keep):
                 continue
             try:
                 st = entry.stat()
@@ -369,7 +392,7 @@ class S3Storage:
             total -= size
 
     def publish(self, model_id: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
-        return self._upload(model_id + SUFFIX, payload, before_commit, "upload a checkpoint")
+        return self._upload(model_id + self.suffix, payload, before_commit, "upload a checkpoint")
 
     def put(self, name: str, payload: bytes, before_commit: Callable[[], None] | None = None) -> str:
         return self._upload(name, payload, before_commit, f"upload {name}")
@@ -398,7 +421,7 @@ class S3Storage:
                 pause = min(pause * 2, 5.0)
 
     def delete(self, model_id: str) -> bool:
-        return self.remove(model_id + SUFFIX)
+        return self.remove(model_id + self.suffix)
 
     def get(self, name: str) -> bytes:
         answer = self._call(f"download {name}", self.client.get_object, Bucket=self.bucket, Key=self._key(name))

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     DEFAULT_MODEL_ALIAS: str = "production"  # POST /predict without a model serves this alias's model, if set; else the newest
     DATA_DIR: Path | None = None  # Fashion-MNIST IDX files; None: the usual places
     DATA_DOWNLOAD: bool = True  # let the worker download Fashion-MNIST when it is nowhere on disk
+    # Uploaded data sets (POST /datasets), stored beside the models under datasets/.
+    DATASET_MAX_UPLOAD_BYTES: int = Field(256 << 20, ge=1 << 10)  # one upload; 413 while it streams past this
+    DATASET_INGEST_WORKERS: int = Field(1, ge=1)  # uploads validated at once per API process (CPU-bound, off the event loop)
+    DATASET_CACHE_DIR: Path = Path("./var/dataset-cache")  # a worker's downloads of data sets from an s3:// store
+    DATASET_CACHE_MAX_BYTES: int = Field(2 << 30, ge=1 << 20)  # that cache's bound; least recently used files go first
 
     # Access control: with a token, writes need `Authorization: Bearer <token>`.
     API_TOKEN: str | None = None

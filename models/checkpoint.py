@@ -27,7 +27,7 @@ from torch import nn
 
 from models.data import CLASS_NAMES
 from models.files import write_atomically
-from models.lenet import NUM_CLASSES, VARIANTS, build_lenet
+from models.lenet import CLASSIFIER, MAX_CLASSES, NUM_CLASSES, VARIANTS, build_lenet, num_classes_of
 from models.preprocess import PREPROCESSING
 
 __all__ = [
@@ -133,11 +133,21 @@ def _metadata_of(path: Path, handle: Any) -> dict[str, Any]:
     if meta.get("variant") not in VARIANTS:
         raise CheckpointError(f"{path} names an unknown variant {meta.get('variant')!r}")
     classes = meta.get("classes")
-    if classes is not None and not (isinstance(classes, list) and len(classes) == NUM_CLASSES
+    outputs = _outputs(handle)
+    if classes is not None and not (isinstance(classes, list) and len(classes) == outputs
                                     and all(isinstance(c, str) for c in classes)):
-        raise CheckpointError(f"{path} names classes {str(classes)[:200]}; the network has {NUM_CLASSES} outputs, "
+        raise CheckpointError(f"{path} names classes {str(classes)[:200]}; the network has {outputs} outputs, "
                               "so its metadata names that many (strings)")
     return meta
+
+
+def _outputs(handle: Any) -> int | None:
+    """The classifier's outputs, read from the file's header (None: it has no classifier)."""
+    name = f"{CLASSIFIER}.bias"
+    if name not in handle.keys():
+        return None
+    shape = handle.get_slice(name).get_shape()
+    return int(shape[0]) if len(shape) == 1 else None
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -156,7 +166,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     except SafetensorError as exc:
         raise CheckpointError(f"{path} is corrupt: {exc}") from exc
-    model = build_lenet(meta["variant"])
+    # As many outputs as the last layer has (the metadata's classes name each, checked above).
+    model = build_lenet(meta["variant"], min(max(num_classes_of(tensors) or NUM_CLASSES, 2), MAX_CLASSES))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -1,4 +1,4 @@
-"""Fashion-MNIST from its original IDX files, kept as uint8 tensors.
+"""A data set of 28x28 grayscale images as uint8 tensors (``ImageDataset``), and Fashion-MNIST from its IDX files.
 
 Looks in the directory it is given (the callers pass the ``DATA_DIR`` setting; nothing here
 reads the environment), then the usual places: the directory that Debian's and Ubuntu's
@@ -23,8 +23,10 @@ __all__ = [
     "CLASS_NAMES",
     "DataError",
     "FashionMNIST",
+    "ImageDataset",
     "find_data_dir",
     "load_fashion_mnist",
+    "parse_idx",
     "read_idx",
     "read_idx_cached",
     "write_idx",
@@ -50,8 +52,12 @@ class DataError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class FashionMNIST:
-    """The whole data set as tensors: images ``(N, 28, 28)`` uint8, labels ``(N,)`` int64."""
+class ImageDataset:
+    """A whole data set as tensors: images ``(N, 28, 28)`` uint8, labels ``(N,)`` int64 in ``[0, len(classes))``.
+
+    Fashion-MNIST (``load_fashion_mnist``) or any uploaded data set (``bnlenet.datasets``); a
+    LeNet trained on it has ``len(classes)`` outputs.
+    """
 
     train_images: Tensor
     train_labels: Tensor
@@ -59,6 +65,9 @@ class FashionMNIST:
     test_labels: Tensor
     classes: tuple[str, ...] = CLASS_NAMES
     source: str = ""
+
+
+FashionMNIST = ImageDataset  # the name it had when Fashion-MNIST was the only data set
 
 
 def candidate_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -96,19 +105,24 @@ def read_idx(path: Path) -> np.ndarray:
             raw = f.read()
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
+    return parse_idx(raw, str(path))
+
+
+def parse_idx(raw: bytes, name: str) -> np.ndarray:
+    """The array of an IDX file's bytes (unsigned bytes, 1 or 3 dimensions), validating its header and size."""
     if len(raw) < 4:
-        raise DataError(f"{path} is too short to be an IDX file ({len(raw)} bytes)")
+        raise DataError(f"{name} is too short to be an IDX file ({len(raw)} bytes)")
     zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype != _IDX_UBYTE or ndim not in (1, 3):
-        raise DataError(f"{path} does not have an IDX header of unsigned bytes (magic {raw[:4].hex()})")
+        raise DataError(f"{name} does not have an IDX header of unsigned bytes (magic {raw[:4].hex()})")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{path} is truncated inside its header")
+        raise DataError(f"{name} is truncated inside its header")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
         raise DataError(
-            f"{path} declares shape {shape} ({expected} bytes of data) but holds {len(raw) - header}"
+            f"{name} declares shape {shape} ({expected} bytes of data) but holds {len(raw) - header}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
@@ -196,7 +210,7 @@ def _download(root: Path) -> Path | None:
 def load_fashion_mnist(
     data_dir: str | os.PathLike[str] | None = None, *, download: bool = True,
     cache_dir: str | os.PathLike[str] | None = DECODED_CACHE_DIR,
-) -> FashionMNIST:
+) -> ImageDataset:
     """Load the four IDX files from the first place that has them all.
 
     With ``download``, falls back to torchvision's downloader into ``data_dir`` (or
@@ -218,4 +232,4 @@ def load_fashion_mnist(
         )
     train = _load_split(directory, FILES["train_images"], FILES["train_labels"], cache)
     test = _load_split(directory, FILES["test_images"], FILES["test_labels"], cache)
-    return FashionMNIST(*train, *test, classes=CLASS_NAMES, source=str(directory))
+    return ImageDataset(*train, *test, classes=CLASS_NAMES, source=str(directory))

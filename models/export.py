@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from models.checkpoint import class_names, load_checkpoint, save_checkpoint
 from models.files import write_atomically
-from models.lenet import IMAGE_SIZE, NUM_CLASSES, build_lenet
+from models.lenet import IMAGE_SIZE, build_lenet
 from models.preprocess import PREPROCESSING
 
 __all__ = [
@@ -115,9 +115,7 @@ def export_metadata(metadata: Mapping[str, Any], *, model_id: str | None = None)
     The ONNX model's ``metadata_props`` and the pt2 archive's ``bnlenet.json``. Nothing time
     dependent, so exports of one checkpoint are byte for byte the same.
     """
-    classes = list(class_names(metadata))
-    if len(classes) != NUM_CLASSES:
-        raise ValueError(f"metadata names {len(classes)} classes; the network has {NUM_CLASSES} outputs")
+    classes = list(class_names(metadata))  # one per output: the checkpoint's reader checked that
     variant = metadata.get("variant")
     props: dict[str, Any] = {
         "format": EXPORT_FORMAT_TAG,
@@ -129,7 +127,7 @@ def export_metadata(metadata: Mapping[str, Any], *, model_id: str | None = None)
         "input_scaling": "pixel / 255: values in [0, 1], 0 is black (the background), as the training data",
         "preprocessing": PREPROCESSING,
         "output_name": OUTPUT_NAME,
-        "output": f"softmax probabilities (N, {NUM_CLASSES}); column k is class_names[k]",
+        "output": f"softmax probabilities (N, {len(classes)}); column k is class_names[k]",
         "class_names": classes,
         "batchnorm": "eval mode: running statistics (constants); batching never changes an image's answer",
         "onnx_opset": ONNX_OPSET,
@@ -187,7 +185,7 @@ def onnx_bytes(model: nn.Module, metadata: Mapping[str, Any], *, model_id: str |
     proto = program.model_proto
     proto.doc_string = (
         f"bnlenet: the batch-normalized LeNet of Dive into Deep Learning, eval mode. Input {INPUT_NAME!r} "
-        f"(N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}) float32, pixel / 255; output {OUTPUT_NAME!r} (N, {NUM_CLASSES}) "
+        f"(N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}) float32, pixel / 255; output {OUTPUT_NAME!r} (N, {len(class_names(metadata))}) "
         "softmax probabilities; class names and preprocessing in metadata_props."
     )
     del proto.metadata_props[:]
@@ -321,7 +319,7 @@ def _export_child() -> None:
     sys.stdout = sys.stderr
     torch.set_num_threads(1)
     request = json.loads(sys.stdin.buffer.readline())
-    model = build_lenet(request["variant"])
+    model = build_lenet(request["variant"], len(class_names(request["metadata"])))
     model.load_state_dict(safetensors_load(sys.stdin.buffer.read()), strict=True)
     export = _PROGRAM_FORMATS[request.get("format", "onnx")]
     out.write(export(model.eval(), request["metadata"], model_id=request["model_id"]))

@@ -29,10 +29,14 @@ __all__ = [
     "MAX_DECODED_PIXELS",
     "PREPROCESSING",
     "ImageError",
+    "ImageTooLarge",
+    "decode_image",
+    "image_to_pixels",
     "image_to_tensor",
     "load_image",
     "pixels_to_tensor",
     "to_model_input",
+    "to_pixels",
 ]
 
 # What ``to_model_input`` and ``load_image`` do, in words: stored with every checkpoint and export.
@@ -49,6 +53,10 @@ class ImageError(ValueError):
     """Input that is not a usable image or pixel array."""
 
 
+class ImageTooLarge(ImageError):
+    """An image that declares more pixels than are decoded (refused from its header, before decoding)."""
+
+
 def to_model_input(images: Tensor) -> Tensor:
     """uint8 images ``(N, 28, 28)`` to the network's float input ``(N, 1, 28, 28)`` in [0, 1].
 
@@ -61,6 +69,14 @@ def to_model_input(images: Tensor) -> Tensor:
 
 def load_image(data: bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
     """Decode image bytes to a 28x28 grayscale PIL image within the pixel budget, refusing broken files."""
+    return _to_grayscale_28(decode_image(data, max_pixels=max_pixels))
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
+    """Decode image bytes as they are (size and mode unchanged) within the pixel budget, refusing broken files.
+
+    The budget is checked on the header, before any pixel is decoded (``ImageTooLarge``).
+    """
     if not data:
         raise ImageError("the image is empty")
     try:
@@ -72,7 +88,7 @@ def load_image(data: bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Im
                 # JPEG can decode at 1/2, 1/4 or 1/8 scale; other formats decode whole or not at all.
                 img.draft(img.mode, _within_budget(width, height, max_pixels))
                 if img.size[0] * img.size[1] > max_pixels:
-                    raise ImageError(
+                    raise ImageTooLarge(
                         f"the image declares {width}x{height} pixels; at most {max_pixels} pixels (for example "
                         f"{math.isqrt(max_pixels)}x{math.isqrt(max_pixels)}) are decoded, and the model sees "
                         f"{IMAGE_SIZE}x{IMAGE_SIZE}: scale it down before sending (JPEG is reduced while decoding)"
@@ -83,10 +99,10 @@ def load_image(data: bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Im
     except UnidentifiedImageError as exc:
         raise ImageError("not an image in a format this service reads (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"the image is too large: {exc}") from exc
+        raise ImageTooLarge(f"the image is too large: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"the image is truncated or corrupt: {exc}") from exc
-    return _to_grayscale_28(img)
+    return img
 
 
 def _within_budget(width: int, height: int, max_pixels: int) -> tuple[int, int]:
@@ -119,11 +135,24 @@ def _to_grayscale_28(img: Image.Image) -> Image.Image:
     return img
 
 
+def to_pixels(img: Image.Image) -> np.ndarray:
+    """A decoded image (any size or mode) to the 28x28 uint8 grayscale pixels the network sees, before scaling.
+
+    The one conversion of an image: /predict's uploads, the command line's files and every image
+    of an uploaded data set (``bnlenet.datasets``) pass through it.
+    """
+    return np.array(_to_grayscale_28(img), dtype=np.uint8)  # (28, 28), a copy that owns its memory
+
+
+def image_to_pixels(data: bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> np.ndarray:
+    """Image bytes to the network's 28x28 uint8 pixels (``decode_image`` then ``to_pixels``)."""
+    return to_pixels(decode_image(data, max_pixels=max_pixels))
+
+
 def image_to_tensor(data: bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Tensor:
     """Image bytes to the network input ``(1, 1, 28, 28)`` float32 in [0, 1]."""
-    img = load_image(data, max_pixels=max_pixels)
-    arr = np.asarray(img, dtype=np.uint8)  # (28, 28)
-    return to_model_input(torch.from_numpy(arr.copy()).unsqueeze(0))  # (1, 1, 28, 28)
+    arr = image_to_pixels(data, max_pixels=max_pixels)  # (28, 28)
+    return to_model_input(torch.from_numpy(arr).unsqueeze(0))  # (1, 1, 28, 28)
 
 
 def pixels_to_tensor(pixels: Sequence[Sequence[float]] | np.ndarray) -> Tensor:

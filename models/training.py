@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from models.averaging import WeightAverage, recompute_bn_statistics
 from models.checkpoint import MODEL_ID
-from models.data import FashionMNIST
+from models.data import ImageDataset
 from models.devices import DEVICE_PATTERN, cuda_settings, resolve_device, synchronize
 from models.inference import evaluate_accuracy
 from models.init_model import load_initial_state
@@ -97,6 +97,13 @@ class TrainConfig:
         None,
         "start from this model's weights and BN statistics (a model id or alias; its variant): fine-tuning, or "
         "a new last layer when the classes differ. Unset: fresh weights",
+        pattern=MODEL_ID,
+    )
+    # A name, never images: whoever runs the config resolves it (the API records the id it means).
+    dataset: str = param(
+        "fashion-mnist",
+        "the data set to train on: a dataset id or alias (GET /datasets); the job and the model record its id. "
+        "The model has one output per class of the data set",
         pattern=MODEL_ID,
     )
     precise_bn_images: int = param(4096, "training images precise BN averages over (\"a few thousand\")",
@@ -195,7 +202,7 @@ StateCallback = Callable[[TrainingState], None]
 
 def train(
     config: TrainConfig,
-    data: FashionMNIST,
+    data: ImageDataset,
     *,
     on_progress: ProgressCallback | None = None,
     on_epoch: EpochCallback | None = None,
@@ -225,7 +232,7 @@ def train(
             keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step
         graphs_before = compiled_graph_count()
         torch.manual_seed(config.seed)  # the weight init
-        model = build_lenet(config.variant)
+        model = build_lenet(config.variant, len(data.classes))  # one output per class of the data set
         new_classifier = init_state is not None and load_initial_state(model, init_state, name=str(config.init_model))
         model = model.to(device)
         optimizer = sgd(model, config.lr, device)
@@ -340,6 +347,7 @@ def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[s
         "history": [asdict(m) for m in result.history],
         "final_test_acc": result.final_test_acc,
         "averaged_epochs": result.averaged_epochs,
+        "dataset": config.dataset,  # the data set's id (the caller resolved any alias)
         "classes": list(classes),
         "parent": config.init_model,  # the model id it started from (the caller resolved any alias)
         "device": result.device,

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from bnlenet import job_stats
@@ -95,7 +95,8 @@ class _Attempt:
         try:
             config, init_state = starting_state(job_config(self.params, self.settings), resources.model_store())
             device = str(resolve_device(config.device))
-            data = resources.training_data()
+            dataset, data = resources.datasets().get(config.dataset)  # fetched once per host, decoded once
+            config = replace(config, dataset=dataset)  # the id, whatever name an older record holds
             resume = self._resume_from(config)
             with resources.engine_lock:  # after the warm-up, which compiles what this job reuses
                 result = train(config, data, on_progress=self._on_progress,

@@ -1,4 +1,4 @@
-"""What one worker process keeps between jobs: its settings, the stores, the data set, a publisher."""
+"""What one worker process keeps between jobs: its settings, the stores, the data sets, a publisher."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import os
 import socket
 import threading
 
+from bnlenet.datasets.cache import DatasetCache
+from bnlenet.datasets.store import DatasetStore
 from bnlenet.jobs import JobStore
 from bnlenet.model_news import ModelNews
 from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings, get_settings
 from bnlenet.training_queue import Publisher
 from bnlenet.training_states import TrainingStates
-from models.data import FashionMNIST, load_fashion_mnist
+from models.data import ImageDataset, load_fashion_mnist
 
-__all__ = ["engine_lock", "job_store", "model_news", "model_store", "publisher", "settings", "training_data",
-           "training_states", "worker_name"]
+__all__ = ["datasets", "engine_lock", "job_store", "model_news", "model_store", "publisher", "settings",
+           "training_data", "training_states", "worker_name"]
 
 # One training run at a time per process: the warm-up (which compiles on a GPU), then jobs,
 # which reuse what it compiled instead of compiling beside it.
@@ -26,7 +28,8 @@ _store: JobStore | None = None
 _publisher: Publisher | None = None
 _models: ModelStore | None = None
 _news: ModelNews | None = None
-_data: FashionMNIST | None = None
+_data: ImageDataset | None = None
+_datasets: DatasetCache | None = None
 
 
 def settings() -> Settings:
@@ -72,14 +75,23 @@ def model_news() -> ModelNews:
         return _news
 
 
-def training_data() -> FashionMNIST:
-    """Fashion-MNIST, loaded once per worker process and kept for the next jobs."""
+def training_data() -> ImageDataset:
+    """Fashion-MNIST (the built-in data set), loaded once per worker process and kept for the next jobs."""
     global _data
     with _data_lock:
         if _data is None:
             s = settings()
             _data = load_fashion_mnist(s.DATA_DIR, download=s.DATA_DOWNLOAD)
         return _data
+
+
+def datasets() -> DatasetCache:
+    """The data sets jobs train on: the built-in one (``training_data``) and uploaded ones, fetched once."""
+    global _datasets
+    with _lock:
+        if _datasets is None:
+            _datasets = DatasetCache(DatasetStore.on(model_store().storage, settings()), training_data)
+        return _datasets
 
 
 def worker_name() -> str:

@@ -7,7 +7,7 @@ import logging
 import threading
 from dataclasses import asdict
 
-from models.data import FashionMNIST
+from models.data import ImageDataset
 from models.memory import release_memory
 from models.training import TrainConfig, train
 from worker import resources
@@ -18,7 +18,7 @@ __all__ = ["preload", "warm_up"]
 log = logging.getLogger(__name__)
 
 
-def warm_up(data: FashionMNIST) -> None:
+def warm_up(data: ImageDataset) -> None:
     """Train each variant for two batches on a slice of the data, the way a job with defaults does.
 
     The first step of a process pays one-off costs (lazy imports, the autograd engine's
@@ -28,7 +28,8 @@ def warm_up(data: FashionMNIST) -> None:
     """
     defaults = TrainConfig()
     n = 2 * defaults.batch_size
-    tiny = FashionMNIST(data.train_images[:n], data.train_labels[:n], data.test_images[:n], data.test_labels[:n])
+    tiny = ImageDataset(data.train_images[:n], data.train_labels[:n], data.test_images[:n], data.test_labels[:n],
+                        classes=data.classes)
     with resources.engine_lock:
         for variant in ("scratch", "builtin"):
             params = {**asdict(defaults), "variant": variant, "epochs": 1, "precise_bn": False}

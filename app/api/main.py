@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import checkpoints, export, health, jobs, metrics, models, predict, train
+from app.api.routes import checkpoints, datasets, export, health, jobs, metrics, models, predict, train
 from bnlenet.settings import Settings
 
 
@@ -13,6 +13,7 @@ def api_router(settings: Settings) -> APIRouter:
     router.include_router(jobs.router)
     router.include_router(predict.router)
     router.include_router(models.router)
+    router.include_router(datasets.router)
     router.include_router(checkpoints.router)
     router.include_router(export.router)
     router.include_router(health.router)

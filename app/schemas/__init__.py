@@ -4,6 +4,7 @@
     jobs     JobOut, JobList, BulkCancelOut
     predict  PredictRequest, PredictBatchRequest, PredictOut, PredictBatchOut
     models   ModelOut, ModelList, AliasOut, BatchNormOut
+    datasets DatasetOut, DatasetList, DatasetAliasOut, DatasetRejectedOut
     health   HealthOut, ReadyOut
     errors   ErrorOut, the one shape of every error answer
 
@@ -11,6 +12,7 @@ Job and model shapes reuse the engine's ``Progress`` and ``EpochMetrics`` and th
 ``JobStatus``. Every public name is importable from ``app.schemas``.
 """
 
+from app.schemas.datasets import DatasetAliasOut, DatasetList, DatasetOut, DatasetRejectedOut
 from app.schemas.errors import ErrorOut, FieldError
 from app.schemas.health import HealthOut, ReadyOut
 from app.schemas.jobs import BulkCancelOut, JobList, JobOut
@@ -27,6 +29,10 @@ from app.schemas.predict import (
 from app.schemas.train import Hyperparameters, JobParams, job_params, train_request_model
 
 __all__ = [
+    "DatasetAliasOut",
+    "DatasetList",
+    "DatasetOut",
+    "DatasetRejectedOut",
     "MODEL_ID_DESCRIPTION",
     "TOP_K_DEFAULT",
     "AliasOut",

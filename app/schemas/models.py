@@ -42,6 +42,10 @@ class ModelOut(BaseModel):
                                "fresh weights; kept when that model is deleted")
     children: list[str] = Field(default_factory=list,
                                 description="the models started from this one (their parent), oldest first")
+    dataset: str | None = Field(None, description="the id of the data set it was trained on (null: a model from "
+                                "before data sets were recorded, trained on Fashion-MNIST)")
+    classes: list[str] = Field(default_factory=list, description="its class names, in output order: what "
+                               "/predict answers with")
 
 
 class UnusableModelOut(BaseModel):

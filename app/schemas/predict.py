@@ -1,6 +1,6 @@
 """What the predict routes take (28x28 pixel arrays, which model) and answer (classes and probabilities).
 
-Sizes come from the network (``models.lenet``: ``IMAGE_SIZE``, ``NUM_CLASSES``); class names
+Sizes come from the network (``models.lenet``: ``IMAGE_SIZE``, ``MAX_CLASSES``); class names
 come from each model's checkpoint (its ``classes``), so the schema names Fashion-MNIST's only
 as the example.
 """
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from app.schemas.common import EXAMPLE_ID
 from models.data import CLASS_NAMES
-from models.lenet import IMAGE_SIZE, NUM_CLASSES
+from models.lenet import IMAGE_SIZE, MAX_CLASSES
 from models.runtime import Runtime
 
 __all__ = [
@@ -76,7 +76,7 @@ _CLASS_NAME = ("the class's name, from the model's checkpoint (its `classes`; Fa
 class ClassScore(BaseModel):
     """One class and the probability the model gives it."""
 
-    class_index: int = Field(ge=0, le=NUM_CLASSES - 1)
+    class_index: int = Field(ge=0, le=MAX_CLASSES - 1)
     class_name: str = Field(description=_CLASS_NAME)
     probability: float = Field(ge=0.0, le=1.0)
 
@@ -101,13 +101,14 @@ class PredictOut(BaseModel):
     )
 
     model_id: str
-    class_index: int = Field(ge=0, le=NUM_CLASSES - 1, description="the most probable class")
+    class_index: int = Field(ge=0, le=MAX_CLASSES - 1, description="the most probable class")
     class_name: str = Field(description="its name: " + _CLASS_NAME)
     probability: float = Field(ge=0.0, le=1.0, description="its probability")
     scores: dict[str, float] = Field(description="every class's probability, keyed by class name")
     top_k: list[ClassScore] = Field(description="the k most probable classes, most probable first (?top_k=)")
-    probabilities: list[float] = Field(min_length=NUM_CLASSES, max_length=NUM_CLASSES,
-                                       description="every class's probability in class order (as scores)")
+    probabilities: list[float] = Field(min_length=2, max_length=MAX_CLASSES,
+                                       description="every class's probability in class order (as scores); "
+                                       "one per class of the model")
     bn_mode: Literal["eval"] = Field("eval", description="always eval: BN uses its running statistics")
     runtime: Runtime = Field(description="what computed the answer: PREDICT_RUNTIME, or eager PyTorch while a "
                              "model's onnxruntime session is being built (or if it cannot be)")

@@ -93,7 +93,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        "The options are TrainConfig's fields, with the same defaults and limits as POST /train.")
     for option in train_options():
         _add_train_option(t, option)
-    t.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: DATA_DIR or the usual places)")
+    t.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files, for --dataset fashion-mnist "
+                   "(default: DATA_DIR or the usual places)")
     t.add_argument("--out", default=None,
                    help="checkpoint path or s3://bucket/key URL (default: a new model in CHECKPOINT_DIR, served by the API)")
     t.add_argument("--json", action="store_true", help="one JSON object per line: each epoch, then the result")
@@ -136,6 +137,8 @@ def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bnlenet.checkpoint_storage import is_s3_url, upload_s3_url
+    from bnlenet.datasets.cache import DatasetCache
+    from bnlenet.datasets.store import DatasetStore
     from bnlenet.model_store import ModelStore
     from bnlenet.settings import get_settings
     from models.checkpoint import save_checkpoint
@@ -148,7 +151,9 @@ def _train(args: argparse.Namespace) -> int:
     settings = get_settings()
     if not config.threads:  # --threads wins, then TRAINING_THREADS, then the automatic count
         config = replace(config, threads=settings.TRAINING_THREADS)
-    data = load_fashion_mnist(args.data_dir or settings.DATA_DIR, download=settings.DATA_DOWNLOAD)
+    builtin = lambda: load_fashion_mnist(args.data_dir or settings.DATA_DIR, download=settings.DATA_DOWNLOAD)  # noqa: E731
+    dataset, data = DatasetCache(DatasetStore.from_settings(settings), builtin).get(config.dataset)
+    config = replace(config, dataset=dataset)  # recorded by its id
     bar = tqdm(total=config.epochs, unit="epoch", desc=f"train {config.variant}", file=sys.stderr,
                disable=not sys.stderr.isatty())
 

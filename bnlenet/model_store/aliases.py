@@ -29,16 +29,19 @@ def pointing_at(aliases: Mapping[str, str], model_id: str) -> list[str]:
     return sorted(a for a, target in aliases.items() if target == model_id)
 
 
-def check_not_shadowing(alias: str, model_id: str, storage: CheckpointStorage) -> None:
-    """AliasConflict when ``alias`` is a model's id (asked of the storage itself, not a listing)."""
+def check_not_shadowing(alias: str, model_id: str, storage: CheckpointStorage, *, kind: str = "model") -> None:
+    """AliasConflict when ``alias`` is a model's id (asked of the storage itself, not a listing).
+
+    The same rules name data sets (``bnlenet.datasets.store``): ``kind`` says which in messages.
+    """
     if alias == model_id or storage.version(alias) is not None:
-        raise AliasConflict(f"{alias!r} is a model id; an alias must not shadow a model: choose another name")
+        raise AliasConflict(f"{alias!r} is a {kind} id; an alias must not shadow a {kind}: choose another name")
 
 
-def check_not_pointed_at(storage: CheckpointStorage, model_id: str) -> None:
+def check_not_pointed_at(storage: CheckpointStorage, model_id: str, *, kind: str = "model") -> None:
     """AliasConflict naming the aliases that point at ``model_id`` (read from the storage itself), if any."""
     pointing = pointing_at(storage.aliases(), model_id)
     if pointing:
-        raise AliasConflict(f"model {model_id!r} is what alias(es) {', '.join(pointing)} point at: move or "
+        raise AliasConflict(f"{kind} {model_id!r} is what alias(es) {', '.join(pointing)} point at: move or "
                             f"delete {'them' if len(pointing) > 1 else 'it'} first "
-                            "(PUT or DELETE /models/{id}/aliases/{alias})")
+                            f"(PUT or DELETE /{kind}s/{{id}}/aliases/{{alias}})")

@@ -11,11 +11,12 @@ from fastapi import APIRouter, Path, Response
 from app.deps import ModelNewsDep, ModelStoreDep, ReaderDep, WriterDep
 from app.errors import error_responses
 from app.schemas import AliasOut, BatchNormLayerOut, BatchNormOut, ModelList, ModelOut, UnusableModelOut
+from bnlenet.datasets.usage import dataset_of
 from bnlenet.jobs import StoreUnavailable
 from bnlenet.model_news import ModelNews
 from bnlenet.model_store import MODEL_ID_PATTERN, AliasConflict, ModelStore, NoModelYet
 from models.batchnorm import batchnorm_report
-from models.checkpoint import final_test_acc
+from models.checkpoint import class_names, final_test_acc
 
 router = APIRouter(prefix="/models", tags=["models"])
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ def _model_out(model_id: str, meta: dict[str, Any], aliases: list[str], children
         aliases=aliases,
         parent=meta.get("parent"),
         children=children,
+        dataset=dataset_of(meta),
+        classes=list(class_names(meta)),
     )
 
 

@@ -46,7 +46,7 @@ from app.schemas.predict import (
 from bnlenet.model_store import MODEL_ID_PATTERN, ModelStore
 from bnlenet.settings import Settings
 from models.checkpoint import class_names
-from models.lenet import IMAGE_SIZE, NUM_CLASSES
+from models.lenet import IMAGE_SIZE, MAX_CLASSES
 from models.preprocess import ImageError, image_to_tensor, pixels_to_tensor
 from models.runtime import Runtime
 
@@ -54,7 +54,8 @@ router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[ReaderDep]
 M = TypeVar("M", bound=BaseModel)
 S = TypeVar("S")
 
-TopK = Annotated[int, Query(ge=1, le=NUM_CLASSES, description="how many classes `top_k` lists")]
+TopK = Annotated[int | None, Query(ge=1, le=MAX_CLASSES, description=f"how many classes `top_k` lists (default "
+                                   f"{TOP_K_DEFAULT}); at most the model's number of classes (422 beyond)")]
 # Read, but left out of the document: the body names the model (see the module docstring).
 ModelQuery = Annotated[str | None, Query(pattern=MODEL_ID_PATTERN, include_in_schema=False)]
 
@@ -88,7 +89,7 @@ _ERRORS = error_responses(401, 403, 404, 409, 413, 415, 422)
     responses=_ERRORS,
 )
 async def predict(request: Request, settings: SettingsDep, store: ModelStoreDep, predictors: PredictorsDep,
-                  top_k: TopK = TOP_K_DEFAULT, model_id: ModelQuery = None) -> PredictOut:
+                  top_k: TopK = None, model_id: ModelQuery = None) -> PredictOut:
     timer = PredictTimer()
     try:
         images = await read_images(request, settings, batch=False)
@@ -112,7 +113,7 @@ async def predict(request: Request, settings: SettingsDep, store: ModelStoreDep,
     responses=_ERRORS,
 )
 async def predict_pixels(body: PredictRequest, request: Request, settings: SettingsDep, store: ModelStoreDep,
-                         predictors: PredictorsDep, top_k: TopK = TOP_K_DEFAULT,
+                         predictors: PredictorsDep, top_k: TopK = None,
                          model_id: ModelQuery = None) -> PredictOut:
     images = await read_images(request, settings, batch=False, body=body)
     return (await run_in_threadpool(_answers, store, predictors, images, model_id, top_k)).data[0]
@@ -131,7 +132,7 @@ async def predict_pixels(body: PredictRequest, request: Request, settings: Setti
     responses=_ERRORS,
 )
 async def predict_batch(request: Request, settings: SettingsDep, store: ModelStoreDep, predictors: PredictorsDep,
-                        top_k: TopK = TOP_K_DEFAULT, model_id: ModelQuery = None) -> PredictBatchOut:
+                        top_k: TopK = None, model_id: ModelQuery = None) -> PredictBatchOut:
     images = await read_images(request, settings, batch=True)
     return _answers(store, predictors, images, model_id, top_k)
 
@@ -147,7 +148,7 @@ async def predict_batch(request: Request, settings: SettingsDep, store: ModelSto
     responses=_ERRORS,
 )
 async def predict_batch_pixels(body: PredictBatchRequest, request: Request, settings: SettingsDep,
-                               store: ModelStoreDep, predictors: PredictorsDep, top_k: TopK = TOP_K_DEFAULT,
+                               store: ModelStoreDep, predictors: PredictorsDep, top_k: TopK = None,
                                model_id: ModelQuery = None) -> PredictBatchOut:
     images = await read_images(request, settings, batch=True, body=body)
     return await run_in_threadpool(_answers, store, predictors, images, model_id, top_k)
@@ -259,18 +260,22 @@ def _check_count(count: int, limit: int, how: str = "") -> None:
 
 # Answering -----------------------------------------------------------------------------------
 
-def _answers(store: ModelStore, predictors: Predictors, images: Images, query_model: str | None, top_k: int,
-             timer: PredictTimer | None = None) -> PredictBatchOut:
+def _answers(store: ModelStore, predictors: Predictors, images: Images, query_model: str | None,
+             top_k: int | None, timer: PredictTimer | None = None) -> PredictBatchOut:
     """One answer per image from one forward pass of the model named (timed for /metrics when asked)."""
     loaded = store.get(_model(query_model, images.model_id))
+    names = class_names(loaded.metadata)
+    if top_k is not None and top_k > len(names):
+        raise BadInput(f"top_k is {top_k}, but model {loaded.model_id!r} has {len(names)} classes: ask for at most "
+                       f"{len(names)}")
+    k = min(TOP_K_DEFAULT, len(names)) if top_k is None else top_k
     started = time.perf_counter()
     runtime, probabilities = predictors.predict(loaded, images.tensors)  # PREDICT_RUNTIME's, per model
-    probs = probabilities.tolist()  # (N, NUM_CLASSES)
+    probs = probabilities.tolist()  # (N, classes)
     if timer is not None:
         timer.variant = str(loaded.metadata.get("variant", "unknown"))
         timer.inferred(time.perf_counter() - started)
-    names = class_names(loaded.metadata)
-    data = [_answer(loaded.model_id, names, row, top_k, runtime) for row in probs]
+    data = [_answer(loaded.model_id, names, row, k, runtime) for row in probs]
     return PredictBatchOut.model_construct(model_id=loaded.model_id, data=data, count=len(data))
 
 

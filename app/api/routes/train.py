@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel
 
-from app.deps import JobStoreDep, ModelStoreDep, PublisherDep, WriterDep
+from app.deps import DatasetStoreDep, JobStoreDep, ModelStoreDep, PublisherDep, WriterDep
 from app.errors import BadInput, QueueFull, error_responses
 from app.faults import fault_point
 from app.schemas import JobOut, train_request_model
@@ -49,7 +49,8 @@ def make_router(settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/train", tags=["train"])
 
     def create_training_job(
-        body: BaseModel, store: JobStoreDep, models: ModelStoreDep, publisher: PublisherDep, response: Response,
+        body: BaseModel, store: JobStoreDep, models: ModelStoreDep, datasets: DatasetStoreDep, publisher: PublisherDep,
+        response: Response,
         idempotency_key: Annotated[str | None, Header(
             min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
             description="any unique string (a UUID, say): a retry with the same key and parameters returns "
@@ -62,6 +63,8 @@ def make_router(settings: Settings) -> APIRouter:
         # is 202; a 503 means nothing was stored.
         # A soft limit (a check, then a create): a burst may pass it by a few, never by many.
         params = body.model_dump()
+        # An alias is resolved now: the job trains on the data set named here even if the alias moves (404: none).
+        params["dataset"] = datasets.resolve(params["dataset"])
         if params.get("init_model") is not None:
             params["init_model"] = starting_model(models, params["init_model"], params["variant"])
         queued = store.count("queued")
@@ -98,12 +101,14 @@ def make_router(settings: Settings) -> APIRouter:
         "which scores higher and varies less across seeds than the moving averages (`precise_bn: false`). "
         "`final_test_acc` is the stored model's accuracy; `history` keeps the per-epoch moving-average figures. "
         "`init_model` starts from a model's weights and BN statistics (fine-tuning): an alias is resolved to "
-        "the model's id here; an unknown model or one of another variant is a 422, one that does not verify a 409.",
+        "the model's id here; an unknown model or one of another variant is a 422, one that does not verify a 409. "
+        "`dataset` names the data set to train on (GET /datasets; default the built-in Fashion-MNIST): an alias "
+        "is resolved to the data set's id here, and the job records the id; an unknown data set is a 404.",
         dependencies=[WriterDep],
         responses={
             202: {"description": "The job is queued", "headers": {"Location": {
                 "description": "the job's URL, `/jobs/<job_id>`: poll it", "schema": {"type": "string"}}}},
-            **error_responses(401, 403, 409, 413, 422, 429, 503),
+            **error_responses(401, 403, 404, 409, 413, 422, 429, 503),
         },
     )
     return router
