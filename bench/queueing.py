@@ -44,9 +44,9 @@ def wait_job_end(base: str, job_id: str, timeout: float = 600) -> dict[str, Any]
                     timeout, f"job {job_id} to end")
 
 
-def one_trial(base: str) -> dict[str, float]:
-    """Post a job, time its first step, cancel it and wait until it has ended."""
-    status, job = http("POST", base + "/train", {"epochs": 1})
+def one_trial(base: str, **params: Any) -> dict[str, float]:
+    """Post a job (``params`` beside one epoch), time its first step, cancel it and wait until it has ended."""
+    status, job = http("POST", base + "/train", {"epochs": 1, **params})
     answered = time.time()
     if status != 202:
         raise RuntimeError(f"POST /train answered {status}: {job}")

@@ -34,6 +34,7 @@ SECTIONS: list[str] = [
     "export",
     "jobstore",
     "object_store",
+    "dataset_fetch",
     "model_news",
     "train_state",
     "workers",

@@ -84,6 +84,8 @@ class DatasetStore:
         if not valid_model_id(name):
             raise UnknownDataset(f"no dataset named {name!r} (dataset ids and aliases are 1-64 letters, digits, "
                                  "'-' or '_', starting with a letter or digit)")
+        if name == BUILTIN_ALIAS:  # reserved: no storage look-up for the jobs of old clients
+            return BUILTIN_ID
         if name == BUILTIN_ID or self.storage.version(name) is not None:
             return name
         target = self.aliases().get(name)

@@ -34,5 +34,6 @@ def jobs_using(jobs: JobStore, ds_id: str) -> list[str]:
 
 
 def models_using(models: ModelStore, ds_id: str) -> list[str]:
-    """The models trained on ``ds_id``, newest first."""
+    """The models trained on ``ds_id``, newest first, from a fresh listing (a model published a moment ago counts)."""
+    models.listing.refresh()
     return [model_id for model_id, meta in models.list() if dataset_of(meta) == ds_id]

@@ -44,7 +44,8 @@ def _add_train_option(parser: argparse.ArgumentParser, f: ParamField) -> None:
 _CHECKPOINT_HELP = ("a checkpoint: a file, an s3://bucket/key URL, or the id or alias of a model in CHECKPOINT_DIR "
                     "(the service's store: a directory or s3://bucket/prefix)")
 # What an option means here beyond its declaration: the command line reads files too.
-_CLI_HELP = {"init_model": "; here also " + _CHECKPOINT_HELP.replace("a checkpoint: ", "", 1)}
+_CLI_HELP = {"init_model": "; here also " + _CHECKPOINT_HELP.replace("a checkpoint: ", "", 1),
+             "dataset": "; here those of CHECKPOINT_DIR's store (bnlenet datasets list)"}
 
 
 def _checkpoint_file(name: str, scratch: Path) -> tuple[Path, str]:
@@ -119,6 +120,26 @@ def _build_parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     u.add_argument("--workers", type=int, default=None,
                    help="API worker processes (default: BNLENET_API_WORKERS, else one per core)")
+
+    d = sub.add_parser("datasets", help="upload, list, show or delete the data sets of CHECKPOINT_DIR's store",
+                       description="The data sets jobs train on, in the service's store (CHECKPOINT_DIR: a directory "
+                       "or s3://bucket/prefix), as POST/GET/DELETE /datasets see them; no server needed.")
+    ds = d.add_subparsers(dest="action", required=True)
+    up = ds.add_parser("upload", help="validate and store a data set (a zip of class folders, IDX files in a zip, "
+                       "or a MedMNIST-shaped .npz); prints its id and report")
+    up.add_argument("file", type=Path)
+    up.add_argument("--classes", default=None, help="class names of labels 0, 1, ... (comma-separated)")
+    up.add_argument("--test-fraction", type=float, default=0.2, help="for one set the service splits "
+                    "(default: %(default)s)")
+    up.add_argument("--seed", type=int, default=0, help="of that split (default: %(default)s)")
+    up.add_argument("--name", default=None, help="an alias for it")
+    for action in ("list", "show", "delete"):
+        a = ds.add_parser(action, help={"list": "every data set", "show": "one data set and its report",
+                                        "delete": "delete an uploaded data set no job or model uses"}[action])
+        if action != "list":
+            a.add_argument("dataset", help="its id" + (" or an alias" if action == "show" else ""))
+        a.add_argument("--json", action="store_true")
+    up.add_argument("--json", action="store_true")
 
     w = sub.add_parser("watch", help="follow a job of a running service: a progress bar and one line per epoch",
                        description="Follow a job of a running service (GET /jobs/{id}/events) until it ends. "
@@ -255,6 +276,61 @@ def _up(args: argparse.Namespace) -> int:
     return run_stack(get_settings(), host=args.host, port=args.port, workers=args.workers)
 
 
+def _datasets(args: argparse.Namespace) -> int:
+    from bnlenet.datasets import IngestLimits, ingest
+    from bnlenet.datasets.store import DatasetStore
+    from bnlenet.settings import get_settings
+
+    settings = get_settings()
+    store = DatasetStore.from_settings(settings)
+    if args.action == "upload":
+        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        prepared = ingest(args.file, args.file.name, classes=classes, test_fraction=args.test_fraction, seed=args.seed,
+                          limits=IngestLimits(max_upload_bytes=settings.DATASET_MAX_UPLOAD_BYTES))
+        info, created = store.add(prepared, name=args.name)
+        shown: Any = {**info, "created": created}
+    elif args.action == "list":
+        shown = store.list()
+    elif args.action == "show":
+        shown = store.info(args.dataset)
+    else:
+        shown = _delete_dataset(store, args.dataset, settings)
+    if args.json:
+        _emit(shown if isinstance(shown, dict) else {"data": shown, "count": len(shown)})
+    elif args.action == "list":
+        for info in shown:
+            print(f"{info['id']}  {','.join(info['aliases']) or '-':<16} {info['num_classes']:>4} classes "
+                  f"{info['train_size']:>7} train {info['test_size']:>6} test  {info.get('format') or ''}")
+    elif args.action == "delete":
+        print(f"deleted {shown['id']}")
+    else:
+        report = shown["report"]
+        print(f"{shown['id']} ({', '.join(shown['aliases']) or 'no alias'}): {shown['num_classes']} classes, "
+              f"{shown['train_size']} train and {shown['test_size']} test images, {shown.get('format')}"
+              + (" (already stored)" if shown.get("created") is False else ""))
+        print("classes: " + ", ".join(shown["classes"]))
+        for warning in report.get("warnings", []):
+            print(f"warning: {warning}")
+    return 0
+
+
+def _delete_dataset(store: Any, dataset: str, settings: Any) -> dict[str, Any]:
+    """Delete as ``DELETE /datasets/{id}`` does: refused while a queued or running job or a model uses it."""
+    from bnlenet.datasets.store import DatasetInUse
+    from bnlenet.datasets.usage import jobs_using, models_using
+    from bnlenet.jobs import JobStore
+    from bnlenet.model_store import ModelStore
+
+    jobs = jobs_using(JobStore.from_url(settings.REDIS_URL, timeout=settings.REDIS_TIMEOUT_S), dataset)
+    models = models_using(ModelStore.from_settings(settings), dataset)
+    if jobs or models:
+        raise DatasetInUse(f"dataset {dataset!r} is used by " + " and ".join(
+            part for part in (f"job(s) {', '.join(jobs)}" if jobs else "",
+                              f"model(s) {', '.join(models)}" if models else "") if part))
+    store.delete(dataset)
+    return {"id": dataset}
+
+
 def _watch(args: argparse.Namespace) -> int:
     from bnlenet.local.watch import WatchError, watch_job
     from bnlenet.settings import get_settings
@@ -269,19 +345,26 @@ def _watch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    from bnlenet.model_store import ModelUnusable, ObjectStoreUnavailable
+    from bnlenet.datasets import DatasetRejected
+    from bnlenet.datasets.store import DatasetInUse, UnknownDataset
+    from bnlenet.jobs import StoreUnavailable
+    from bnlenet.model_store import AliasConflict, ModelUnusable, ObjectStoreUnavailable
     from models.checkpoint import CheckpointError
     from models.data import DataError
     from models.preprocess import ImageError
     from models.training import TrainingCancelled, TrainingDiverged
 
     handlers = {"train": _train, "predict": _predict, "inspect": _inspect, "export": _export, "up": _up,
-                "watch": _watch}
+                "watch": _watch, "datasets": _datasets}
     try:
         return handlers[args.command](args)
     except (CheckpointError, DataError, ImageError, TrainingDiverged, TrainingCancelled, ValueError, OSError,
-            ModelUnusable, ObjectStoreUnavailable) as exc:
-        print(f"bnlenet {args.command}: error: {exc}", file=sys.stderr)
+            ModelUnusable, ObjectStoreUnavailable, UnknownDataset, DatasetInUse, AliasConflict,
+            StoreUnavailable) as exc:
+        problems = exc.problems if isinstance(exc, DatasetRejected) and len(exc.problems) > 1 else []
+        print(f"bnlenet {args.command}: error: {exc if not problems else 'the upload was refused:'}", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

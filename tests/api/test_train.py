@@ -7,6 +7,7 @@ import json
 import pytest
 import redis
 
+from bnlenet.datasets.builtin import BUILTIN_ID
 from bnlenet.settings import get_settings
 from bnlenet.training_queue import queue_key
 
@@ -21,7 +22,7 @@ def test_train_accepts_the_defaults(client, redis_url):
     # the better stored model by default.
     assert job["params"] == {"variant": "scratch", "epochs": 10, "lr": 1.0, "batch_size": 256, "seed": 0,
                              "precise_bn": True, "swa_epochs": 5, "init_model": None, "device": None,
-                             "checkpoint_every": 1}
+                             "checkpoint_every": 1, "dataset": BUILTIN_ID}  # the built-in Fashion-MNIST, by id
     assert job["final_test_acc"] is None and job["history"] == []
     assert job["attempts"] == 0
     assert redis.Redis.from_url(redis_url).llen(queue_key(get_settings())) == 1  # a task was published
