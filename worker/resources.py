@@ -88,9 +88,10 @@ def training_data() -> ImageDataset:
 def datasets() -> DatasetCache:
     """The data sets jobs train on: the built-in one (``training_data``) and uploaded ones, fetched once."""
     global _datasets
+    storage = model_store().storage  # before taking the lock, which model_store takes too
     with _lock:
         if _datasets is None:
-            _datasets = DatasetCache(DatasetStore.on(model_store().storage, settings()), training_data)
+            _datasets = DatasetCache(DatasetStore.on(storage, settings()), training_data)
         return _datasets
 
 

@@ -9,27 +9,15 @@ import pytest
 
 from bnlenet.checkpoint_storage import S3Storage
 from bnlenet.local.s3_server import S3Server
-from tests.conftest import own_s3_server
 from tests.dataset_uploads import fashion_mnist_subset, folder_zip
 from tests.integration.conftest import Stack
+from tests.integration.test_object_store import _as_a_client, s3  # noqa: F401 (the fixtures, this module's own)
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with own_s3_server(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _as_a_client(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in s3.client_env().items():
-        monkeypatch.setenv(key, value)
-
-
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path, s3: S3Server) -> Iterator[Stack]:
+def hosts(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path, s3: S3Server) -> Iterator[Stack]:  # noqa: F811 (the imported fixture)
     root = tmp_path_factory.mktemp("hosts")
     stack = Stack(root, synthetic_data_dir)
     stack.env.update(s3.client_env(), CHECKPOINT_DIR=f"s3://{s3.bucket}/models", OBJECT_STORE_RETRY_S="2")
@@ -48,7 +36,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path, s3
         stack.stop()
 
 
-def test_a_worker_of_another_host_fetches_a_dataset_once(hosts, s3):
+def test_a_worker_of_another_host_fetches_a_dataset_once(hosts, s3):  # noqa: F811
     arrays, names = fashion_mnist_subset((0, 1, 7), train=120, test=30)
     r = hosts.client.post("/datasets", files={"file": ("three.zip", folder_zip(arrays, names), "application/zip")})
     assert r.status_code == 201, r.text

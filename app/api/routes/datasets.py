@@ -33,7 +33,7 @@ from bnlenet.datasets import IngestLimits, PreparedDataset, ingest, read_dataset
 from bnlenet.datasets.builtin import BUILTIN_ID
 from bnlenet.datasets.store import DatasetInUse, DatasetStore
 from bnlenet.datasets.usage import jobs_using, models_using
-from bnlenet.model_store import MODEL_ID_PATTERN
+from bnlenet.model_store import MODEL_ID_PATTERN, valid_model_id
 from bnlenet.settings import Settings
 from models.data import load_fashion_mnist
 from models.lenet import IMAGE_SIZE
@@ -82,6 +82,16 @@ def _out(info: dict[str, Any]) -> DatasetOut:
     "per class, a hostile archive) is refused with 4xx and `problems`, every one found; nothing is stored. "
     "A body over `DATASET_MAX_UPLOAD_BYTES` is a 413 as soon as it passes the limit.",
     dependencies=[WriterDep],
+    # Read by hand (streamed to disk under BodyLimit's cap), so the body is stated here.
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary", "description": "a zip of class folders, IDX files in a "
+                     "zip, or a MedMNIST-shaped .npz"},
+            "classes": {"type": "string", "description": "names of labels 0, 1, ...: comma-separated or a JSON list"},
+            "test_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.2},
+            "seed": {"type": "integer", "minimum": 0, "default": 0},
+            "name": {"type": "string", "pattern": MODEL_ID_PATTERN, "description": "an alias for the data set"},
+        }}}}}},
     responses={200: {"model": DatasetOut, "description": "The same content was uploaded before: that data set"},
                **{code: {"model": DatasetRejectedOut, "description": "The upload was refused: every problem found"}
                   for code in (413, 415, 422)},
@@ -150,6 +160,9 @@ def _options(fields: dict[str, Any]) -> dict[str, Any]:
     if ingest_options.get("seed", 0) < 0:
         raise BadInput("seed must be 0 or more")
     name = fields.get("name") or None
+    if name is not None and not valid_model_id(name):
+        raise BadInput(f"name {name!r} cannot be an alias: 1-64 letters, digits, '-' or '_', starting with a letter "
+                       "or digit")
     return {"ingest": ingest_options, "name": name}
 
 
