@@ -5,6 +5,7 @@
     predict  PredictRequest, PredictBatchRequest, PredictOut, PredictBatchOut
     models   ModelOut, ModelList, AliasOut, BatchNormOut
     health   HealthOut, ReadyOut
+    sweeps   SweepRequest, SweepOut, SweepList
     errors   ErrorOut, the one shape of every error answer
 
 Job and model shapes reuse the engine's ``Progress`` and ``EpochMetrics`` and the job store's
@@ -24,6 +25,7 @@ from app.schemas.predict import (
     PredictOut,
     PredictRequest,
 )
+from app.schemas.sweeps import SweepList, SweepOut, SweepRequest
 from app.schemas.train import Hyperparameters, JobParams, job_params, train_request_model
 
 __all__ = [
@@ -48,6 +50,9 @@ __all__ = [
     "PredictOut",
     "PredictRequest",
     "ReadyOut",
+    "SweepList",
+    "SweepOut",
+    "SweepRequest",
     "UnusableModelOut",
     "job_params",
     "train_request_model",
