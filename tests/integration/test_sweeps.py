@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 
 import pytest
 
-from tests.integration.conftest import Stack, wait_for
+from tests.integration.conftest import ROOT, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +106,32 @@ def test_sweep_cancel_cancels_queued_and_running_trials(stack):
     assert ended["status"] == "cancelled" and {t["status"] for t in ended["trials"]} == {"cancelled"}
     assert stack.client.delete(f"/sweeps/{sweep['id']}").status_code == 204
     assert stack.client.get("/jobs", params={"sweep": sweep["id"]}).status_code == 404
+
+
+def _bnlenet(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bnlenet.local.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=ROOT)
+
+
+def test_sweep_command_line_submits_follows_shows_and_deletes(stack):
+    env = {**stack.env, "BNLENET_URL": stack.url}
+    done = _bnlenet("sweep", "--param", "lr=0.5", "--param", "seed=0..1", "--base", "epochs=1",
+                    "--base", "batch_size=64", "--name", "cli", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    sweep_id = done.stdout.split()[1].rstrip(":")
+    sweep = _sweep(stack, sweep_id)
+    assert sweep["status"] == "succeeded" and sweep["name"] == "cli" and len(sweep["trials"]) == 2
+    assert [t["params"] for t in sweep["trials"]] == [{"lr": 0.5, "seed": 0}, {"lr": 0.5, "seed": 1}]
+    for trial in sweep["trials"]:
+        assert f"trial {trial['job_id']} (lr=0.5, seed={trial['params']['seed']}): succeeded" in done.stdout
+    entry = sweep["settings"][0]
+    table_row = next(line for line in done.stdout.splitlines() if line.startswith("lr=0.5 "))
+    assert table_row.split() == ["lr=0.5", "2", *(f"{entry[k]:.4f}" for k in ("mean", "std", "min", "max"))]
+    shown = _bnlenet("sweeps", "show", sweep_id, "--json", env=env)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == sweep_id
+    listed = _bnlenet("sweeps", "list", env=env)
+    assert sweep_id in listed.stdout
+    refused = _bnlenet("sweep", "--param", "lr=-1", env=env)
+    assert refused.returncode == 2 and "lr must be greater than 0" in refused.stderr
+    assert _bnlenet("sweeps", "delete", sweep_id, env=env).returncode == 0
+    assert stack.client.get(f"/sweeps/{sweep_id}").status_code == 404
