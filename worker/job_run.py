@@ -58,6 +58,11 @@ def run_job(job_id: str, task_id: str | None, announce: Callable[[dict[str, Any]
             resources.training_states().discard(job_id)  # ended: nothing will resume it
         return _not_run(job_id, task_id, claim)
     job_stats.job_started(store.redis, claim.record)
+    from worker.pack_run import claim_pack, run_pack  # a pack is a sweep's trials run by this one task
+
+    members = claim_pack(claim.record)
+    if members:
+        return run_pack([claim.record, *members], announce)
     return _Attempt(claim.record, announce).run()
 
 
@@ -107,7 +112,7 @@ class _Attempt:
                                on_state=lambda state: self._save_state(state, config), init_state=init_state)
         except StoppedEarly as stop:
             log.info("job %s: %s", self.job_id, stop.reason)
-            result = stopped_result(stop.state, config.variant, device, config.threads)
+            result = stopped_result(stop.state, config, data, device)
             return self._publish(config, result, data.classes, stopped=stop.reason)
         except (Superseded, LostJob) as exc:
             log.warning("job %s: attempt %d stops: %s", self.job_id, self.attempt, exc)
