@@ -217,7 +217,8 @@ def test_dashboard_fits_a_phone(browser, trained):
     browser.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                                    {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
     for path, ready in (("/", "#train-form"), (f"/#/models/{trained}", ".bn-layer figure.chart"),
-                        ("/#/predict", "#predict-random")):
+                        ("/#/predict", "#predict-random"), ("/#/datasets", "#dataset-form"),
+                        ("/#/sweeps", "#sweep-form")):
         browser.open(path)
         browser.wait(ready)
         overflow = browser.driver.execute_script(

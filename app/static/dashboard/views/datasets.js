@@ -21,7 +21,7 @@ export function render(main, selectedId) {
         el("p.muted.small", {}, "A job trains on one of these (the ", el("code", {}, "dataset"), " field of the job form)."),
         el("div.table-wrap", {}, el("table.datasets", { id: "datasets-table" },
           el("caption.visually-hidden", {}, "Datasets, with their classes and sizes"),
-          el("thead", {}, el("tr", {}, ["Dataset", "Classes", "Train", "Test", "Format", "Size", "Created", ""]
+          el("thead", {}, el("tr", {}, ["Dataset", "Classes", "Train", "Test", "Format", "Size", ""]
             .map((h) => el("th", { scope: "col" }, h)))),
           tbody)))),
     detail);
@@ -42,7 +42,7 @@ export function render(main, selectedId) {
       const page = await api("/datasets", { interactive: false });
       showError(null, "list");
       tbody.replaceChildren(...page.data.map((d) => datasetRow(d, select, remove)));
-      if (!page.data.length) tbody.append(el("tr", {}, el("td.muted", { colspan: 8 }, "No dataset yet: upload one.")));
+      if (!page.data.length) tbody.append(el("tr", {}, el("td.muted", { colspan: 7 }, "No dataset yet: upload one.")));
     } catch (err) {
       showError(err, "list");
     }
@@ -123,8 +123,7 @@ function datasetRow(d, select, remove) {
     el("td", { dataset: { split: "train" } }, (d.train_size ?? 0).toLocaleString()),
     el("td", { dataset: { split: "test" } }, (d.test_size ?? 0).toLocaleString()),
     el("td", {}, d.format ?? "—"),
-    el("td", {}, bytes(d.size_bytes)),
-    el("td", {}, when(d.created_at)),
+    el("td", { title: d.created_at ? `created ${when(d.created_at)}` : "" }, bytes(d.size_bytes)),
     el("td", {}, d.builtin ? "" : del));
 }
 
