@@ -10,7 +10,7 @@ from tests.integration.conftest import wait_for
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 SWEEP = {"name": "browser-lr", "method": "grid",
-         "parameters": {"lr": {"values": [0.1, 0.9]}, "seed": {"values": [0, 1]}},
+         "parameters": {"lr": {"values": [0.003, 0.9]}, "seed": {"values": [0, 1]}},  # one learns, one barely
          "base": {"epochs": 2, "batch_size": 64}}
 
 
@@ -53,12 +53,12 @@ def test_dashboard_compares_a_sweeps_trials_and_aliases_the_best(browser, stack)
     assert chart.get_attribute("data-series") == "4" and points(chart) == 2
     legend = chart.find_elements(By.CSS_SELECTOR, ".u-legend .u-series")
     assert len(legend) == 1 + 4
-    colours = {}
+    colours: dict[str, set[str]] = {}
     for entry in legend[1:]:
         setting = entry.text.split(" · ")[0]
         colours.setdefault(setting, set()).add(entry.find_element(By.CSS_SELECTOR, ".u-marker").value_of_css_property("border-color"))
-    assert set(colours) == {"lr=0.1", "lr=0.9"} and all(len(c) == 1 for c in colours.values())
-    assert colours["lr=0.1"] != colours["lr=0.9"]
+    assert set(colours) == {"lr=0.003", "lr=0.9"} and all(len(c) == 1 for c in colours.values())
+    assert colours["lr=0.003"] != colours["lr=0.9"]
 
     # per setting: the mean and spread across seeds, as the API computed them
     groups = browser.find_all("#sweep-spread g.setting")
@@ -75,7 +75,8 @@ def test_dashboard_compares_a_sweeps_trials_and_aliases_the_best(browser, stack)
 
     # one click points an alias at the best trial's model
     best = sweep["best"]
-    assert best["final_test_acc"] == max(t["final_test_acc"] for t in sweep["trials"])
+    accuracies = sorted(t["final_test_acc"] for t in sweep["trials"])
+    assert best["final_test_acc"] == accuracies[-1] > accuracies[0]  # a best that another trial is not
     assert browser.find("#sweep-best-acc").text.startswith(f"{100 * best['final_test_acc']:.2f}%")
     alias = browser.find("#sweep-alias")
     alias.clear()
@@ -85,6 +86,8 @@ def test_dashboard_compares_a_sweeps_trials_and_aliases_the_best(browser, stack)
     assert stack.client.get("/models/sweep-best").json()["model_id"] == best["model_id"]
     assert stack.client.get("/models").json()["aliases"]["sweep-best"] == best["model_id"]
     browser.screenshot("sweep-best-aliased", full_page=False)
+
+    assert not [e for e in browser.read_console() if "Error" in e["message"]], browser.read_console()
 
     # and the list of sweeps shows it with its best accuracy
     browser.open("/#/sweeps")

@@ -146,7 +146,7 @@ function renderSweep(main, sweepId) {
   let sweep = null;
   let jobs = new Map(); // job_id -> job record (with its history), from GET /jobs?sweep=
   let chart = null;
-  let chartKey = "";
+  let chartKey = null; // the trials the chart draws, by job id
   let aliasForm = null;
   let poll = null;
   let lastSeen = "";
@@ -207,17 +207,17 @@ function renderSweep(main, sweepId) {
       chart = null;
       chartKey = key;
       curves.replaceChildren();
-      if (!list.length) {
-        curves.append(el("p.muted", {}, "No epoch has finished yet."));
-        return;
+      if (!list.length) curves.append(el("p.muted", {}, "No epoch has finished yet."));
+      else {
+        chart = makeChart(curves, {
+          title: "Test accuracy per epoch, one line per trial", xLabel: "epoch", integerX: true,
+          series: list.map((t) => ({ label: `${t.setting}${t.params?.seed !== undefined ? ` · seed ${t.params.seed}` : ""}`, color: colorOf(t.setting) })),
+        });
+        chart.figure.id = "chart-sweep-curves";
+        chart.figure.dataset.series = String(list.length);
       }
-      chart = makeChart(curves, {
-        title: "Test accuracy per epoch, one line per trial", xLabel: "epoch", integerX: true,
-        series: list.map((t) => ({ label: `${t.setting}${t.params?.seed !== undefined ? ` · seed ${t.params.seed}` : ""}`, color: colorOf(t.setting) })),
-      });
-      chart.figure.id = "chart-sweep-curves";
-      chart.figure.dataset.series = String(list.length);
     }
+    if (!chart) return;
     const epochs = Math.max(1, ...list.map((t) => Math.max(...jobs.get(t.job_id).history.map((h) => h.epoch))));
     const xs = Array.from({ length: epochs }, (_, i) => i + 1);
     chart.update([xs, ...list.map((t) => xs.map((e) => jobs.get(t.job_id).history.find((h) => h.epoch === e)?.test_acc ?? null))]);
