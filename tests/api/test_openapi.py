@@ -17,6 +17,11 @@ EXPECTED = {
     ("get", "/models/{model_id}/batchnorm"): {"200", "404"},
     ("get", "/healthz"): {"200"},
     ("get", "/readyz"): {"200", "503"},
+    ("post", "/datasets"): {"200", "201", "413", "415", "422"},
+    ("get", "/datasets"): {"200"},
+    ("get", "/datasets/{name}"): {"200", "404"},
+    ("delete", "/datasets/{dataset_id}"): {"204", "404", "409"},
+    ("get", "/datasets/{name}/samples.png"): {"200", "404"},
 }
 
 
@@ -88,9 +93,12 @@ OPERATION_IDS = {
     ("post", "/sweeps"): "create_sweep", ("get", "/sweeps"): "list_sweeps", ("get", "/sweeps/{sweep_id}"): "get_sweep",
     ("post", "/sweeps/{sweep_id}/cancel"): "cancel_sweep", ("delete", "/sweeps/{sweep_id}"): "delete_sweep",
     ("get", "/sweeps/{sweep_id}/events"): "sweep_events",
+    ("post", "/datasets"): "upload_dataset", ("get", "/datasets"): "list_datasets",
+    ("get", "/datasets/{name}"): "get_dataset", ("delete", "/datasets/{dataset_id}"): "delete_dataset",
 }
 WRITES = {"train", "cancel_job", "cancel_jobs", "delete_job", "delete_model", "set_alias", "delete_alias",
-          "create_sweep", "cancel_sweep", "delete_sweep"}
+          "create_sweep", "cancel_sweep", "delete_sweep",
+          "upload_dataset", "delete_dataset", "set_dataset_alias", "delete_dataset_alias"}
 
 
 def _operations(spec):

@@ -37,7 +37,7 @@ def test_a_three_class_subset_trains_and_answers_with_its_class_names(stack):
     arrays, names = fashion_mnist_subset(THREE, train=900, test=150)
     ds = _upload(stack.client, folder_zip(arrays, names), "three.zip", name="three")
     assert ds["num_classes"] == 3
-    job = _train(stack, dataset="three")
+    job = _train(stack, dataset="three", epochs=6, batch_size=32)
     assert job["params"]["dataset"] == ds["id"]
     model = stack.client.get(f"/models/{job['job_id']}").json()
     assert model["dataset"] == ds["id"] and model["classes"] == ds["classes"]
@@ -57,10 +57,10 @@ def test_scikit_learn_digits_train_well_above_chance_and_answer_digit_names(stac
     ds = _upload(stack.client, digits_zip(), "digits.zip", name="digits", test_fraction="0.2", seed="0")
     assert sorted(ds["classes"]) == sorted(DIGIT_NAMES)
     assert ds["train_size"] + ds["test_size"] == 1797 and ds["report"]["split"]["source"] == "service"
-    job = _train(stack, dataset="digits", epochs=6)
+    job = _train(stack, dataset="digits", epochs=10, batch_size=32)
     assert job["final_test_acc"] > 0.8, job  # chance is 0.1
     images, labels = digits()
-    batch = [("images", (f"{i}.png", png(images[i]), "image/png")) for i in range(0, 1797, 90)]
+    batch = [("files", (f"{i}.png", png(images[i]), "image/png")) for i in range(0, 1797, 90)]
     r = stack.client.post("/predict/batch", params={"model_id": job["job_id"]}, files=batch)
     assert r.status_code == 200, r.text
     answers = [a["class_name"] for a in r.json()["data"]]
