@@ -18,23 +18,23 @@ from tests.api.test_events import METRICS, parse, progress, serve, store  # noqa
 pytestmark = pytest.mark.integration
 
 
-def _sweep(store: JobStore) -> tuple[str, list[str]]:
+def _sweep(jobs: JobStore) -> tuple[str, list[str]]:
     spec = parse_spec({"parameters": {"seed": {"values": [0, 1]}}, "base": {"epochs": 2}},
                       SweepLimits.from_settings(Settings()))
-    record, _ = SweepStore(store).create(spec)
+    record, _ = SweepStore(jobs).create(spec)
     return record["sweep_id"], [t["job_id"] for t in record["trials"]]
 
 
-def _run_trials(store: JobStore, ids: list[str]) -> threading.Thread:
+def _run_trials(jobs: JobStore, ids: list[str]) -> threading.Thread:
     def run() -> None:
         for job_id in ids:
             time.sleep(0.2)
-            assert store.claim(job_id, worker="w@h", pid=1, task_id="t", max_attempts=3, stale_after=30).run
+            assert jobs.claim(job_id, worker="w@h", pid=1, task_id="t", max_attempts=3, stale_after=30).run
             for epoch in (1, 2):
                 time.sleep(0.05)
-                store.add_epoch(job_id, worker="w@h", attempt=1, metrics={**METRICS, "epoch": epoch},
+                jobs.add_epoch(job_id, worker="w@h", attempt=1, metrics={**METRICS, "epoch": epoch},
                                 progress=progress(4, epoch))
-            store.finish(job_id, "succeeded", worker="w@h", attempt=1, model_id=job_id, final_test_acc=0.5)
+            jobs.finish(job_id, "succeeded", worker="w@h", attempt=1, model_id=job_id, final_test_acc=0.5)
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -47,7 +47,7 @@ def _read(url: str, sweep_id: str, headers: dict[str, str] | None = None) -> lis
         return [e for e in parse(r.iter_lines()) if "comment" not in e]
 
 
-def test_sweep_events_follow_every_trial_until_the_sweep_ends(serve, store: JobStore) -> None:
+def test_sweep_events_follow_every_trial_until_the_sweep_ends(serve, store: JobStore) -> None:  # noqa: F811
     url, _ = serve()
     sweep_id, ids = _sweep(store)
     writer = _run_trials(store, ids)
