@@ -326,6 +326,9 @@ async def follow_sweep(
                             mode="json"), id=event.id)
                         try:
                             sse, ended = await current()
+                            # Ended, and this was its last event (a resumed stream may still have more to send).
+                            ended = ended and not await run_in_threadpool(
+                                sweeps.events_after, sweep_id, event.id, count=1)
                         except (SweepNotFound, StoreUnavailable):
                             return
                         yield sse
