@@ -138,7 +138,8 @@ export async function upload(path, form, { onProgress, onSent, interactive = tru
     const xhr = new XMLHttpRequest();
     const done = new Promise((resolve, reject) => {
       xhr.addEventListener("load", () => resolve());
-      xhr.addEventListener("error", () => reject(new ApiError(0, "the upload did not reach the server")));
+      xhr.addEventListener("error", () => reject(new ApiError(0,
+        "the connection closed during the upload (the server refuses a file over its upload limit as it passes it)")));
       xhr.addEventListener("abort", () => reject(new ApiError(0, "the upload was aborted")));
     });
     xhr.upload.addEventListener("progress", (e) => { if (onProgress) onProgress(e.loaded, e.lengthComputable ? e.total : null); });
