@@ -18,6 +18,7 @@ from bnlenet.model_news import ModelNews
 from bnlenet.model_store import ModelStore
 from bnlenet.model_store.exports import ExportBuilds
 from bnlenet.settings import Settings
+from bnlenet.sweeps.store import SweepStore
 from bnlenet.training_queue import Publisher
 
 T = TypeVar("T")
@@ -37,6 +38,13 @@ def _from_state(name: str, kind: type[T]) -> Callable[[Request], T]:
 
 SettingsDep = Annotated[Settings, Depends(_from_state("settings", Settings))]
 JobStoreDep = Annotated[JobStore, Depends(_from_state("job_store", JobStore))]
+
+
+def _sweep_store(store: JobStoreDep) -> SweepStore:
+    return SweepStore(store)
+
+
+SweepStoreDep = Annotated[SweepStore, Depends(_sweep_store)]
 ModelStoreDep = Annotated[ModelStore, Depends(_from_state("model_store", ModelStore))]
 DatasetStoreDep = Annotated[DatasetStore, Depends(_from_state("dataset_store", DatasetStore))]
 ModelNewsDep = Annotated[ModelNews, Depends(_from_state("model_news", ModelNews))]

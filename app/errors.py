@@ -6,6 +6,9 @@
     MalformedJob (bnlenet.jobs)            409  a stored record that cannot be read (that job alone)
     IdempotencyConflict (bnlenet.jobs)     409  an Idempotency-Key reused with other parameters
     JobRunning (bnlenet.jobs)              409  deleting a running job: cancel it first
+    SweepNotFound (bnlenet.sweeps)         404
+    SweepRunning (bnlenet.sweeps)          409  deleting a sweep whose trials have not ended: cancel it first
+    SweepRejected (bnlenet.sweeps)         422  a sweep over the limits, or asking what a job cannot take
     QueueFull                              429  MAX_QUEUED_JOBS are waiting (with Retry-After)
     UnknownModel (bnlenet.model_store)     404  also any id that could never name a model
     NoModelYet (bnlenet.model_store)       409  train one first
@@ -42,6 +45,8 @@ from bnlenet.datasets import DatasetRejected
 from bnlenet.datasets.store import DatasetInUse, UnknownDataset
 from bnlenet.jobs import IdempotencyConflict, JobFinished, JobNotFound, JobRunning, MalformedJob, StoreUnavailable
 from bnlenet.model_store import AliasConflict, ModelUnusable, NoModelYet, ObjectStoreUnavailable, UnknownModel
+from bnlenet.sweeps.errors import SweepNotFound, SweepRunning
+from bnlenet.sweeps.spec import SweepRejected
 from models.data import DataError
 
 __all__ = [
@@ -92,6 +97,9 @@ STATUS: dict[type[Exception], int] = {
     MalformedJob: 409,
     IdempotencyConflict: 409,
     JobRunning: 409,
+    SweepNotFound: 404,
+    SweepRunning: 409,
+    SweepRejected: 422,
     QueueFull: 429,
     NoModelYet: 409,
     ModelUnusable: 409,
@@ -146,7 +154,10 @@ def _handler(status: int):  # type: ignore[no-untyped-def]
             headers = {"Retry-After": str(RETRY_AFTER_S)}
         if status == 429:
             headers = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+        body: dict[str, Any] = {"detail": str(exc)}
+        if isinstance(exc, SweepRejected):
+            body["problems"] = exc.problems
+        return JSONResponse(body, status_code=status, headers=headers)
 
     return handle
 

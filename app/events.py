@@ -28,11 +28,14 @@ import redis.asyncio
 from fastapi.sse import ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from app.schemas import JobOut
+from app.schemas import JobOut, SweepOut
 from bnlenet.jobs import EVENTS_CHANNEL, TERMINAL, JobEvent, JobNotFound, JobStore, StoreUnavailable, event_id_key
 from bnlenet.model_news import MODELS_CHANNEL
+from bnlenet.sweeps.errors import SweepNotFound
+from bnlenet.sweeps.record import sweep_view
+from bnlenet.sweeps.store import SweepStore
 
-__all__ = ["EventHub", "Watch", "follow_job"]
+__all__ = ["EventHub", "Watch", "follow_job", "follow_sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +75,10 @@ class Watch:
 
 
 class _Feed:
-    """The streams of one job and how far the hub has read its events for them."""
+    """The streams of one job (or sweep) and how far the hub has read its events for them."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: Callable[[str, str], list[JobEvent]]) -> None:
+        self.read = read  # (id, after) -> the events after ``after``: a job's stream, or a sweep's
         self.watches: set[Watch] = set()
         self.cursor: str | None = None  # set by the first stream that has read its backlog
         self.stale = False  # the channel named this job since the last read
@@ -112,9 +116,10 @@ class EventHub:
         except TimeoutError:
             raise StoreUnavailable("the job store (Redis) is unavailable: cannot subscribe to job events") from None
 
-    def join(self, job_id: str) -> Watch:
+    def join(self, job_id: str, read: Callable[[str, str], list[JobEvent]] | None = None) -> Watch:
+        """A new stream's place in the feed of ``job_id``: a job, or with ``read`` another stream (a sweep's)."""
         watch = Watch(job_id)
-        self._feeds.setdefault(job_id, _Feed()).watches.add(watch)
+        self._feeds.setdefault(job_id, _Feed(read or self.store.events_after)).watches.add(watch)
         return watch
 
     def ready(self, watch: Watch, position: str) -> None:
@@ -198,7 +203,7 @@ class EventHub:
             feed.stale = False
             assert feed.cursor is not None
             try:
-                events = await run_in_threadpool(self.store.events_after, job_id, feed.cursor)
+                events = await run_in_threadpool(feed.read, job_id, feed.cursor)
             except StoreUnavailable as exc:
                 log.warning("reading the events of job %s failed: %s", job_id, exc)
                 feed.stale = True
@@ -268,5 +273,67 @@ async def follow_job(
                 yield _sse(event)
                 if _final(event):
                     return
+    finally:
+        hub.leave(watch)
+
+
+async def follow_sweep(
+    hub: EventHub, sweeps: SweepStore, sweep_id: str, last_event_id: str | None, *, heartbeat_s: float,
+    retry_ms: int = 1000,
+) -> AsyncIterator[ServerSentEvent]:
+    """A sweep's events: ``sweep`` (the whole sweep) first and after each trial's status change, ``trial``
+    (the trial's job) on each status change, ``epoch`` (a finished epoch with its ``job_id``); until it ends."""
+
+    async def current() -> tuple[ServerSentEvent, bool]:
+        record, trials, _ = await run_in_threadpool(sweeps.snapshot, sweep_id)
+        view = SweepOut.model_validate(sweep_view(record, trials))
+        return ServerSentEvent(event="sweep", data=view.model_dump(mode="json")), view.status in TERMINAL
+
+    watch = hub.join(sweep_id, read=sweeps.events_after)  # before any read, as follow_job
+    try:
+        try:
+            record, trials, last = await run_in_threadpool(sweeps.snapshot, sweep_id)
+            resume = last_event_id is not None and await run_in_threadpool(
+                sweeps.events_resumable, sweep_id, last_event_id)
+        except (SweepNotFound, StoreUnavailable):
+            return
+        position = last_event_id if resume and last_event_id is not None else last
+        if not resume:
+            view = SweepOut.model_validate(sweep_view(record, trials))
+            yield ServerSentEvent(event="sweep", data=view.model_dump(mode="json"), id=position, retry=retry_ms)
+            if view.status in TERMINAL:
+                return
+        try:
+            backlog = await run_in_threadpool(sweeps.events_after, sweep_id, position)
+        except StoreUnavailable:
+            return
+        hub.ready(watch, backlog[-1].id if backlog else position)
+        batch: list[JobEvent] | None = backlog
+        while True:
+            if batch is None:
+                yield ServerSentEvent(comment="heartbeat")
+            elif watch.overflowed:
+                return
+            else:
+                for event in batch:
+                    if event_id_key(event.id) <= event_id_key(position):
+                        continue
+                    position = event.id
+                    if event.type == "epoch":
+                        yield ServerSentEvent(event="epoch", data=event.data, id=event.id)
+                    elif event.type == "status":
+                        yield ServerSentEvent(event="trial", data=JobOut.model_validate(event.data).model_dump(
+                            mode="json"), id=event.id)
+                        try:
+                            sse, ended = await current()
+                            # Ended, and this was its last event (a resumed stream may still have more to send).
+                            ended = ended and not await run_in_threadpool(
+                                sweeps.events_after, sweep_id, event.id, count=1)
+                        except (SweepNotFound, StoreUnavailable):
+                            return
+                        yield sse
+                        if ended:
+                            return
+            batch = await watch.next_batch(heartbeat_s)
     finally:
         hub.leave(watch)

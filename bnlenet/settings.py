@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     MAX_EPOCHS: int = Field(100, ge=1)
     MAX_LR: float = Field(100.0, gt=0)
     MAX_BATCH_SIZE: int = Field(8192, ge=2)
+    # Caps on POST /sweeps (bnlenet.sweeps.spec): trials in one sweep, the epochs of all its
+    # trials together, and the values listed for one parameter. Each trial is also a queued job
+    # that MAX_QUEUED_JOBS counts.
+    MAX_SWEEP_TRIALS: int = Field(64, ge=1)
+    MAX_SWEEP_TOTAL_EPOCHS: int = Field(2000, ge=1)
+    MAX_SWEEP_VALUES: int = Field(64, ge=1)
+    # A worker that takes a trial of a sweep with `pack: true` trains up to this many of the sweep's queued
+    # trials that can share a step as one pack (worker/pack_run.py), where packing pays: on CUDA. On the CPU
+    # separate jobs are faster (models/packed.py), unless SWEEP_PACK_ON_CPU (for tests and measurements).
+    SWEEP_PACK_MAX: int = Field(16, ge=1)
+    SWEEP_PACK_ON_CPU: bool = False
 
     # `bnlenet up`, the local launcher only.
     BNLENET_VAR_DIR: Path = Path("var")  # Redis data, the lock, and checkpoints unless CHECKPOINT_DIR is set

@@ -31,7 +31,7 @@ from models.data import ImageDataset
 from models.devices import DEVICE_PATTERN, cuda_settings, resolve_device, synchronize
 from models.inference import evaluate_accuracy
 from models.init_model import load_initial_state
-from models.lenet import VARIANTS, build_lenet
+from models.lenet import NUM_CLASSES, VARIANTS, build_lenet
 from models.memory import keep_large_buffers
 from models.params import check_params, describes_run, param
 from models.stepper import TrainSteps, compiled_graph_count, sgd
@@ -46,6 +46,9 @@ __all__ = [
     "TrainResult",
     "TrainingCancelled",
     "TrainingDiverged",
+    "check_finite",
+    "finish_training",
+    "initial_model",
     "train",
     "train_one_epoch",
     "training_metadata",
@@ -185,6 +188,7 @@ class TrainResult:
     new_classifier: bool = False  # started from a model of other classes: its last layer was not kept
     cuda_graph: bool = False  # whether the step ran as a captured CUDA graph
     threads: int = 1  # intra-op CPU threads it ran on (results depend on it in the last bits)
+    stopped_early: bool = False  # a packed trial its sweep stopped before config.epochs (models.packed)
 
     @property
     def final_test_acc(self) -> float | None:
@@ -231,9 +235,7 @@ def train(
         if device.type == "cpu":
             keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step
         graphs_before = compiled_graph_count()
-        torch.manual_seed(config.seed)  # the weight init
-        model = build_lenet(config.variant, len(data.classes))  # one output per class of the data set
-        new_classifier = init_state is not None and load_initial_state(model, init_state, name=str(config.init_model))
+        model, new_classifier = initial_model(config, init_state, len(data.classes))  # one output per class
         model = model.to(device)
         optimizer = sgd(model, config.lr, device)
         shuffle = torch.Generator().manual_seed(config.seed)
@@ -273,16 +275,40 @@ def train(
                     on_epoch(metrics)
         result.compiled_graphs = compiled_graph_count() - graphs_before
 
-        if average is not None:
-            average.copy_to(model)  # precise BN below gives the averaged weights their statistics
-        if config.precise_bn:
-            recompute_bn_statistics(
-                model, train_images, batch_size=config.batch_size,
-                num_images=config.precise_bn_images, seed=config.seed,
-            )
-            result.precise_bn_test_acc = evaluate_accuracy(model, test_images, test_labels)
-        model.eval()
-        return result
+        return finish_training(result, config, average, train_images, test_images, test_labels)
+
+
+def initial_model(config: TrainConfig, init_state: Mapping[str, Tensor] | None = None,
+                  num_classes: int = NUM_CLASSES) -> tuple[nn.Sequential, bool]:
+    """The LeNet a run of ``config`` starts from, on the CPU, and whether its last layer is new.
+
+    Fresh weights drawn from ``config.seed`` (the global generator is seeded here), or
+    ``init_state`` loaded over them. Also the packed trainer's start (``models.packed``).
+    """
+    torch.manual_seed(config.seed)  # the weight init
+    model = build_lenet(config.variant, num_classes)  # one output per class of the data set
+    new_classifier = init_state is not None and load_initial_state(model, init_state, name=str(config.init_model))
+    return model, new_classifier
+
+
+def finish_training(result: TrainResult, config: TrainConfig, average: WeightAverage | None, train_images: Tensor,
+                    test_images: Tensor, test_labels: Tensor) -> TrainResult:
+    """After the last epoch: the averaged weights, precise BN and its test accuracy; the model in eval mode.
+
+    ``average`` holds the last ``result.averaged_epochs`` epochs' weights (None: keep the
+    last epoch's). Shared with the packed trainer, which finishes each trial here.
+    """
+    model = result.model
+    if average is not None:
+        average.copy_to(model)  # precise BN below gives the averaged weights their statistics
+    if config.precise_bn:
+        recompute_bn_statistics(
+            model, train_images, batch_size=config.batch_size,
+            num_images=config.precise_bn_images, seed=config.seed,
+        )
+        result.precise_bn_test_acc = evaluate_accuracy(model, test_images, test_labels)
+    model.eval()
+    return result
 
 
 def train_one_epoch(
@@ -318,13 +344,13 @@ def train_one_epoch(
         # benchmark measures POST /train to this report).
         if b == 0 or (b + 1) % config.progress_every == 0 or b + 1 == batches:
             mean_loss = steps.loss_sum.item() / seen
-            _check_finite(mean_loss, config, epoch, b + 1)
+            check_finite(mean_loss, config, epoch, b + 1)
             if on_progress is not None:
                 on_progress(Progress(epoch, config.epochs, b + 1, batches, mean_loss, steps.correct.item() / seen))
     synchronize(device)
     seconds = time.perf_counter() - started
     mean_loss = steps.loss_sum.item() / seen
-    _check_finite(mean_loss, config, epoch, batches)
+    check_finite(mean_loss, config, epoch, batches)
     return EpochMetrics(
         epoch=epoch,
         loss=mean_loss,
@@ -361,7 +387,8 @@ def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[s
     }
 
 
-def _check_finite(mean_loss: float, config: TrainConfig, epoch: int, batch: int) -> None:
+def check_finite(mean_loss: float, config: TrainConfig, epoch: int, batch: int) -> None:
+    """Raise ``TrainingDiverged`` when the mean loss so far is NaN or infinite."""
     if not math.isfinite(mean_loss):
         raise TrainingDiverged(
             f"training diverged: the loss became {mean_loss} in epoch {epoch} by batch {batch} "

@@ -37,6 +37,7 @@ from models.training import (
 from worker import resources
 from worker.job_config import job_config, starting_state
 from worker.lease import Heartbeat, LostJob, owner_gone
+from worker.sweep_trial import StoppedEarly, TrialRule, stopped_result
 
 __all__ = ["Outcome", "run_job"]
 
@@ -57,6 +58,11 @@ def run_job(job_id: str, task_id: str | None, announce: Callable[[dict[str, Any]
             resources.training_states().discard(job_id)  # ended: nothing will resume it
         return _not_run(job_id, task_id, claim)
     job_stats.job_started(store.redis, claim.record)
+    from worker.pack_run import claim_pack, run_pack  # a pack is a sweep's trials run by this one task
+
+    members = claim_pack(claim.record)
+    if members:
+        return run_pack([claim.record, *members], announce)
     return _Attempt(claim.record, announce).run()
 
 
@@ -82,6 +88,8 @@ class _Attempt:
                                lease=s.JOB_STALE_AFTER_S / 2, announce=announce)
         self.first_step_seen = False
         self.saved_epoch: int | None = None  # the last epoch whose training state this attempt saved
+        self.last_state: TrainingState | None = None  # the latest the run handed over (saved or not)
+        self.trial = TrialRule(self.store, record)  # a sweep's trial: its early-stopping rule
 
     def run(self) -> Outcome:
         """Train, then publish; whatever happens, this attempt's heartbeats end with it."""
@@ -103,6 +111,10 @@ class _Attempt:
                                on_epoch=lambda m: self._on_epoch(m, config.variant, device),
                                should_stop=self.lease.cancel.is_set, resume=resume,
                                on_state=lambda state: self._save_state(state, config), init_state=init_state)
+        except StoppedEarly as stop:
+            log.info("job %s: %s", self.job_id, stop.reason)
+            result = stopped_result(stop.state, config, data, device)
+            return self._publish(config, result, data.classes, stopped=stop.reason)
         except (Superseded, LostJob) as exc:
             log.warning("job %s: attempt %d stops: %s", self.job_id, self.attempt, exc)
             return "lost", None
@@ -117,9 +129,15 @@ class _Attempt:
             return self._finish("failed", error=f"{type(exc).__name__}: {exc}")
         return self._publish(config, result, data.classes)
 
-    def _publish(self, config: TrainConfig, result: TrainResult, classes: tuple[str, ...]) -> Outcome:
-        """The checkpoint takes its name only while this attempt certainly owns the job (the lease)."""
+    def _publish(self, config: TrainConfig, result: TrainResult, classes: tuple[str, ...],
+                 stopped: str | None = None) -> Outcome:
+        """The checkpoint takes its name only while this attempt certainly owns the job (the lease).
+
+        ``stopped``: why the sweep's rule ended the trial early (its model is the last epoch's).
+        """
         metadata = {**training_metadata(config, result, classes), "job_id": self.job_id, "attempt": self.attempt}
+        if stopped is not None:
+            metadata.update(stopped_early=True, sweep_id=self.trial.sweep_id)
         try:
             resources.model_store().publish(self.job_id, result.model, metadata,
                                             before_commit=self.lease.confirm_lease)
@@ -132,7 +150,8 @@ class _Attempt:
         try:
             # Every API process serves the model before any client can learn of it (bnlenet.model_news).
             return self._finish("succeeded", within=self.settings.OUTCOME_RETRY_S, before=self._tell_every_api,
-                                model_id=self.job_id, device=result.device, final_test_acc=result.final_test_acc)
+                                model_id=self.job_id, device=result.device, final_test_acc=result.final_test_acc,
+                                stopped_early=stopped is not None, note=stopped)
         except StoreUnavailable:
             log.error("job %s: its model is published but Redis stayed away for %.0fs; the reaper records the "
                       "success from the checkpoint once it can", self.job_id, self.settings.OUTCOME_RETRY_S)
@@ -159,6 +178,7 @@ class _Attempt:
 
     def _save_state(self, state: TrainingState, config: TrainConfig) -> None:
         """Store the run's state, only while this attempt owns the job; a failed save costs only work at risk."""
+        self.last_state = state
         try:
             resources.training_states().save(self.job_id, self.attempt, config.hyperparameters(), state,
                                              before_commit=self.lease.confirm_lease)
@@ -208,3 +228,5 @@ class _Attempt:
         except StoreUnavailable as exc:
             log.warning("could not record epoch %d of job %s: %s", m.epoch, self.job_id, exc)
         job_stats.epoch_done(self.store.redis, variant=variant, device=device, examples_per_sec=m.examples_per_sec)
+        if m.epoch < int(self.params.get("epochs") or 0):  # the last epoch ends the run anyway
+            self.trial.check(self.last_state, m.epoch)

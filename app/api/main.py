@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import checkpoints, datasets, export, health, jobs, metrics, models, predict, train
+from app.api.routes import checkpoints, datasets, export, health, jobs, metrics, models, predict, sweeps, train
 from bnlenet.settings import Settings
 
 
@@ -11,6 +11,7 @@ def api_router(settings: Settings) -> APIRouter:
     router = APIRouter()
     router.include_router(train.make_router(settings))
     router.include_router(jobs.router)
+    router.include_router(sweeps.router)
     router.include_router(predict.router)
     router.include_router(models.router)
     router.include_router(datasets.router)

@@ -6,6 +6,7 @@
     models   ModelOut, ModelList, AliasOut, BatchNormOut
     datasets DatasetOut, DatasetList, DatasetAliasOut, DatasetRejectedOut
     health   HealthOut, ReadyOut
+    sweeps   SweepRequest, SweepOut, SweepList
     errors   ErrorOut, the one shape of every error answer
 
 Job and model shapes reuse the engine's ``Progress`` and ``EpochMetrics`` and the job store's
@@ -26,6 +27,7 @@ from app.schemas.predict import (
     PredictOut,
     PredictRequest,
 )
+from app.schemas.sweeps import SweepList, SweepOut, SweepRequest
 from app.schemas.train import Hyperparameters, JobParams, job_params, train_request_model
 
 __all__ = [
@@ -54,6 +56,9 @@ __all__ = [
     "PredictOut",
     "PredictRequest",
     "ReadyOut",
+    "SweepList",
+    "SweepOut",
+    "SweepRequest",
     "UnusableModelOut",
     "job_params",
     "train_request_model",

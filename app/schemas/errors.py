@@ -27,3 +27,4 @@ class ErrorOut(BaseModel):
 
     detail: str = Field(description="what went wrong, in words")
     errors: list[FieldError] | None = Field(None, description="422 only: each field that failed validation")
+    problems: list[str] | None = Field(None, description="422 for a sweep: each thing to change in the request")

@@ -58,6 +58,9 @@ class JobOut(BaseModel):
         "training state resumed from (0: the start) and the last epoch whose state it saved")
     cancel_requested: bool = False
     task_id: str | None = Field(None, description="the Celery task of the latest delivery (Flower, celery events)")
+    sweep_id: str | None = Field(None, description="the sweep this job is a trial of (GET /sweeps/{id})")
+    stopped_early: bool = Field(False, description="succeeded, but its sweep's early-stopping rule ended it before "
+                                "its last epoch: its model is the model after the epochs in history")
 
 
 class BulkCancelOut(BaseModel):

@@ -129,14 +129,17 @@ def add_epoch(r: Record, *, metrics: dict[str, Any], progress: dict[str, Any], n
 
 
 def finish(r: Record, status: JobStatus, *, now: float, model_id: str | None = None, error: str | None = None,
-           device: str | None = None, final_test_acc: float | None = None, note: str | None = None) -> Record | None:
-    """How the job ended; no change for a job that already ended."""
+           device: str | None = None, final_test_acc: float | None = None, note: str | None = None,
+           stopped_early: bool = False) -> Record | None:
+    """How the job ended (``stopped_early``: succeeded, ended by its sweep's rule); no change once it ended."""
     if status not in TERMINAL:
         raise ValueError(f"{status!r} is not a final status")
     if r["status"] in TERMINAL:
         return None
+    if stopped_early and status != "succeeded":
+        raise ValueError("only a job that succeeded can have stopped early")
     new: Record = {**r, "status": status, "finished_at": now, "model_id": model_id, "error": error,
-                   "final_test_acc": final_test_acc}
+                   "final_test_acc": final_test_acc, "stopped_early": stopped_early}
     if device is not None:
         new["device"] = device
     if note is not None:
@@ -171,7 +174,7 @@ def reap(r: Record, *, stale_after: float, max_attempts: int, published: dict[st
     silent = now - (r["heartbeat_at"] or r["created_at"])
     if published is not None and published.get("job_id") == r["job_id"] and published.get("attempt") == r["attempts"]:
         return {**r, "status": "succeeded", "finished_at": now, "model_id": r["job_id"],
-                "final_test_acc": published.get("final_test_acc"),
+                "final_test_acc": published.get("final_test_acc"), "stopped_early": bool(published.get("stopped_early")),
                 "note": f"its worker {r['worker']} published the model of attempt {r['attempts']} and went "
                         f"silent before recording it; recorded from the published checkpoint"}
     if r["cancel_requested"]:

@@ -63,9 +63,13 @@ class JobRecord(TypedDict):
     attempt_log: list[AttemptRecord]  # every attempt, oldest first
     task_id: str | None
     cancel_requested: bool
+    sweep_id: str | None  # the sweep this job is a trial of (``bnlenet.sweeps``), if any
+    # Succeeded, but ended by its sweep's early-stopping rule before its last epoch: its model is the
+    # model after the epochs it ran (``history``), with the moving averages (no precise BN, no averaging).
+    stopped_early: bool
 
 
-def new_record(job_id: str, params: dict[str, Any], now: float) -> JobRecord:
+def new_record(job_id: str, params: dict[str, Any], now: float, sweep_id: str | None = None) -> JobRecord:
     """A fresh queued record."""
     return {
         "job_id": job_id, "status": "queued", "params": params, "progress": None, "history": [],
@@ -73,7 +77,7 @@ def new_record(job_id: str, params: dict[str, Any], now: float) -> JobRecord:
         "finished_at": None, "heartbeat_at": None, "worker": None, "worker_pid": None, "device": None,
         "model_id": None, "error": None, "note": None, "attempts": 0, "fruitless_attempts": 0, "attempt_log": [],
         "task_id": None,
-        "cancel_requested": False,
+        "cancel_requested": False, "sweep_id": sweep_id, "stopped_early": False,
     }
 
 
@@ -111,6 +115,8 @@ def load_record(raw: Any, job_id: str = "?") -> JobRecord:
         raise MalformedJob(job_id, "; ".join(problems))
     record.setdefault("final_test_acc", None)
     record.setdefault("attempt_log", [])
+    record.setdefault("sweep_id", None)
+    record.setdefault("stopped_early", False)
     # A record from before progress was tracked: every earlier attempt counts as fruitless, as it did then.
     record.setdefault("fruitless_attempts", max(int(record["attempts"]) - 1, 0))
     return record  # type: ignore[return-value]

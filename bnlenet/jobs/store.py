@@ -119,13 +119,19 @@ class JobStore:
     def _idempotency_key(key: str) -> str:
         return f"{_PREFIX}:idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
     _expiry_key = f"{_PREFIX}:jobs:expiry"
-    # For readers that only count (the metrics collector): the same keys, public.
+    # For readers that only count (the metrics collector) and the sweep store: the same keys, public.
     index_key = _index_key
     workers_key = _workers_key
+    job_key = _job_key
 
     @staticmethod
     def events_key(job_id: str) -> str:
         return f"{_PREFIX}:job:{job_id}:events"
+
+    @staticmethod
+    def sweep_events_key(sweep_id: str) -> str:
+        """A sweep's events: its trials' ``epoch`` and ``status`` events, each naming its job (``bnlenet.sweeps``)."""
+        return f"{_PREFIX}:sweep:{sweep_id}:events"
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -133,6 +139,8 @@ class JobStore:
             yield
         except redis.RedisError as exc:
             raise StoreUnavailable(f"the job store (Redis) is unavailable: {exc}") from exc
+
+    errors = _errors  # the sweep store's reads and writes fail the same way
 
     # reads
     def ping(self) -> None:
@@ -194,10 +202,26 @@ class JobStore:
         The record, its indexes, its outbox entry and the key are written in one transaction.
         Raises ``IdempotencyConflict`` when the key was used with other parameters.
         """
-        now = time.time()
-        record = new_record(uuid.uuid4().hex, params, now)
-        job_id = record["job_id"]
-        fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        record = new_record(uuid.uuid4().hex, params, time.time())
+        earlier = self.create([record], made=record["job_id"], fingerprint=fingerprint(params),
+                              idempotency_key=idempotency_key)
+        if earlier is None:
+            return record, True
+        try:
+            return self.get(earlier), False
+        except JobNotFound:  # the job was deleted since: the key made it, so it is gone too
+            self.forget_idempotency_key(idempotency_key)
+            return self.submit(params, idempotency_key=idempotency_key)
+
+    def create(self, records: builtins.list[Record], *, made: str, fingerprint: str,
+               idempotency_key: str | None = None, also: Callable[[Pipeline], object] | None = None) -> str | None:
+        """Write new queued jobs, each with its indexes and outbox entry, in one transaction; None once written.
+
+        With ``idempotency_key``, the key is stored in the same transaction as standing for ``made``
+        (a job's id, or a sweep's); a key seen before writes nothing and answers the id it stands for.
+        Raises ``IdempotencyConflict`` when that key was used with another ``fingerprint``. ``also``
+        adds the caller's commands (a sweep's record) to the transaction: all or nothing.
+        """
         idem = self._idempotency_key(idempotency_key) if idempotency_key else None
         earlier: str | None = None
 
@@ -210,12 +234,16 @@ class JobStore:
                     earlier = _text(seen)
                     return
             pipe.multi()
-            pipe.set(self._job_key(job_id), json.dumps(record))
-            pipe.zadd(self._index_key(), {job_id: now})
-            pipe.zadd(self._index_key("queued"), {job_id: now})
-            pipe.zadd(self._outbox_key, {job_id: now})
+            for record in records:
+                job_id, now = record["job_id"], record["created_at"]
+                pipe.set(self._job_key(job_id), json.dumps(record))
+                pipe.zadd(self._index_key(), {job_id: now})
+                pipe.zadd(self._index_key("queued"), {job_id: now})
+                pipe.zadd(self._outbox_key, {job_id: now})
+            if also is not None:
+                also(pipe)
             if idem is not None:
-                pipe.set(idem, f"{job_id} {fingerprint}", ex=self.IDEMPOTENCY_TTL_S)
+                pipe.set(idem, f"{made} {fingerprint}", ex=self.IDEMPOTENCY_TTL_S)
 
         with self._errors():
             if idem is None:
@@ -223,18 +251,19 @@ class JobStore:
             else:
                 self.redis.transaction(transaction, idem)
         if earlier is None:
-            return record, True
+            return None
         earlier_id, _, earlier_fingerprint = earlier.partition(" ")
         if earlier_fingerprint != fingerprint:
             raise IdempotencyConflict(
-                "this Idempotency-Key was used for a job with other parameters; use a new key for a new job"
+                "this Idempotency-Key was used for a request with other parameters; use a new key for a new request"
             )
-        try:
-            return self.get(earlier_id), False
-        except JobNotFound:  # the job was deleted since: the key made it, so it is gone too
+        return earlier_id
+
+    def forget_idempotency_key(self, idempotency_key: str | None) -> None:
+        """Drop a key whose job (or sweep) was deleted: a retry with it makes a new one."""
+        if idempotency_key:
             with self._errors():
-                self.redis.delete(idem)  # type: ignore[arg-type]
-            return self.submit(params, idempotency_key=idempotency_key)
+                self.redis.delete(self._idempotency_key(idempotency_key))
 
     def published(self, job_id: str, task_id: str) -> Record:
         """The job's task is on the broker: note its id and take the job out of the outbox."""
@@ -266,7 +295,7 @@ class JobStore:
                 raise JobRunning(f"job {job_id} is running: cancel it first (POST /jobs/{job_id}/cancel), "
                                  "and delete it once it has ended")
             pipe.multi()
-            self._queue_removal(pipe, job_id)
+            self.queue_removal(pipe, job_id)
 
         with self._errors():
             self.redis.transaction(transaction, self._job_key(job_id))
@@ -279,11 +308,12 @@ class JobStore:
             if ids:
                 pipe = self.redis.pipeline(transaction=True)
                 for job_id in ids:
-                    self._queue_removal(pipe, job_id)
+                    self.queue_removal(pipe, job_id)
                 pipe.execute()
         return len(ids)
 
-    def _queue_removal(self, pipe: Pipeline, job_id: str) -> None:
+    def queue_removal(self, pipe: Pipeline, job_id: str) -> None:
+        """Queue, in the caller's transaction, the removal of a job's record, events and index entries."""
         pipe.delete(self._job_key(job_id), self.events_key(job_id))
         pipe.zrem(self._index_key(), job_id)
         for status in STATUSES:
@@ -322,7 +352,7 @@ class JobStore:
             ttl_ms = int(pipe.pttl(key)) if events else -1  # events expire with an expiring record
             pipe.multi()
             pipe.set(key, json.dumps(new))
-            self._append_events(pipe, job_id, events, ttl_ms)
+            self._append_events(pipe, job_id, events, ttl_ms, sweep_id=new["sweep_id"])
             if new["status"] != old["status"]:
                 pipe.zrem(self._index_key(old["status"]), job_id)
                 pipe.zadd(self._index_key(new["status"]), {job_id: new["created_at"]})
@@ -349,8 +379,12 @@ class JobStore:
     # events
     def _append_events(
         self, pipe: Pipeline, job_id: str, events: builtins.list[tuple[JobEventType, dict[str, Any]]], ttl_ms: int,
+        sweep_id: str | None = None,
     ) -> None:
-        """Queue, in the caller's transaction, the events on the job's stream and a note on the channel."""
+        """Queue, in the caller's transaction, the events on the job's stream and a note on the channel.
+
+        A sweep's trial also adds its ``epoch`` and ``status`` events, with its job id, to the sweep's stream.
+        """
         if not events:
             return
         key = self.events_key(job_id)
@@ -361,6 +395,13 @@ class JobStore:
         else:
             pipe.expire(key, EVENTS_TTL_S)
         pipe.publish(EVENTS_CHANNEL, job_id)
+        trial_events = [(kind, {**data, "job_id": job_id}) for kind, data in events if kind != "progress"]
+        if sweep_id is not None and trial_events:
+            sweep_key = self.sweep_events_key(sweep_id)
+            for kind, data in trial_events:
+                pipe.xadd(sweep_key, {"type": kind, "data": json.dumps(data)}, maxlen=EVENTS_MAXLEN, approximate=True)
+            pipe.expire(sweep_key, EVENTS_TTL_S)
+            pipe.publish(EVENTS_CHANNEL, sweep_id)
 
     def snapshot(self, job_id: str) -> tuple[Record, str]:
         """The record and the id of the job's latest event, read together (``FIRST_EVENT_ID`` when none)."""
@@ -375,8 +416,12 @@ class JobStore:
 
     def events_after(self, job_id: str, after: str, *, count: int | None = None) -> builtins.list[JobEvent]:
         """The job's events after the entry id ``after``, oldest first."""
+        return self.stream_after(self.events_key(job_id), after, count=count)
+
+    def stream_after(self, key: str, after: str, *, count: int | None = None) -> builtins.list[JobEvent]:
+        """The events of stream ``key`` (a job's or a sweep's) after the entry id ``after``, oldest first."""
         with self._errors():
-            entries: Any = self.redis.xrange(self.events_key(job_id), min=f"({after}", count=count)
+            entries: Any = self.redis.xrange(key, min=f"({after}", count=count)
         return [_event(entry_id, fields) for entry_id, fields in entries]
 
     def events_resumable(self, job_id: str, after: str) -> bool:
@@ -386,10 +431,14 @@ class JobStore:
         expired stream is gone as a whole. When unsure, the answer is no (the caller sends the
         whole record again).
         """
+        return self.stream_resumable(self.events_key(job_id), after)
+
+    def stream_resumable(self, key: str, after: str) -> bool:
+        """``events_resumable`` for stream ``key`` (a job's or a sweep's)."""
         with self._errors():
             pipe = self.redis.pipeline(transaction=True)
-            pipe.xlen(self.events_key(job_id))
-            pipe.xrange(self.events_key(job_id), count=1)
+            pipe.xlen(key)
+            pipe.xrange(key, count=1)
             length, first = pipe.execute()
         if not first:
             return after == FIRST_EVENT_ID
@@ -440,7 +489,8 @@ class JobStore:
             params: dict[str, Any] = old["params"] if isinstance(old.get("params"), dict) else {}
             bad = params_problems(params)
             params = {k: v for k, v in params.items() if k not in bad}  # what made it unreadable goes
-            record: Record = {**new_record(job_id, params, created), "status": "failed", "finished_at": now,
+            sweep_id = old.get("sweep_id") if isinstance(old.get("sweep_id"), str) else None
+            record: Record = {**new_record(job_id, params, created, sweep_id), "status": "failed", "finished_at": now,
                               "error": reason}
             pipe = self.redis.pipeline(transaction=True)
             pipe.set(key, json.dumps(record))
@@ -448,7 +498,8 @@ class JobStore:
                 pipe.zrem(self._index_key(status), job_id)
             pipe.zadd(self._index_key("failed"), {job_id: created})
             pipe.zadd(self._index_key(), {job_id: created})
-            self._append_events(pipe, job_id, [("status", dict(record))], -1)  # its watchers see it end
+            # its watchers see it end
+            self._append_events(pipe, job_id, [("status", dict(record))], -1, sweep_id=record["sweep_id"])
             pipe.execute()
         log.warning("job %s failed: %s", job_id, reason)
         return record
@@ -489,7 +540,7 @@ class JobStore:
     def finish(
         self, job_id: str, status: JobStatus, *, worker: str | None = None, attempt: int | None = None,
         model_id: str | None = None, error: str | None = None, device: str | None = None,
-        final_test_acc: float | None = None, note: str | None = None,
+        final_test_acc: float | None = None, note: str | None = None, stopped_early: bool = False,
     ) -> Record | None:
         """Record how the job ended; with ``worker``, only while that worker (and ``attempt``) owns it.
 
@@ -498,7 +549,7 @@ class JobStore:
 
         def end(r: Record) -> Record | None:
             return lifecycle.finish(r, status, now=time.time(), model_id=model_id, error=error, device=device,
-                                    final_test_acc=final_test_acc, note=note)
+                                    final_test_acc=final_test_acc, note=note, stopped_early=stopped_early)
 
         record, ended = self.update(job_id, end) if worker is None else self._as_owner(job_id, worker, attempt, end)
         return record if ended else None
@@ -530,6 +581,11 @@ class JobStore:
         with self._errors():
             names = self.redis.zrangebyscore(self._workers_key, time.time() - within, "+inf")
         return sorted(_text(n) for n in names)
+
+
+def fingerprint(params: Any) -> str:
+    """What an ``Idempotency-Key`` is checked against: a hash of the request's parameters."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
 def _changed(new: Record | None) -> tuple[Record | None, bool]:

@@ -147,7 +147,46 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument("job_id")
     w.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default: %(default)s)")
     w.add_argument("--token", default=None, help="API_TOKEN, for a service that protects reads (default: $API_TOKEN)")
+
+    s = sub.add_parser("sweep", help="submit a sweep (many training jobs) to a running service and follow it",
+                       description="Submit a sweep (POST /sweeps) from a JSON file, or from --param options, and "
+                       "follow it to the end: a line per finished trial, then per setting the mean, std, min "
+                       "and max of the served models' test accuracy (docs/sweeps.md). Exit status: 0 succeeded, "
+                       "1 failed or cancelled, 2 refused or unreachable.")
+    s.add_argument("file", nargs="?", default=None, help="FILE.json: the body of POST /sweeps")
+    s.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2|A..B",
+                   help="a job parameter to sweep and its values (A..B: every whole number); repeat per parameter")
+    s.add_argument("--base", action="append", default=[], metavar="NAME=VALUE",
+                   help="a job parameter every trial shares; repeatable")
+    s.add_argument("--method", choices=("grid", "random"), default="grid", help="(default: %(default)s)")
+    s.add_argument("--max-trials", type=int, default=None, help="random: how many to draw; grid: a cap")
+    s.add_argument("--seed", type=int, default=0, help="of the random draws (default: %(default)s)")
+    s.add_argument("--early-stopping", choices=("median", "asha"), default=None,
+                   help="stop trials that are behind (min_epochs 1; a FILE.json sets the rest)")
+    s.add_argument("--name", default=None)
+    s.add_argument("--no-follow", dest="follow", action="store_false", help="print the sweep's id and return")
+    _service_options(s)
+
+    ss = sub.add_parser("sweeps", help="list, show, cancel or delete the sweeps of a running service")
+    ss.add_argument("action", choices=("list", "show", "cancel", "delete"))
+    ss.add_argument("sweep_id", nargs="?", default=None)
+    ss.add_argument("--json", action="store_true", help="the API's answer as JSON")
+    _service_options(ss)
     return parser
+
+
+def _service_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=None, help="the service (default: $BNLENET_URL, else http://127.0.0.1:8000)")
+    parser.add_argument("--token", default=None, help="API_TOKEN (default: $API_TOKEN)")
+
+
+def _service(args: argparse.Namespace) -> tuple[str, str | None]:
+    import os
+
+    from bnlenet.settings import get_settings
+
+    url = args.url or os.environ.get("BNLENET_URL") or "http://127.0.0.1:8000"
+    return url, args.token or get_settings().API_TOKEN
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -343,11 +382,32 @@ def _watch(args: argparse.Namespace) -> int:
     return 0 if record["status"] == "succeeded" else 1
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from bnlenet.local.sweep_cli import follow_sweep, reachable, submit, sweep_request
+
+    url, token = _service(args)
+    body = sweep_request(args.file, args.param, args.base, method=args.method, max_trials=args.max_trials,
+                         seed=args.seed, early_stopping=args.early_stopping, name=args.name)
+    sweep = reachable(lambda: submit(url, body, token=token), url)
+    print(f"sweep {sweep['id']}: {len(sweep['trials'])} trial(s) queued", flush=True)
+    if not args.follow:
+        return 0
+    return 0 if reachable(lambda: follow_sweep(url, sweep["id"], token=token), url)["status"] == "succeeded" else 1
+
+
+def _sweeps(args: argparse.Namespace) -> int:
+    from bnlenet.local.sweep_cli import reachable, sweeps_command
+
+    url, token = _service(args)
+    return reachable(lambda: sweeps_command(args.action, url, args.sweep_id, token=token, as_json=args.json), url)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     from bnlenet.datasets import DatasetRejected
     from bnlenet.datasets.store import DatasetInUse, UnknownDataset
     from bnlenet.jobs import StoreUnavailable
+    from bnlenet.local.sweep_cli import SweepCliError
     from bnlenet.model_store import AliasConflict, ModelUnusable, ObjectStoreUnavailable
     from models.checkpoint import CheckpointError
     from models.data import DataError
@@ -355,12 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     from models.training import TrainingCancelled, TrainingDiverged
 
     handlers = {"train": _train, "predict": _predict, "inspect": _inspect, "export": _export, "up": _up,
-                "watch": _watch, "datasets": _datasets}
+                "watch": _watch, "datasets": _datasets, "sweep": _sweep, "sweeps": _sweeps}
     try:
         return handlers[args.command](args)
     except (CheckpointError, DataError, ImageError, TrainingDiverged, TrainingCancelled, ValueError, OSError,
             ModelUnusable, ObjectStoreUnavailable, UnknownDataset, DatasetInUse, AliasConflict,
-            StoreUnavailable) as exc:
+            StoreUnavailable, SweepCliError) as exc:
         problems = exc.problems if isinstance(exc, DatasetRejected) and len(exc.problems) > 1 else []
         print(f"bnlenet {args.command}: error: {exc if not problems else 'the upload was refused:'}", file=sys.stderr)
         for problem in problems:

@@ -90,10 +90,14 @@ OPERATION_IDS = {
     ("put", "/models/{model_id}/aliases/{alias}"): "set_alias",
     ("delete", "/models/{model_id}/aliases/{alias}"): "delete_alias",
     ("get", "/healthz"): "healthz", ("get", "/readyz"): "readyz",
+    ("post", "/sweeps"): "create_sweep", ("get", "/sweeps"): "list_sweeps", ("get", "/sweeps/{sweep_id}"): "get_sweep",
+    ("post", "/sweeps/{sweep_id}/cancel"): "cancel_sweep", ("delete", "/sweeps/{sweep_id}"): "delete_sweep",
+    ("get", "/sweeps/{sweep_id}/events"): "sweep_events",
     ("post", "/datasets"): "upload_dataset", ("get", "/datasets"): "list_datasets",
     ("get", "/datasets/{name}"): "get_dataset", ("delete", "/datasets/{name}"): "delete_dataset",
 }
 WRITES = {"train", "cancel_job", "cancel_jobs", "delete_job", "delete_model", "set_alias", "delete_alias",
+          "create_sweep", "cancel_sweep", "delete_sweep",
           "upload_dataset", "delete_dataset", "set_dataset_alias", "delete_dataset_alias"}
 
 

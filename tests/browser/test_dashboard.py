@@ -103,6 +103,18 @@ def test_dashboard_cancels_a_job_with_its_button(browser, stack):
     assert all(r.get_attribute("data-status") == "cancelled" for r in browser.find_all("tr[data-job-id]"))
 
 
+def test_dashboard_lists_a_jobs_served_model_accuracy(browser, stack, trained):
+    record = stack.job(trained)
+    final = record["final_test_acc"]
+    assert final is not None and record["params"]["precise_bn"]  # the served model's, after precise BN
+    browser.open("/")
+    row = browser.wait(f'tr[data-job-id="{trained}"]', check=lambda e: e.get_attribute("data-status") == "succeeded")
+    cell = row.find_elements(By.CSS_SELECTOR, "td")[5]
+    # the model's accuracy, labelled as such (not the last epoch's moving-average test accuracy)
+    assert cell.text == f"{100 * final:.2f}% served model"
+    browser.screenshot("jobs-served-accuracy", full_page=False)
+
+
 def test_dashboard_draws_a_models_batchnorm_layers(browser, stack, trained, tmp_path):
     browser.driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
     assert stack.client.put(f"/models/{trained}/aliases/champion").status_code == 200
@@ -205,7 +217,8 @@ def test_dashboard_fits_a_phone(browser, trained):
     browser.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                                    {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
     for path, ready in (("/", "#train-form"), (f"/#/models/{trained}", ".bn-layer figure.chart"),
-                        ("/#/predict", "#predict-random")):
+                        ("/#/predict", "#predict-random"), ("/#/datasets", "#dataset-form"),
+                        ("/#/sweeps", "#sweep-form")):
         browser.open(path)
         browser.wait(ready)
         overflow = browser.driver.execute_script(

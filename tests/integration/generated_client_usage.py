@@ -14,6 +14,7 @@ from bnlenet_client import AuthenticatedClient, Client
 from bnlenet_client.api.jobs import cancel_job, get_job, list_jobs
 from bnlenet_client.api.models import export_model, get_batchnorm, list_models
 from bnlenet_client.api.predict import predict, predict_batch, predict_batch_pixels, predict_pixels
+from bnlenet_client.api.sweeps import create_sweep, get_sweep
 from bnlenet_client.api.train import train
 from bnlenet_client.models import (
     BatchNormOut,
@@ -28,8 +29,14 @@ from bnlenet_client.models import (
     PredictBody,
     PredictOut,
     PredictRequest,
+    SweepOut,
+    SweepOutStatus,
+    SweepRequest,
+    SweepRequestBase,
+    SweepRequestParameters,
     TrainRequest,
     TrainRequestVariant,
+    ValuesDimension,
 )
 from bnlenet_client.types import File
 
@@ -127,3 +134,23 @@ def export_onnx(client: AuthenticatedClient | Client, model_id: str, *, within: 
         if answer.status_code != 202 or time.monotonic() > deadline:
             raise AssertionError(f"export_model answered {answer.status_code}: {answer.parsed!r}")
         time.sleep(float(answer.headers.get("retry-after", "1")))
+
+
+def run_seed_sweep(client: AuthenticatedClient, seeds: list[int], *, epochs: int, timeout: float = 120.0) -> SweepOut:
+    """A sweep over ``seeds`` (everything else shared), waited for until it ends."""
+    parameters = SweepRequestParameters()
+    parameters["seed"] = ValuesDimension(values=list(seeds))
+    base = SweepRequestBase.from_dict({"epochs": epochs, "batch_size": 64})
+    sweep = create_sweep.sync(client=client, body=SweepRequest(parameters=parameters, base=base, name="seeds"))
+    if not isinstance(sweep, SweepOut):
+        raise AssertionError(f"create_sweep answered {sweep!r}")
+    deadline = time.monotonic() + timeout
+    while sweep.status not in {SweepOutStatus.SUCCEEDED, SweepOutStatus.FAILED, SweepOutStatus.CANCELLED}:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"sweep {sweep.id} is still {sweep.status} after {timeout} s")
+        time.sleep(0.2)
+        answer = get_sweep.sync(sweep.id, client=client)
+        if not isinstance(answer, SweepOut):
+            raise AssertionError(f"get_sweep answered {answer!r}")
+        sweep = answer
+    return sweep

@@ -95,7 +95,7 @@ def _png(seed: int) -> tuple[bytes, list[list[float]]]:
 def test_generated_client_end_to_end(stack: Stack, open_api: str, usage: ModuleType) -> None:
     from bnlenet_client import AuthenticatedClient, Client
     from bnlenet_client.api.train import train
-    from bnlenet_client.models import JobOutStatus, TrainRequest
+    from bnlenet_client.models import JobOutStatus, SweepOutStatus, TrainRequest
 
     authed = AuthenticatedClient(base_url=stack.url, token=TOKEN, timeout=httpx.Timeout(30))
     anonymous = Client(base_url=stack.url, timeout=httpx.Timeout(30))
@@ -137,6 +137,13 @@ def test_generated_client_end_to_end(stack: Stack, open_api: str, usage: ModuleT
     session = ort.InferenceSession(usage.export_onnx(anonymous, model_id), providers=["CPUExecutionProvider"])
     x = np.array([pixels for _, pixels in images], dtype=np.float32)[:, None]  # (4, 1, 28, 28)
     np.testing.assert_allclose(session.run(["probabilities"], {"image": x})[0], singles, atol=1e-5, rtol=0)
+
+    # a sweep over two seeds: a job and a model each, and their setting's mean accuracy
+    sweep = usage.run_seed_sweep(authed, [0, 1], epochs=1)
+    assert sweep.status == SweepOutStatus.SUCCEEDED and [t.params["seed"] for t in sweep.trials] == [0, 1]
+    accs = [t.final_test_acc for t in sweep.trials]
+    assert all(t.model_id == t.job_id for t in sweep.trials)
+    assert sweep.settings[0].setting == "base" and sweep.settings[0].mean == pytest.approx(sum(accs) / 2)
 
     # a server without a token: its document asks for none, and writes need none
     out = generate(open_api, stack.root / "generated-open")

@@ -10,7 +10,16 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Resp
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import EventHubDep, JobStoreDep, ModelStoreDep, ReaderDep, SettingsDep, StreamReaderDep, WriterDep
+from app.deps import (
+    EventHubDep,
+    JobStoreDep,
+    ModelStoreDep,
+    ReaderDep,
+    SettingsDep,
+    StreamReaderDep,
+    SweepStoreDep,
+    WriterDep,
+)
 from app.errors import error_responses, json_error_responses
 from app.events import follow_job
 from app.schemas import BulkCancelOut, JobList, JobOut
@@ -25,16 +34,22 @@ JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-
 @router.get(
     "",
     response_model=JobList,
-    summary="List jobs, newest first",
+    summary="List jobs, newest first (or a sweep's trials)",
     dependencies=[ReaderDep],
-    responses=error_responses(401, 403, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
 )
 def list_jobs(
     store: JobStoreDep,
+    sweeps: SweepStoreDep,
     status: Annotated[JobStatus | None, Query(description="only jobs with this status")] = None,
+    sweep: Annotated[str | None, Query(pattern=r"^sw-[A-Za-z0-9_-]+$", max_length=64,
+                                       description="only the trials of this sweep, in the sweep's order")] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobList:
+    if sweep is not None:
+        trials = [r for r in sweeps.trials(sweeps.get(sweep)) if r is not None and status in (None, r["status"])]
+        return JobList(data=[JobOut.model_validate(r) for r in trials[offset:offset + limit]], count=len(trials))
     records, total = store.list(status=status, offset=offset, limit=limit)
     return JobList(data=[JobOut.model_validate(r) for r in records], count=total)
 

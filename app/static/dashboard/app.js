@@ -1,4 +1,4 @@
-// The dashboard: a hash router over five views, each a client of the public API.
+// The dashboard: a hash router over its views, each a client of the public API.
 
 import { askToken, getToken, updateTokenButton } from "./api.js";
 import * as jobs from "./views/jobs.js";
@@ -6,6 +6,8 @@ import * as job from "./views/job.js";
 import * as models from "./views/models.js";
 import * as model from "./views/model.js";
 import * as predict from "./views/predict.js";
+import * as datasets from "./views/datasets.js";
+import * as sweeps from "./views/sweeps.js";
 
 const ROUTES = [
   [/^#\/jobs\/([A-Za-z0-9_-]+)$/, job, "jobs"],
@@ -13,6 +15,8 @@ const ROUTES = [
   [/^#\/models\/([A-Za-z0-9_-]+)$/, model, "models"],
   [/^#\/models$/, models, "models"],
   [/^#\/predict(?:\?.*)?$/, predict, "predict"],
+  [/^#\/datasets(?:\/([A-Za-z0-9_-]+))?$/, datasets, "datasets"],
+  [/^#\/sweeps(?:\/([A-Za-z0-9_-]+))?$/, sweeps, "sweeps"],
 ];
 
 let cleanup = null;

@@ -29,6 +29,16 @@ export function num(x, digits = 3) {
   return x === null || x === undefined ? "—" : Number(x).toPrecision(digits);
 }
 
+export function bytes(n) {
+  if (n === null || n === undefined) return "—";
+  if (n < 1024) return `${n} B`;
+  const units = ["KB", "MB", "GB", "TB"];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
 export function when(iso) {
   if (!iso) return "—";
   const d = new Date(iso);
@@ -55,14 +65,26 @@ export function statusBadge(status, extra = "") {
   return el(`span.badge.status-${status}`, { dataset: { status } }, status + extra);
 }
 
-/** Latest accuracy a job has shown: the last epoch's test accuracy, else the running train accuracy. */
-export function latestAccuracy(job) {
-  const last = job.history?.[job.history.length - 1];
-  if (last) return { value: last.test_acc, kind: "test" };
-  if (job.progress?.train_acc !== null && job.progress?.train_acc !== undefined) {
-    return { value: job.progress.train_acc, kind: "train" };
+/**
+ * The accuracy to list for a job: once it succeeded, the served model's (final_test_acc, after
+ * precise BN when it ran); before that, the last finished epoch's moving-average test accuracy,
+ * else the running train accuracy. `label` says which one it is.
+ */
+export function jobAccuracy(job) {
+  if (job.final_test_acc !== null && job.final_test_acc !== undefined) {
+    return { value: job.final_test_acc, kind: "model", label: "served model", digits: 2,
+      title: "test accuracy of the model as stored and served" };
   }
-  return { value: null, kind: "" };
+  const last = job.history?.[job.history.length - 1];
+  if (last) {
+    return { value: last.test_acc, kind: "epoch", label: `epoch ${last.epoch} test`, digits: 1,
+      title: "test accuracy at the end of the last finished epoch (moving-average BN statistics)" };
+  }
+  if (job.progress?.train_acc !== null && job.progress?.train_acc !== undefined) {
+    return { value: job.progress.train_acc, kind: "train", label: "train", digits: 1,
+      title: "running train accuracy of this epoch" };
+  }
+  return { value: null, kind: "", label: "", digits: 1, title: "" };
 }
 
 export function notice(text, kind = "info") {

@@ -1,7 +1,7 @@
 // Jobs: start one (a form built from the TrainRequest schema), and a live table with cancel buttons.
 
 import { api, getOpenApi } from "../api.js";
-import { el, duration, latestAccuracy, notice, pct, shortId, statusBadge, TERMINAL, when, every } from "../util.js";
+import { el, duration, jobAccuracy, notice, pct, shortId, statusBadge, TERMINAL, when, every } from "../util.js";
 
 export function render(main) {
   const formBox = el("section.card.train", { "aria-labelledby": "train-title" },
@@ -118,8 +118,9 @@ function makeRow(jobId, refresh) {
       const fraction = job.status === "succeeded" ? 1 : (job.progress?.fraction ?? 0);
       bar.value = fraction;
       barText.textContent = pct(fraction, 0);
-      const acc = latestAccuracy(job);
-      cells[5].textContent = acc.value === null ? "—" : `${pct(acc.value)} ${acc.kind}`;
+      const acc = jobAccuracy(job);
+      cells[5].replaceChildren(acc.value === null ? "—" : el("span", { dataset: { acc: acc.kind }, title: acc.title },
+        el("span.acc-value", {}, pct(acc.value, acc.digits)), " ", el("span.muted.small", {}, acc.label)));
       cells[6].textContent = when(job.started_at);
       cells[7].textContent = job.started_at ? duration(job.started_at, job.finished_at) : "—";
       const cancellable = !TERMINAL.has(job.status);
@@ -164,6 +165,26 @@ function limitsText(f) {
   return low !== undefined ? `from ${low}` : `at most ${high}`;
 }
 
+/** The dataset field: a choice among GET /datasets (by alias where it has one), the default first selected. */
+function datasetSelect(id, f, described) {
+  const fallback = f.schema.default ?? "fashion-mnist";
+  const select = el("select", { id, name: f.name, "aria-describedby": described },
+    el("option", { value: fallback, selected: true }, fallback));
+  api("/datasets", { interactive: false }).then((page) => {
+    const chosen = select.value;
+    const options = page.data.map((d) => {
+      const value = d.aliases?.[0] ?? d.id;
+      const label = `${value}: ${d.num_classes} classes, ${d.train_size.toLocaleString()} train images${d.builtin ? " (built in)" : ""}`;
+      return el("option", { value, dataset: { datasetId: d.id }, title: d.id }, label);
+    });
+    if (!options.length) return;
+    select.replaceChildren(...options);
+    const keep = options.find((o) => o.value === chosen || o.dataset.datasetId === chosen);
+    select.value = keep ? keep.value : options[0].value;
+  }).catch(() => { /* no dataset list (an older API): the default stays the only choice */ });
+  return select;
+}
+
 function buildForm(box, spec, refresh) {
   const list = fields(spec);
   const form = el("form", { id: "train-form", novalidate: true });
@@ -177,7 +198,9 @@ function buildForm(box, spec, refresh) {
     const error = el("p.field-error", { id: `${id}-error`, "aria-live": "polite" });
     const described = `${id}-hint ${id}-error`;
     let input;
-    if (f.kind === "enum") {
+    if (f.name === "dataset") {
+      input = datasetSelect(id, f, described);
+    } else if (f.kind === "enum") {
       input = el("select", { id, name: f.name, "aria-describedby": described },
         f.schema.enum.map((v) => el("option", { value: v, selected: v === f.schema.default }, v)));
     } else if (f.kind === "boolean") {

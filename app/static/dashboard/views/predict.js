@@ -1,4 +1,5 @@
-// Predict: an uploaded, dropped or sample image, shown as the model sees it, and the ten class probabilities.
+// Predict: an uploaded, dropped or sample image, shown as the model sees it, and every class's probability
+// under the model's own class names.
 
 import { api } from "../api.js";
 import { el, pct, shortId, when } from "../util.js";
@@ -57,12 +58,14 @@ export function render(main) {
   const answer = el("p.big", { id: "predict-answer", "aria-live": "polite" });
   const bars = el("ol.probs", { id: "predict-probs" });
   const error = el("p.error", { id: "predict-error", role: "alert", hidden: true });
+  const modelClasses = el("p.small", { id: "predict-classes", "aria-live": "polite" });
   main.append(
     el("h1", {}, "Predict"),
     el("div.predict-layout", {},
       el("section.card", { "aria-labelledby": "predict-input-title" },
         el("h2", { id: "predict-input-title" }, "Image"),
         el("div.field", {}, el("label", { for: "predict-model" }, "Model"), modelSelect),
+        modelClasses,
         drop,
         el("div.buttons", {}, random, again),
         el("p.muted.small", {}, "Any picture works: it is composited onto black, turned to grayscale and resized to 28x28, as the service does. The page sends that 28x28 image.")),
@@ -71,9 +74,28 @@ export function render(main) {
       el("section.card", { "aria-labelledby": "predict-result-title" },
         el("h2", { id: "predict-result-title" }, "Prediction"), error, answer, bars)));
 
-  let classes = null;
+  let sampleClasses = null; // Fashion-MNIST's, for the bundled test images' true labels
   let hasImage = false;
   let truth = null;
+  let models = new Map(); // model_id -> ModelOut, from GET /models
+  let defaultModel = null;
+
+  /** A model's class names: from its record (`classes`), else Fashion-MNIST's for a ten-class model of old. */
+  async function classesOf(modelId, count) {
+    const known = models.get(modelId)?.classes;
+    if (known?.length) return known;
+    if (count === 10) return (await loadSamples()).meta.classes;
+    return Array.from({ length: count }, (_, i) => `class ${i}`);
+  }
+
+  function showModelClasses() {
+    const id = modelSelect.value || defaultModel;
+    const model = models.get(id);
+    if (!model) { modelClasses.textContent = ""; return; }
+    const names = model.classes?.length ? model.classes : null;
+    modelClasses.replaceChildren(el("span.muted", {}, `Classes of model ${shortId(id)}${model.dataset ? ` (dataset ${shortId(model.dataset)})` : ""}: `),
+      names ? el("span", { id: "predict-class-names" }, names.join(", ")) : el("span.muted", {}, "not recorded (Fashion-MNIST's)"));
+  }
 
   async function predict() {
     if (!hasImage) return;
@@ -85,10 +107,10 @@ export function render(main) {
     if (modelSelect.value) form.append("model_id", modelSelect.value);
     try {
       const out = await api("/predict", { method: "POST", form });
-      classes = classes || (await loadSamples()).meta.classes;
+      const classes = await classesOf(out.model_id, out.probabilities.length);
       answer.replaceChildren(el("span", { id: "predict-class" }, out.class_name), ` ${pct(out.probabilities[out.class_index])}`,
         el("span.muted.small", {}, ` · model ${shortId(out.model_id)}`),
-        truth !== null ? el("span.muted.small", {}, ` · true label: ${classes[truth]}`) : "");
+        truth !== null ? el("span.muted.small", {}, ` · true label: ${sampleClasses[truth]}`) : "");
       bars.replaceChildren(...out.probabilities.map((p, i) => el(`li${i === out.class_index ? ".top" : ""}`, { dataset: { class: classes[i] } },
         el("span.name", {}, classes[i] ?? `class ${i}`),
         el("span.bar", { role: "presentation" }, el("span.fill", { style: `width: ${(100 * p).toFixed(1)}%` })),
@@ -137,7 +159,7 @@ export function render(main) {
   random.addEventListener("click", async () => {
     try {
       const { meta, image } = await loadSamples();
-      classes = meta.classes;
+      sampleClasses = meta.classes;
       const k = Math.floor(Math.random() * meta.classes.length);
       const j = Math.floor(Math.random() * meta.per_class);
       drawAsModelSees(canvas, image, { x: j * meta.tile, y: k * meta.tile });
@@ -151,13 +173,16 @@ export function render(main) {
     }
   });
   again.addEventListener("click", predict);
-  modelSelect.addEventListener("change", predict);
+  modelSelect.addEventListener("change", () => { showModelClasses(); predict(); });
 
   api("/models").then((page) => {
+    models = new Map(page.data.map((m) => [m.model_id, m]));
+    defaultModel = page.default_model_id;
     modelSelect.append(...page.data.map((m) => el("option", { value: m.model_id },
       `${shortId(m.model_id)} · ${m.variant} · ${pct(m.final_test_acc)} · ${when(m.created_at)}`)));
     const wanted = new URLSearchParams(location.hash.split("?")[1] || "").get("model");
     if (wanted) modelSelect.value = wanted;
+    showModelClasses();
   }).catch((err) => {
     error.textContent = err.message;
     error.hidden = false;

@@ -1,0 +1,70 @@
+"""Packed sweeps on a real worker told to pack on the CPU: the same results as trials run alone, exactly once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Stack, running_stack, wait_for
+
+pytestmark = pytest.mark.integration
+
+TRIALS = {"parameters": {"seed": {"values": [0, 1, 2]}, "lr": {"values": [0.5]}}, "base": {"epochs": 2, "batch_size": 64}}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("pack-stack"), synthetic_data_dir, SWEEP_PACK_ON_CPU="true",
+                       TRAINING_THREADS="1") as s:
+        yield s
+
+
+def _run(stack: Stack, body: dict, timeout: float = 180) -> dict:
+    sweep_id = stack.client.post("/sweeps", json=body).json()["id"]
+    wait_for(lambda: stack.client.get(f"/sweeps/{sweep_id}").json()["status"] in {"succeeded", "failed", "cancelled"},
+             timeout, lambda: "\n".join(w.tail() for w in stack.workers))
+    return stack.client.get(f"/sweeps/{sweep_id}").json()
+
+
+def _jobs(stack: Stack, sweep_id: str) -> list[dict]:
+    return stack.client.get("/jobs", params={"sweep": sweep_id}).json()["data"]
+
+
+def _logs(stack: Stack) -> str:
+    return "".join(w.log.read_text(errors="replace") for w in stack.workers if w.log.exists())
+
+
+def test_packed_trials_equal_the_same_trials_run_alone(stack):
+    alone = _run(stack, {**TRIALS, "pack": False})
+    assert f"of sweep {alone['id']} as one pack" not in _logs(stack)
+    packed = _run(stack, TRIALS)
+    assert packed["status"] == "succeeded" and alone["status"] == "succeeded"
+    assert f"training 3 trials of sweep {packed['id']} as one pack" in _logs(stack)
+    for solo, pack in zip(_jobs(stack, alone["id"]), _jobs(stack, packed["id"]), strict=True):
+        assert pack["params"]["seed"] == solo["params"]["seed"] and pack["attempts"] == 1
+        assert pack["final_test_acc"] == pytest.approx(solo["final_test_acc"], abs=2 / 128)  # a test image or two
+        for a, b in zip(pack["history"], solo["history"], strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+        model = stack.client.get(f"/models/{pack['model_id']}").json()
+        assert model["final_test_acc"] == pack["final_test_acc"]
+
+
+def test_a_crashed_pack_reruns_each_trial_exactly_once(stack):
+    body = {**TRIALS, "base": {"epochs": 30, "batch_size": 16}}
+    sweep = stack.client.post("/sweeps", json=body).json()
+    ids = [t["job_id"] for t in sweep["trials"]]
+    wait_for(lambda: all(stack.job(i)["history"] for i in ids), 120,
+             lambda: "the pack did not train:\n" + _logs(stack)[-3000:])
+    assert f"training 3 trials of sweep {sweep['id']} as one pack" in _logs(stack)
+    stack.workers[-1].kill()  # the whole pack dies mid-training
+    stack.start_worker("w2")
+    for job_id in ids:
+        job = stack.wait_job(job_id, {"succeeded", "failed", "cancelled"}, timeout=240)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 2 and len(job["history"]) == 30 and job["model_id"] == job_id
+        assert [a["attempt"] for a in job["attempt_log"]] == [1, 2]
+    time.sleep(1)
+    assert {stack.job(i)["attempts"] for i in ids} == {2}  # no third run: each ran once more, and once only

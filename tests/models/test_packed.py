@@ -1,0 +1,118 @@
+"""Packed training: every trial of a pack ends as the same trial trained alone by train()."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import pytest
+import torch
+
+from models.data import FashionMNIST
+from models.packed import FORMULATIONS, PackedLeNet, pack_key, train_packed
+from models.training import EpochMetrics, TrainConfig, TrainingDiverged, TrainResult, train
+from tests.conftest import TEST_THREADS
+
+# Short runs: at lr 1.0 a difference in the last bit grows with every step, so few steps
+# keep the packed and solo runs within float tolerance of each other.
+BASE = dict(epochs=2, batch_size=64, device="cpu", threads=TEST_THREADS, swa_epochs=2, precise_bn_images=256)
+TRIALS = [(3, 1.0), (11, 0.3), (29, 0.1)]  # (seed, lr)
+ATOL = 2e-4
+
+
+def _configs(variant: str, **overrides: object) -> list[TrainConfig]:
+    return [TrainConfig(variant=variant, seed=seed, lr=lr, **{**BASE, **overrides}) for seed, lr in TRIALS]
+
+
+def _assert_same_run(packed: TrainResult | TrainingDiverged, solo: TrainResult) -> None:
+    assert isinstance(packed, TrainResult)
+    packed_state, solo_state = packed.model.state_dict(), solo.model.state_dict()
+    assert packed_state.keys() == solo_state.keys()
+    for name, tensor in solo_state.items():  # weights and BN buffers (running statistics, batch counters)
+        torch.testing.assert_close(packed_state[name], tensor, atol=ATOL, rtol=1e-3, msg=name)
+    assert [m.epoch for m in packed.history] == [m.epoch for m in solo.history]
+    for p, s in zip(packed.history, solo.history, strict=True):
+        assert p.loss == pytest.approx(s.loss, abs=1e-4)
+        assert p.train_acc == pytest.approx(s.train_acc, abs=2 / 512)  # a borderline example may flip
+        assert p.test_acc == pytest.approx(s.test_acc, abs=2 / 256)
+    assert packed.averaged_epochs == solo.averaged_epochs
+    assert packed.final_test_acc == pytest.approx(solo.final_test_acc, abs=2 / 256)
+    assert not packed.model.training
+
+
+def _solo(configs: Sequence[TrainConfig], data: FashionMNIST) -> list[TrainResult]:
+    return [train(c, data) for c in configs]
+
+
+@pytest.mark.parametrize("variant", ["scratch", "builtin"])
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_packed_trials_equal_solo_runs(data: FashionMNIST, variant: str, formulation: str) -> None:
+    configs = _configs(variant)
+    packed = train_packed(configs, data, formulation=formulation)
+    for p, s in zip(packed, _solo(configs, data), strict=True):
+        _assert_same_run(p, s)
+        assert isinstance(p, TrainResult) and not p.stopped_early
+
+
+def test_packed_trials_differ_from_each_other(data: FashionMNIST) -> None:
+    packed = train_packed(_configs("scratch"), data)
+    first = [r.model.state_dict()["0.weight"] for r in packed if isinstance(r, TrainResult)]
+    assert not torch.allclose(first[0], first[1], atol=1e-2)
+
+
+@pytest.mark.parametrize("variant", ["scratch", "builtin"])
+def test_packed_stopped_trial_equals_a_solo_run_of_its_epochs(data: FashionMNIST, variant: str) -> None:
+    configs = _configs(variant, epochs=3, swa_epochs=1)
+    seen: list[tuple[int, int]] = []
+
+    def stop_second(i: int, metrics: EpochMetrics) -> bool:
+        seen.append((i, metrics.epoch))
+        return i == 1  # trial 1 leaves after its first epoch
+
+    packed = train_packed(configs, data, should_stop=stop_second)
+    assert seen == [(0, 1), (1, 1), (2, 1), (0, 2), (2, 2)]  # never asked after a trial's last epoch
+    stopped = packed[1]
+    assert isinstance(stopped, TrainResult) and stopped.stopped_early and len(stopped.history) == 1
+    _assert_same_run(stopped, train(replace(configs[1], epochs=1), data))
+    _assert_same_run(packed[0], train(configs[0], data))
+
+
+def test_packed_trials_with_different_epochs_leave_when_done(data: FashionMNIST) -> None:
+    configs = [replace(c, epochs=e) for c, e in zip(_configs("builtin"), (1, 3, 2), strict=True)]
+    packed = train_packed(configs, data)
+    assert [len(r.history) for r in packed if isinstance(r, TrainResult)] == [1, 3, 2]
+    assert not any(isinstance(r, TrainResult) and r.stopped_early for r in packed)
+    _assert_same_run(packed[1], train(configs[1], data))
+
+
+def test_packed_diverged_trial_leaves_the_others_unharmed(data: FashionMNIST) -> None:
+    configs = _configs("scratch")
+    configs[1] = replace(configs[1], lr=1e36)
+    packed = train_packed(configs, data)
+    assert isinstance(packed[1], TrainingDiverged) and "learning rate 1e+36" in str(packed[1])
+    _assert_same_run(packed[0], train(configs[0], data))
+    _assert_same_run(packed[2], train(configs[2], data))
+
+
+def test_packed_weights_are_written_back_per_model(data: FashionMNIST) -> None:
+    """Pack then unpack, without a step: every tensor of every model comes back bit for bit."""
+    from models.training import initial_model
+
+    models = [initial_model(c)[0] for c in _configs("builtin")]
+    states = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
+    net = PackedLeNet(models)
+    fresh = [initial_model(replace(c, seed=c.seed + 100))[0] for c in _configs("builtin")]
+    for k, m in enumerate(fresh):
+        net.unpack_into(k, m)
+        for name, t in m.state_dict().items():
+            assert torch.equal(t, states[k][name]), name
+
+
+def test_pack_key_groups_what_can_share_a_step() -> None:
+    a = TrainConfig(variant="scratch", lr=1.0, seed=1, epochs=3, device="cpu")
+    assert pack_key(a) == pack_key(replace(a, lr=0.1, seed=2, epochs=5, precise_bn=False, swa_epochs=0))
+    assert pack_key(a) != pack_key(replace(a, variant="builtin"))
+    assert pack_key(a) != pack_key(replace(a, batch_size=128))
+    assert pack_key(a) != pack_key(replace(a, bf16=True))
+    with pytest.raises(ValueError, match="cannot share a step"):
+        train_packed([a, replace(a, batch_size=128)], FashionMNIST(*(torch.zeros(0),) * 4))
