@@ -42,7 +42,7 @@ def list_jobs(
     store: JobStoreDep,
     sweeps: SweepStoreDep,
     status: Annotated[JobStatus | None, Query(description="only jobs with this status")] = None,
-    sweep: Annotated[str | None, Query(pattern=r"^sw-[A-Za-z0-9_-]+$", max_length=64,
+    sweep: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]+$", max_length=64,
                                        description="only the trials of this sweep, in the sweep's order")] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

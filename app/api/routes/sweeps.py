@@ -35,7 +35,8 @@ from bnlenet.training_states import TrainingStates
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 log = logging.getLogger(__name__)
 
-SweepId = Annotated[str, Path(min_length=4, max_length=64, pattern=r"^sw-[A-Za-z0-9_-]+$", description="the sweep's id")]
+# Any id-shaped text (an unknown one is a 404, as for jobs), not only ``sw-...``.
+SweepId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="the sweep's id")]
 
 
 def sweep_out(store: SweepStore, record: SweepRecord) -> SweepOut:
