@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 
 import redis
 import redis.asyncio
+from fastapi import HTTPException
 from fastapi.sse import ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -35,7 +36,7 @@ from bnlenet.sweeps.errors import SweepNotFound
 from bnlenet.sweeps.record import sweep_view
 from bnlenet.sweeps.store import SweepStore
 
-__all__ = ["EventHub", "Watch", "follow_job", "follow_sweep"]
+__all__ = ["EventHub", "Watch", "follow_job", "follow_sweep", "open_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,18 @@ class EventHub:
                 feed.cursor = event.id
                 for watch in feed.watches:
                     watch.put(event)
+
+
+async def open_stream(hub: EventHub, *, ended: bool, last: str, last_event_id: str | None) -> str | None:
+    """Before a stream starts: 204 when the client has seen the end (``Last-Event-ID`` at or after ``last``,
+    the latest event of something that ``ended``), else subscribe (503 without Redis); the id to resume after.
+
+    A 204 is how a server tells a browser's EventSource to stop reconnecting.
+    """
+    if last_event_id is not None and ended and event_id_key(last) <= event_id_key(last_event_id):
+        raise HTTPException(status_code=204)
+    await hub.start()
+    return last_event_id
 
 
 def _sse(event: JobEvent, *, retry: int | None = None) -> ServerSentEvent:

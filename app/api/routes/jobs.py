@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -21,9 +21,9 @@ from app.deps import (
     WriterDep,
 )
 from app.errors import error_responses, json_error_responses
-from app.events import follow_job
+from app.events import follow_job, open_stream
 from app.schemas import BulkCancelOut, JobList, JobOut
-from bnlenet.jobs import TERMINAL, JobFinished, JobNotFound, JobStatus, event_id_key
+from bnlenet.jobs import TERMINAL, JobFinished, JobNotFound, JobStatus
 from bnlenet.training_states import TrainingStates
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -42,7 +42,7 @@ def list_jobs(
     store: JobStoreDep,
     sweeps: SweepStoreDep,
     status: Annotated[JobStatus | None, Query(description="only jobs with this status")] = None,
-    sweep: Annotated[str | None, Query(pattern=r"^sw-[A-Za-z0-9_-]+$", max_length=64,
+    sweep: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]+$", max_length=64,
                                        description="only the trials of this sweep, in the sweep's order")] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -93,10 +93,7 @@ async def events_start(
     seen the job's final status.
     """
     record, last = await run_in_threadpool(store.snapshot, job_id)
-    if last_event_id is not None and record["status"] in TERMINAL and event_id_key(last) <= event_id_key(last_event_id):
-        raise HTTPException(status_code=204)
-    await hub.start()
-    return last_event_id
+    return await open_stream(hub, ended=record["status"] in TERMINAL, last=last, last_event_id=last_event_id)
 
 
 @router.get(

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -23,9 +23,9 @@ from app.deps import (
     WriterDep,
 )
 from app.errors import QueueFull, error_responses, json_error_responses
-from app.events import follow_sweep
+from app.events import follow_sweep, open_stream
 from app.schemas import SweepList, SweepOut, SweepRequest
-from bnlenet.jobs import TERMINAL, event_id_key
+from bnlenet.jobs import TERMINAL
 from bnlenet.model_store import ModelStore
 from bnlenet.sweeps.record import SweepRecord, sweep_view
 from bnlenet.sweeps.spec import SweepLimits, SweepSpec, expand, parse_spec, trial_params
@@ -35,7 +35,8 @@ from bnlenet.training_states import TrainingStates
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 log = logging.getLogger(__name__)
 
-SweepId = Annotated[str, Path(min_length=4, max_length=64, pattern=r"^sw-[A-Za-z0-9_-]+$", description="the sweep's id")]
+# Any id-shaped text (an unknown one is a 404, as for jobs), not only ``sw-...``.
+SweepId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="the sweep's id")]
 
 
 def sweep_out(store: SweepStore, record: SweepRecord) -> SweepOut:
@@ -139,10 +140,7 @@ async def events_start(
     """404 unknown sweep, 503 no Redis, 204 once the client has seen the end (as for a job's events)."""
     record, trials, last = await run_in_threadpool(store.snapshot, sweep_id)
     ended = sweep_view(record, trials)["status"] in TERMINAL
-    if last_event_id is not None and ended and event_id_key(last) <= event_id_key(last_event_id):
-        raise HTTPException(status_code=204)
-    await hub.start()
-    return last_event_id
+    return await open_stream(hub, ended=ended, last=last, last_event_id=last_event_id)
 
 
 @router.get(
@@ -151,7 +149,8 @@ async def events_start(
     summary="Follow a sweep live (server-sent events)",
     description="First a `sweep` event with the whole sweep (as `GET /sweeps/{sweep_id}`); then `epoch` with each "
     "finished epoch of any trial (its metrics and `job_id`), `trial` with a trial's whole job whenever its status "
-    "changes, each followed by a fresh `sweep`; the stream closes after a `sweep` whose status is final. "
+    "changes, each followed by a fresh `sweep` (the sweep as it stands then); the stream closes once the last trial "
+    "has ended. "
     "`Last-Event-ID` resumes as for a job's events.",
     dependencies=[StreamReaderDep],
     responses={204: {"description": "`Last-Event-ID` is at or after the sweep's end"},
