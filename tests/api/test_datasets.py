@@ -175,3 +175,22 @@ def test_datasets_samples_grid_has_a_row_per_class(client, three_classes):
     # Row 0 is the first class in the dataset's order (Sneaker); its first tile is its first training image.
     sneakers = arrays["train_images"][arrays["train_labels"] == names.index("Sneaker")]
     assert any(np.array_equal(grid[:28, :28], img) for img in sneakers)
+
+
+def test_datasets_a_sweep_records_the_ids_its_dataset_names(client, three_classes):
+    arrays, names = three_classes
+    ds_id = _upload(client, folder_zip(arrays, names), name="three").json()["id"]
+    grid = {"parameters": {"dataset": {"values": ["three", "fashion-mnist"]}}, "base": {"epochs": 1}}
+    r = client.post("/sweeps", json=grid)
+    assert r.status_code == 202, r.text
+    jobs = client.get("/jobs", params={"sweep": r.json()["id"]}).json()["data"]
+    assert [j["params"]["dataset"] for j in jobs] == [ds_id, BUILTIN_ID]  # resolved when the sweep is made
+    unset = client.post("/sweeps", json={"parameters": {"seed": {"values": [0]}}, "base": {"epochs": 1}}).json()
+    assert client.get("/jobs", params={"sweep": unset["id"]}).json()["data"][0]["params"]["dataset"] == BUILTIN_ID
+
+
+def test_datasets_a_sweep_over_an_unknown_dataset_is_404_and_stores_nothing(client):
+    r = client.post("/sweeps", json={"parameters": {"dataset": {"values": ["fashion-mnist", "no-such-set"]}}})
+    assert r.status_code == 404, r.text
+    assert "no-such-set" in r.json()["detail"]
+    assert client.get("/jobs").json()["count"] == 0 and client.get("/sweeps").json()["count"] == 0

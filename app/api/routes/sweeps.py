@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.routes.train import starting_model
 from app.deps import (
+    DatasetStoreDep,
     EventHubDep,
     ModelStoreDep,
     PublisherDep,
@@ -25,6 +26,8 @@ from app.deps import (
 from app.errors import QueueFull, error_responses, json_error_responses
 from app.events import follow_sweep, open_stream
 from app.schemas import SweepList, SweepOut, SweepRequest
+from bnlenet.datasets.builtin import BUILTIN_ALIAS
+from bnlenet.datasets.store import DatasetStore
 from bnlenet.jobs import TERMINAL
 from bnlenet.model_store import ModelStore
 from bnlenet.sweeps.record import SweepRecord, sweep_view
@@ -43,14 +46,19 @@ def sweep_out(store: SweepStore, record: SweepRecord) -> SweepOut:
     return SweepOut.model_validate(sweep_view(record, store.trials(record)))
 
 
-def _starting_models(models: ModelStore, spec: SweepSpec) -> dict[str, dict[object, object]]:
-    """Each trial's ``init_model`` checked as POST /train checks it, and resolved to a model id."""
-    resolved: dict[object, object] = {}
+def _resolved_names(models: ModelStore, datasets: DatasetStore, spec: SweepSpec) -> dict[str, dict[object, object]]:
+    """Each trial's ``dataset`` and ``init_model`` checked as POST /train checks them, and resolved to ids
+    (a trial trains on what the request named even if an alias moves; 404 for an unknown name)."""
+    data: dict[object, object] = {}
+    starts: dict[object, object] = {}
     for swept in expand(spec):
         params = trial_params(spec, swept)
+        name = params.get("dataset")
+        if name not in data:
+            data[name] = datasets.resolve(name or BUILTIN_ALIAS)  # None (unset): the default
         if params.get("init_model") is not None:
-            resolved[params["init_model"]] = starting_model(models, params["init_model"], params["variant"])
-    return {"init_model": resolved} if resolved else {}
+            starts[params["init_model"]] = starting_model(models, params["init_model"], params["variant"])
+    return {"dataset": data, "init_model": starts}
 
 
 @router.post(
@@ -71,7 +79,7 @@ def _starting_models(models: ModelStore, spec: SweepSpec) -> dict[str, dict[obje
         **error_responses(401, 403, 404, 409, 413, 422, 429, 503)},
 )
 def create_sweep(
-    body: SweepRequest, store: SweepStoreDep, models: ModelStoreDep, publisher: PublisherDep, settings: SettingsDep,
+    body: SweepRequest, store: SweepStoreDep, models: ModelStoreDep, datasets: DatasetStoreDep, publisher: PublisherDep, settings: SettingsDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(
         min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
@@ -84,7 +92,7 @@ def create_sweep(
         raise QueueFull(f"{queued} jobs are queued and this sweep adds {trials}, more than this service takes "
                         f"(MAX_QUEUED_JOBS={settings.MAX_QUEUED_JOBS}); try again when some have started, or "
                         "ask for fewer trials")
-    record, new = store.create(spec, idempotency_key=idempotency_key, resolve=_starting_models(models, spec))
+    record, new = store.create(spec, idempotency_key=idempotency_key, resolve=_resolved_names(models, datasets, spec))
     if new:  # stored with every trial in the outbox: a lost publish is published again by the workers
         for ref in record["trials"]:
             try:
