@@ -38,6 +38,7 @@ SECTIONS: list[str] = [
     "train_state",
     "workers",
     "durability",
+    "sweep",
 ]
 
 

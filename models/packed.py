@@ -58,6 +58,7 @@ from models.training import (
 )
 
 __all__ = [
+    "CPU_PACK_MAX_BATCH",
     "FORMULATIONS",
     "PackedLeNet",
     "PackedSteps",
@@ -73,6 +74,7 @@ __all__ = [
 # "loop":    each model's convolution on its own (K calls), everything else (BN, sigmoid,
 #            pooling, linear layers, loss, SGD) packed.
 FORMULATIONS: tuple[str, ...] = ("grouped", "unfold", "loop")
+CPU_PACK_MAX_BATCH = 32  # the largest batch size at which a pack beat separate jobs on the CPU (packing_pays)
 
 
 def default_formulation(device: torch.device) -> str:
@@ -80,20 +82,25 @@ def default_formulation(device: torch.device) -> str:
     return "loop" if device.type == "cpu" else "grouped"
 
 
-def packing_pays(device: torch.device | str) -> bool:
-    """Whether a pack trains more examples per second than the same trials as separate jobs on ``device``.
+def packing_pays(device: torch.device | str, batch_size: int = 256) -> bool:
+    """Whether a pack trains more examples per second than the same trials as separate jobs.
 
     CUDA: yes. One LeNet step leaves an H100 idle between ~95 small kernels (bench/RESULTS.md),
-    and a pack of K runs the same number of kernels on K times the work. Not measured on a GPU
-    in this session (no GPU was lent); the CUDA path of ``bench/sweep.py`` measures it.
-    CPU: no. On the 2-core Xeon, loaded by other sessions, 8 trials of batch 256 packed
-    (fastest formulation) ran at 0.6-0.9x the aggregate examples/s of the same trials as two
-    separate single-thread jobs at a time (``python -m bench --only sweep``,
-    bench/RESULTS.md): a LeNet step on the CPU is bound by arithmetic and memory traffic, not
-    by per-operation overhead that packing would share, and two one-thread jobs use both
-    cores without OpenMP barriers. So the sweep layer runs CPU trials as separate jobs.
+    and a pack of K runs as many kernels on K times the work. Not measured on a GPU in this
+    session (none was lent); the CUDA path of ``bench/sweep.py`` measures it.
+
+    CPU: only for small batches (``batch_size <= CPU_PACK_MAX_BATCH``). Measured on the 2-core
+    Xeon loaded by other sessions (``python -m bench --only sweep``, bench/RESULTS.md): 8
+    trials packed ran at 0.5-0.9x separate one-thread runs at batch 256, about 1x at batch 64
+    and 1.4-3x at batch 16. At batch 256 a LeNet step is bound by memory traffic, not by the
+    per-operation overhead a pack shares, and K models' activations (28 MB for the first
+    layer at K = 8) fall out of the caches that one model's (3.5 MB) fits in: the packed
+    sigmoid and BN backward passes ran 5-6x slower per element. At batch 16 the overhead
+    dominates and the pack's K*16 rows still fit. So the sweep layer runs CPU trials of
+    larger batches as separate jobs.
     """
-    return resolve_device(str(device)).type == "cuda"
+    dev = resolve_device(str(device))
+    return dev.type == "cuda" or (dev.type == "cpu" and batch_size <= CPU_PACK_MAX_BATCH)
 
 
 def pack_key(config: TrainConfig) -> tuple[object, ...]:
