@@ -5,7 +5,7 @@
 
 ``run`` expands each sweep's grid (the S1 request shape the sweeps API accepts), trains every
 trial on Fashion-MNIST with ``train`` (or ``train_packed`` where packing pays on the device:
-``models.packed.packing_pays``), and writes ``docs/chapter-sweeps/<sweep>.json`` after each
+``models.packed.packing_pays``), and writes ``docs/chapter-sweeps/<sweep>-<epochs>ep.json`` after each
 trial, so a stopped run keeps what it finished. ``plot`` turns those files into SVG charts
 next to them (a small SVG writer: no plotting library is a dependency). The write-up is
 ``docs/chapter-sweeps.md``.
@@ -63,7 +63,7 @@ def run_sweep(name: str, epochs: int | None, data: Any, threads: int) -> Path:
         base["epochs"] = epochs
     trials = expand_grid(sweep)
     configs = [TrainConfig(**{**base, **params, "device": "cpu", "threads": threads}) for params in trials]
-    out = OUT_DIR / f"{name}.json"
+    out = OUT_DIR / f"{name}-{base['epochs']}ep.json"
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"sweep": sweep, "epochs": base["epochs"], "threads": threads, "trials": []}
 
@@ -79,27 +79,32 @@ def run_sweep(name: str, epochs: int | None, data: Any, threads: int) -> Path:
         if len(group) > 1 and packing_pays("cpu", group[0].batch_size):
             results: list[TrainResult | TrainingDiverged] = list(train_packed(group, data))
             how = f"packed ({len(group)})"
-        else:
-            results = []
-            for config in group:
-                try:
-                    results.append(train(config, data))
-                except TrainingDiverged as exc:
-                    results.append(exc)
-            how = "separate"
-        seconds = (time.perf_counter() - started) / len(group)
-        for i, result in zip(indices, results, strict=True):
-            entry: dict[str, Any] = {"params": trials[i], "setting": setting_of(trials[i]), "how": how,
-                                     "seconds": seconds}
-            if isinstance(result, TrainResult):
-                entry.update(history=[asdict(m) for m in result.history], final_test_acc=result.final_test_acc)
-            else:
-                entry.update(diverged=str(result), history=[], final_test_acc=None)
-            record["trials"].append(entry)
-            print(f"{name}: {entry['setting']} seed={trials[i].get('seed', base.get('seed', 0))} "
-                  f"final {entry['final_test_acc']} ({how}, {seconds:.0f} s)", flush=True)
-        save()
+            seconds = (time.perf_counter() - started) / len(group)
+            for i, result in zip(indices, results, strict=True):
+                record["trials"].append(_entry(name, trials[i], result, how, seconds))
+            save()
+            continue
+        for i, config in zip(indices, group, strict=True):  # separate runs, each saved as it ends
+            started = time.perf_counter()
+            try:
+                solo: TrainResult | TrainingDiverged = train(config, data)
+            except TrainingDiverged as exc:
+                solo = exc
+            record["trials"].append(_entry(name, trials[i], solo, "separate", time.perf_counter() - started))
+            save()
     return out
+
+
+def _entry(sweep: str, params: dict[str, Any], result: Any, how: str, seconds: float) -> dict[str, Any]:
+    """One trial's record: its parameters, setting, per-epoch history and the stored model's accuracy."""
+    entry: dict[str, Any] = {"params": params, "setting": setting_of(params), "how": how, "seconds": seconds}
+    if hasattr(result, "history"):
+        entry.update(history=[asdict(m) for m in result.history], final_test_acc=result.final_test_acc)
+    else:
+        entry.update(diverged=str(result), history=[], final_test_acc=None)
+    print(f"{sweep}: {entry['setting']} seed={params.get('seed', '-')} final {entry['final_test_acc']} "
+          f"({how}, {seconds:.0f} s)", flush=True)
+    return entry
 
 
 def settings_summary(trials: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

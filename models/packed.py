@@ -53,6 +53,7 @@ from models.training import (
     TrainingDiverged,
     TrainResult,
     check_finite,
+    data_on_device,
     finish_training,
     initial_model,
 )
@@ -405,12 +406,7 @@ def train_packed(
         for i, config in enumerate(configs):
             model, new_classifier = initial_model(config)
             trials.append(_Trial(i, config, model.to(dev), new_classifier))
-        train_images = data.train_images.to(dev)  # (N, 28, 28) uint8
-        train_labels = data.train_labels.to(dev)
-        test_images = data.test_images.to(dev)
-        test_labels = data.test_labels.to(dev)
-        if len(train_images) < 2:
-            raise ValueError("the training set needs at least 2 images")
+        train_images, train_labels, test_images, test_labels = data_on_device(data, dev)
         with cuda_settings(dev, tf32=configs[0].tf32):
             epoch = 0
             while trials:
