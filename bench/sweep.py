@@ -17,6 +17,7 @@ the other in one process (the issue's target: 5,000,000 examples/s aggregate on 
 
     python -m bench --only sweep
     SWEEP_TRAIN_IMAGES=12000 python -m bench --only sweep   # a subset, for a loaded machine
+    SWEEP_CUDA_ROWS_DEVICE=cpu python -m bench --only sweep # the GPU rows' code path, on the CPU
     python -m bench.sweep job '<json>'                      # one process of a layout (used here)
 """
 
@@ -41,6 +42,7 @@ SETTING: dict[str, Any] = {"variant": "scratch", "lr": 1.0, "batch_size": 256}
 CPU_TRIALS = 8
 CUDA_TRIALS = 16
 CUDA_TARGET = 5_000_000  # examples/s aggregate, 16 trials, one H100
+CUDA_ROWS_DEVICE = os.environ.get("SWEEP_CUDA_ROWS_DEVICE", "")  # run the GPU rows on this device instead
 
 
 def _job(spec: dict[str, Any]) -> dict[str, Any]:
@@ -91,11 +93,16 @@ def _split(items: list[dict[str, Any]], parts: int) -> list[list[dict[str, Any]]
     return [items[i::parts] for i in range(parts) if items[i::parts]]
 
 
-def _rows(device: str, trials: int, setting: dict[str, Any], cores: int) -> list[dict[str, Any]]:
-    """One comparison: the separate layout, then the packed ones, each with its ratio and accuracy gap."""
-    threads = 1 if device == "cpu" else 0
+def _rows(device: str, trials: int, setting: dict[str, Any], cores: int, *, gpu_layout: bool = False
+          ) -> list[dict[str, Any]]:
+    """One comparison: the separate layout, then the packed ones, each with its ratio and accuracy gap.
+
+    ``gpu_layout``: the GPU's layouts (one process), also on another device, to check the path.
+    """
+    gpu_layout = gpu_layout or device != "cpu"
+    threads = 0 if gpu_layout else 1
     configs = [{**setting, "seed": s, "epochs": EPOCHS, "device": device, "threads": threads} for s in range(trials)]
-    if device == "cpu":
+    if not gpu_layout:
         layouts: list[tuple[str, list[list[dict[str, Any]]], bool]] = [
             (f"separate jobs: {cores} processes x 1 thread, trials one after the other", _split(configs, cores), False),
             (f"packed: {cores} packs of {trials // cores}, 1 thread each", _split(configs, cores), True),
@@ -130,8 +137,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
     rows = _rows("cpu", CPU_TRIALS, SETTING, cores)
     # Where packing pays on the CPU (models.packed.packing_pays): small batches.
     rows += _rows("cpu", CPU_TRIALS, {**SETTING, "batch_size": 16}, cores)
-    if torch.cuda.is_available():
-        rows += _rows("cuda", CUDA_TRIALS, SETTING, cores)
+    if torch.cuda.is_available() or CUDA_ROWS_DEVICE:
+        # SWEEP_CUDA_ROWS_DEVICE=cpu runs the GPU's comparison on the CPU: the code path, not its speed.
+        rows += _rows(CUDA_ROWS_DEVICE or "cuda", CUDA_TRIALS, SETTING, cores, gpu_layout=True)
     else:
         rows.append({"device": "cuda", "batch": SETTING["batch_size"],
                      "layout": f"packed: 1 pack of {CUDA_TRIALS} (target {CUDA_TARGET:,} examples/s)",
