@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ TRAIN_IMAGES = int(os.environ.get("SWEEP_TRAIN_IMAGES", "0"))  # 0: the whole tr
 TEST_IMAGES = int(os.environ.get("SWEEP_TEST_IMAGES", "0"))  # 0: the whole test set
 SETTING: dict[str, Any] = {"variant": "scratch", "lr": 1.0, "batch_size": 256}
 CPU_TRIALS = 8
+ROUNDS = int(os.environ.get("SWEEP_ROUNDS", "2"))  # each comparison, in alternating order
 CUDA_TRIALS = 16
 CUDA_TARGET = 5_000_000  # examples/s aggregate, 16 trials, one H100
 CUDA_ROWS_DEVICE = os.environ.get("SWEEP_CUDA_ROWS_DEVICE", "")  # run the GPU rows on this device instead
@@ -112,16 +114,24 @@ def _rows(device: str, trials: int, setting: dict[str, Any], cores: int, *, gpu_
     else:
         layouts = [("separate jobs: 1 process, trials one after the other", [configs], False),
                    (f"packed: 1 pack of {trials}", [configs], True)]
-    measured = [(label, _layout(groups, packed)) for label, groups, packed in layouts]
-    base = measured[0][1]
+    # Rounds in alternating order (the load on a shared machine drifts); ratios within a round.
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for r in range(ROUNDS):
+        order = layouts if r % 2 == 0 else layouts[::-1]
+        rounds.append({label: _layout(groups, packed) for label, groups, packed in order})
+    base_label = layouts[0][0]
     rows = []
-    for label, m in measured:
+    for label, _, _ in layouts:
+        m = rounds[-1][label]
+        base = rounds[-1][base_label]
         gaps = [abs(m["accs"][s] - base["accs"][s]) for s in base["accs"]]
+        ratios = [rd[label]["rate"] / rd[base_label]["rate"] for rd in rounds]
         rows.append({
             "device": device, "batch": setting["batch_size"], "layout": label, "trials": trials,
             "images x epochs": f"{(TRAIN_IMAGES or 60000):,} x {EPOCHS}",
-            "aggregate examples/s": m["rate"], "x separate": m["rate"] / base["rate"],
-            "wall s": m["wall"],
+            "aggregate examples/s": statistics.median(rd[label]["rate"] for rd in rounds),
+            "x separate": statistics.median(ratios), "x separate per round": ", ".join(f"{x:.2f}" for x in ratios),
+            "wall s": statistics.median(rd[label]["wall"] for rd in rounds),
             "final acc (mean)": sum(m["accs"].values()) / len(m["accs"]),
             "max gap to solo": max(gaps),
             "load": os.getloadavg()[0],
@@ -130,9 +140,9 @@ def _rows(device: str, trials: int, setting: dict[str, Any], cores: int, *, gpu_
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    global EPOCHS, TRAIN_IMAGES, TEST_IMAGES
+    global EPOCHS, TRAIN_IMAGES, TEST_IMAGES, ROUNDS
     if quick:
-        EPOCHS, TRAIN_IMAGES, TEST_IMAGES = 1, 2048, 1024
+        EPOCHS, TRAIN_IMAGES, TEST_IMAGES, ROUNDS = 1, 2048, 1024, 1
     cores = max(1, min(2, usable_cores()))
     rows = _rows("cpu", CPU_TRIALS, SETTING, cores)
     # Where packing pays on the CPU (models.packed.packing_pays): small batches.
@@ -147,7 +157,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-NOTES = ("Aggregate examples/s: every trial's training examples over the layout's wall time, per-epoch test "
+NOTES = ("Medians over rounds run in alternating layout order; `x separate` is taken within each round. "
+         "Aggregate examples/s: every trial's training examples over the layout's wall time, per-epoch test "
          "accuracy and precise BN included. `max gap to solo`: the largest difference of a trial's stored-model "
          "accuracy from the same seed's separate (solo) run. The CUDA rows need a GPU.")
 

@@ -20,8 +20,9 @@ others go on in a smaller pack. A trial whose loss stops being finite leaves it 
 ``TrainingDiverged`` in its result slot (one diverging learning rate does not end a sweep).
 
 How the K convolutions and matrix products run is ``formulation`` (``FORMULATIONS``); the
-arithmetic is the same up to float rounding. Measured in ``bench/sweep.py``; on this
-project's 2-core CPU no formulation beat separate jobs (``packing_pays``).
+arithmetic is the same up to float rounding. Measured in ``bench/sweep.py``: on this
+project's 2-core CPU no formulation beat separate jobs at the chapter's batch 256, and packs
+paid at small batches (``packing_pays``).
 """
 
 from __future__ import annotations
@@ -91,14 +92,13 @@ def packing_pays(device: torch.device | str, batch_size: int = 256) -> bool:
     session (none was lent); the CUDA path of ``bench/sweep.py`` measures it.
 
     CPU: only for small batches (``batch_size <= CPU_PACK_MAX_BATCH``). Measured on the 2-core
-    Xeon loaded by other sessions (``python -m bench --only sweep``, bench/RESULTS.md): 8
-    trials packed ran at 0.5-0.9x separate one-thread runs at batch 256, about 1x at batch 64
-    and 1.4-3x at batch 16. At batch 256 a LeNet step is bound by memory traffic, not by the
-    per-operation overhead a pack shares, and K models' activations (28 MB for the first
-    layer at K = 8) fall out of the caches that one model's (3.5 MB) fits in: the packed
-    sigmoid and BN backward passes ran 5-6x slower per element. At batch 16 the overhead
-    dominates and the pack's K*16 rows still fit. So the sweep layer runs CPU trials of
-    larger batches as separate jobs.
+    Xeon (bench/RESULTS.md, "Sweeps"): 8 trials of batch 256 as two packs of 4 on one thread
+    each ran at 0.96-0.97x the same trials as separate one-thread jobs (layouts interleaved,
+    quiet machine), and the packed step alone at 0.85-0.90x one model's; at batch 64 1.11x, at
+    batch 16 1.37-1.4x. At batch 256 a LeNet step is bound by arithmetic and memory traffic, not
+    by the per-operation overhead a pack shares, and K models' activations (28 MB for the first
+    layer at K = 8) fall out of the caches one model's (3.5 MB) fits in. So the sweep layer
+    runs CPU trials of larger batches as separate jobs.
     """
     dev = resolve_device(str(device))
     return dev.type == "cuda" or (dev.type == "cpu" and batch_size <= CPU_PACK_MAX_BATCH)
