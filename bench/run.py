@@ -42,6 +42,7 @@ SECTIONS: list[str] = [
     "workers",
     "durability",
     "dataset_validation",
+    "sweep",
 ]
 
 

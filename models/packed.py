@@ -20,8 +20,9 @@ others go on in a smaller pack. A trial whose loss stops being finite leaves it 
 ``TrainingDiverged`` in its result slot (one diverging learning rate does not end a sweep).
 
 How the K convolutions and matrix products run is ``formulation`` (``FORMULATIONS``); the
-arithmetic is the same up to float rounding. Measured in ``bench/sweep.py``; on this
-project's 2-core CPU no formulation beat separate jobs (``packing_pays``).
+arithmetic is the same up to float rounding. Measured in ``bench/sweep.py``: on this
+project's 2-core CPU no formulation beat separate jobs at the chapter's batch 256, and packs
+paid at small batches (``packing_pays``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 
 from models.averaging import WeightAverage
 from models.batchnorm import BatchNorm, batch_norm, is_batchnorm
-from models.data import FashionMNIST
+from models.data import ImageDataset
 from models.devices import cuda_settings, resolve_device, synchronize
 from models.inference import evaluate_accuracy
 from models.memory import keep_large_buffers
@@ -53,11 +54,13 @@ from models.training import (
     TrainingDiverged,
     TrainResult,
     check_finite,
+    data_on_device,
     finish_training,
     initial_model,
 )
 
 __all__ = [
+    "CPU_PACK_MAX_BATCH",
     "FORMULATIONS",
     "PackedLeNet",
     "PackedSteps",
@@ -73,6 +76,7 @@ __all__ = [
 # "loop":    each model's convolution on its own (K calls), everything else (BN, sigmoid,
 #            pooling, linear layers, loss, SGD) packed.
 FORMULATIONS: tuple[str, ...] = ("grouped", "unfold", "loop")
+CPU_PACK_MAX_BATCH = 32  # the largest batch size at which a pack beat separate jobs on the CPU (packing_pays)
 
 
 def default_formulation(device: torch.device) -> str:
@@ -80,20 +84,24 @@ def default_formulation(device: torch.device) -> str:
     return "loop" if device.type == "cpu" else "grouped"
 
 
-def packing_pays(device: torch.device | str) -> bool:
-    """Whether a pack trains more examples per second than the same trials as separate jobs on ``device``.
+def packing_pays(device: torch.device | str, batch_size: int = 256) -> bool:
+    """Whether a pack trains more examples per second than the same trials as separate jobs.
 
     CUDA: yes. One LeNet step leaves an H100 idle between ~95 small kernels (bench/RESULTS.md),
-    and a pack of K runs the same number of kernels on K times the work. Not measured on a GPU
-    in this session (no GPU was lent); the CUDA path of ``bench/sweep.py`` measures it.
-    CPU: no. On the 2-core Xeon, loaded by other sessions, 8 trials of batch 256 packed
-    (fastest formulation) ran at 0.6-0.9x the aggregate examples/s of the same trials as two
-    separate single-thread jobs at a time (``python -m bench --only sweep``,
-    bench/RESULTS.md): a LeNet step on the CPU is bound by arithmetic and memory traffic, not
-    by per-operation overhead that packing would share, and two one-thread jobs use both
-    cores without OpenMP barriers. So the sweep layer runs CPU trials as separate jobs.
+    and a pack of K runs as many kernels on K times the work. Not measured on a GPU in this
+    session (none was lent); the CUDA path of ``bench/sweep.py`` measures it.
+
+    CPU: only for small batches (``batch_size <= CPU_PACK_MAX_BATCH``). Measured on the 2-core
+    Xeon (bench/RESULTS.md, "Sweeps"): 8 trials of batch 256 as two packs of 4 on one thread
+    each ran at 0.96-0.97x the same trials as separate one-thread jobs (layouts interleaved,
+    quiet machine), and the packed step alone at 0.85-0.90x one model's; at batch 64 1.11x, at
+    batch 16 1.37-1.4x. At batch 256 a LeNet step is bound by arithmetic and memory traffic, not
+    by the per-operation overhead a pack shares, and K models' activations (28 MB for the first
+    layer at K = 8) fall out of the caches one model's (3.5 MB) fits in. So the sweep layer
+    runs CPU trials of larger batches as separate jobs.
     """
-    return resolve_device(str(device)).type == "cuda"
+    dev = resolve_device(str(device))
+    return dev.type == "cuda" or (dev.type == "cpu" and batch_size <= CPU_PACK_MAX_BATCH)
 
 
 def pack_key(config: TrainConfig) -> tuple[object, ...]:
@@ -362,7 +370,7 @@ PackedStop = Callable[[int, EpochMetrics], bool]
 
 def train_packed(
     configs: Sequence[TrainConfig],
-    data: FashionMNIST,
+    data: ImageDataset,
     *,
     device: torch.device | str | None = None,
     progress: PackedProgress | None = None,
@@ -396,14 +404,9 @@ def train_packed(
             keep_large_buffers()
         trials = []
         for i, config in enumerate(configs):
-            model, new_classifier = initial_model(config)
+            model, new_classifier = initial_model(config, num_classes=len(data.classes))
             trials.append(_Trial(i, config, model.to(dev), new_classifier))
-        train_images = data.train_images.to(dev)  # (N, 28, 28) uint8
-        train_labels = data.train_labels.to(dev)
-        test_images = data.test_images.to(dev)
-        test_labels = data.test_labels.to(dev)
-        if len(train_images) < 2:
-            raise ValueError("the training set needs at least 2 images")
+        train_images, train_labels, test_images, test_labels = data_on_device(data, dev)
         with cuda_settings(dev, tf32=configs[0].tf32):
             epoch = 0
             while trials:

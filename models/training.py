@@ -47,6 +47,7 @@ __all__ = [
     "TrainingCancelled",
     "TrainingDiverged",
     "check_finite",
+    "data_on_device",
     "finish_training",
     "initial_model",
     "train",
@@ -240,12 +241,7 @@ def train(
         optimizer = sgd(model, config.lr, device)
         shuffle = torch.Generator().manual_seed(config.seed)
 
-        train_images = data.train_images.to(device)  # (N, 28, 28) uint8
-        train_labels = data.train_labels.to(device)
-        test_images = data.test_images.to(device)
-        test_labels = data.test_labels.to(device)
-        if len(train_images) < 2:
-            raise ValueError("the training set needs at least 2 images")
+        train_images, train_labels, test_images, test_labels = data_on_device(data, device)
         result = TrainResult(model=model, device=str(device), averaged_epochs=config.averaged_epochs(),
                              new_classifier=new_classifier, threads=threads)
         average = WeightAverage(model) if result.averaged_epochs > 1 else None
@@ -276,6 +272,14 @@ def train(
         result.compiled_graphs = compiled_graph_count() - graphs_before
 
         return finish_training(result, config, average, train_images, test_images, test_labels)
+
+
+def data_on_device(data: ImageDataset, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training images ``(N, 28, 28)`` uint8 and labels, test images and labels, on ``device``; at least 2 training images."""
+    if len(data.train_images) < 2:
+        raise ValueError("the training set needs at least 2 images")
+    return (data.train_images.to(device), data.train_labels.to(device), data.test_images.to(device),
+            data.test_labels.to(device))
 
 
 def initial_model(config: TrainConfig, init_state: Mapping[str, Tensor] | None = None,

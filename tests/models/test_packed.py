@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.data import FashionMNIST
-from models.packed import FORMULATIONS, PackedLeNet, pack_key, train_packed
+from models.packed import FORMULATIONS, PackedLeNet, pack_key, packing_pays, train_packed
 from models.training import EpochMetrics, TrainConfig, TrainingDiverged, TrainResult, train
 from tests.conftest import TEST_THREADS
 
@@ -116,3 +116,9 @@ def test_pack_key_groups_what_can_share_a_step() -> None:
     assert pack_key(a) != pack_key(replace(a, bf16=True))
     with pytest.raises(ValueError, match="cannot share a step"):
         train_packed([a, replace(a, batch_size=128)], FashionMNIST(*(torch.zeros(0),) * 4))
+
+
+def test_packing_pays_on_the_cpu_only_for_small_batches() -> None:
+    assert not packing_pays("cpu")  # the chapter's batch 256: separate jobs (bench/RESULTS.md)
+    assert packing_pays("cpu", batch_size=16)
+    assert not packing_pays("cpu", batch_size=64)
