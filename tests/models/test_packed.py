@@ -122,3 +122,13 @@ def test_packing_pays_on_the_cpu_only_for_small_batches() -> None:
     assert not packing_pays("cpu")  # the chapter's batch 256: separate jobs (bench/RESULTS.md)
     assert packing_pays("cpu", batch_size=16)
     assert not packing_pays("cpu", batch_size=64)
+
+
+def test_packed_trials_have_the_data_sets_class_count(data: FashionMNIST) -> None:
+    keep = data.train_labels < 3, data.test_labels < 3  # a 3-class data set: LeNet's last layer has 3 outputs
+    three = FashionMNIST(data.train_images[keep[0]], data.train_labels[keep[0]], data.test_images[keep[1]],
+                         data.test_labels[keep[1]], classes=data.classes[:3])
+    configs = _configs("builtin", epochs=1, swa_epochs=0)[:2]
+    for p, s in zip(train_packed(configs, three), _solo(configs, three), strict=True):
+        assert isinstance(p, TrainResult) and p.model[-1].out_features == 3
+        _assert_same_run(p, s)
