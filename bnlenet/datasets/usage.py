@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnlenet.jobs import JobStore
+from bnlenet.jobs import JobStore, MalformedJob
 from bnlenet.model_store import ModelStore
 
 __all__ = ["dataset_of", "jobs_using", "models_using"]
@@ -28,6 +28,8 @@ def jobs_using(jobs: JobStore, ds_id: str) -> list[str]:
                 params = jobs.get(job_id)["params"]
             except LookupError:
                 continue  # ended and expired since the listing
+            except MalformedJob:
+                continue  # a record no worker can run trains on nothing; GET /jobs/{id} names it (409)
             if params.get("dataset") == ds_id:
                 found.append(job_id)
     return found

@@ -194,3 +194,20 @@ def test_datasets_a_sweep_over_an_unknown_dataset_is_404_and_stores_nothing(clie
     assert r.status_code == 404, r.text
     assert "no-such-set" in r.json()["detail"]
     assert client.get("/jobs").json()["count"] == 0 and client.get("/sweeps").json()["count"] == 0
+
+
+def test_datasets_delete_is_not_blocked_by_a_malformed_job_record(client, three_classes, redis_url):
+    import redis
+
+    from tests.bnlenet.test_jobs import MALFORMED
+
+    arrays, names = three_classes
+    ds_id = _upload(client, folder_zip(arrays, names)).json()["id"]
+    planted = redis.Redis.from_url(redis_url)
+    for job_id, raw in MALFORMED.items():  # records no worker can run (a hand edit, an older version's bug)
+        planted.set(f"bnlenet:job:{job_id}", raw)
+        planted.zadd("bnlenet:jobs:all", {job_id: 2.0})
+        planted.zadd("bnlenet:jobs:status:queued", {job_id: 2.0})
+    r = client.delete(f"/datasets/{ds_id}")
+    assert r.status_code == 204, r.text
+    assert client.get(f"/datasets/{ds_id}").status_code == 404
