@@ -16,7 +16,7 @@ from bnlenet.datasets.store import DatasetStore
 from bnlenet.settings import Settings
 from models.data import CLASS_NAMES, ImageDataset, load_fashion_mnist
 from models.training import TrainConfig, train
-from tests.dataset_uploads import FASHION_MNIST_DIR, fashion_mnist_subset, idx_zip, npz
+from tests.dataset_uploads import FASHION_MNIST_DIR, fashion_mnist_subset, folder_zip, idx_zip, npz
 
 
 def _tensors(prepared: PreparedDataset) -> ImageDataset:
@@ -57,6 +57,32 @@ def test_fashion_mnist_as_idx_and_npz_trains_to_the_builtin_s_model(tmp_path: Pa
         state = train(config, _tensors(prepared)).model.state_dict()
         assert state.keys() == reference.keys()
         assert all(torch.equal(state[k], reference[k]) for k in reference)
+
+
+def _examples(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
+    """A split as a sorted list of (label, pixels): equal for the same examples in any order."""
+    return sorted(bytes([int(label)]) + np.asarray(image, dtype=np.uint8).tobytes()
+                  for image, label in zip(images, labels, strict=True))
+
+
+@pytest.mark.slow
+def test_fashion_mnist_as_png_folders_trains_to_the_builtin_s_accuracy(tmp_path: Path):
+    data = load_fashion_mnist(FASHION_MNIST_DIR, download=False)
+    arrays = {key: getattr(data, key).numpy().astype(np.uint8)
+              for key in ("train_images", "train_labels", "test_images", "test_labels")}
+    names = tuple(name.replace("/", "-") for name in CLASS_NAMES)  # folder names cannot hold '/'
+    (tmp_path / "fm.zip").write_bytes(folder_zip(arrays, names))
+    prepared = ingest(tmp_path / "fm.zip", "fm.zip", classes=names)
+    # All 70,000 PNGs decoded by /predict's path to the very pixels of the IDX files, in the zip's order.
+    for split in ("train", "test"):
+        assert _examples(getattr(prepared, f"{split}_images"), getattr(prepared, f"{split}_labels")) == \
+            _examples(arrays[f"{split}_images"], arrays[f"{split}_labels"])
+    # Another order is another shuffle: the same accuracy within a seed's spread, not the same model.
+    config = TrainConfig(epochs=2, device="cpu")
+    builtin = train(config, data).final_test_acc
+    uploaded = train(config, _tensors(prepared)).final_test_acc
+    assert builtin is not None and uploaded is not None and builtin > 0.8
+    assert abs(uploaded - builtin) < 0.03, (uploaded, builtin)
 
 
 def test_dataset_cache_reads_a_stored_dataset_once_and_keeps_it(tmp_path: Path):
