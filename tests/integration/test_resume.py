@@ -83,13 +83,21 @@ def test_resume_job_killed_five_times_ends_with_the_uninterrupted_model(resume_s
     assert [m["epoch"] for m in job["history"]] == list(range(1, EPOCHS + 1)), seed
     log = job["attempt_log"]
     assert [a["attempt"] for a in log] == list(range(1, KILLS + 2)) and job["attempts"] == KILLS + 1
-    assert log[0]["resumed_from"] == 0 and job["fruitless_attempts"] == 0
+    assert log[0]["resumed_from"] == 0
+    # The count of attempts in a row that saved nothing new, by the lifecycle's rule. Not simply 0: on
+    # a quiet machine an epoch can end between two progress writes (0.2 s apart), so a kill lands past
+    # its target, the next attempt resumes later than planned and may die before saving an epoch.
+    fruitless = 0
+    for a in log[:-1]:
+        fruitless = 0 if (a["saved_epoch"] or 0) > (a["resumed_from"] or 0) else fruitless + 1
+    assert job["fruitless_attempts"] == fruitless < KILLS, (seed, log)
     saved = 0
     for killed, nxt, seen in zip(log[:-1], log[1:], seen_at_kill, strict=True):
         saved = max(saved, killed["saved_epoch"] or 0)
         assert nxt["resumed_from"] == saved, (seed, log)  # every saved epoch is kept ...
-        # ... and every epoch that had finished when the worker died: only the one it was in is lost.
-        assert nxt["resumed_from"] >= math.floor(seen), (seed, seen_at_kill, log)
+        # ... and every epoch that had finished when the worker died: only the one it was in is lost (at a
+        # whole number the record shows an epoch's last batch done before its state is written: that one).
+        assert nxt["resumed_from"] >= math.ceil(seen) - 1, (seed, seen_at_kill, log)
     # Never back: each attempt resumes from where the last left off or later (a kill inside epoch 1
     # leaves the next attempt at 0 again, so not strictly later).
     resumed = [a["resumed_from"] for a in log]
