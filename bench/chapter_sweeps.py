@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from models.threads import quiet_openmp_waits
+from models.threads import short_openmp_waits
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 OUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "chapter-sweeps"
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in plot():
             print(p)
         return 0
-    quiet_openmp_waits()
+    short_openmp_waits()
     from models.data import load_fashion_mnist
 
     data = load_fashion_mnist(args.data_dir, download=False)

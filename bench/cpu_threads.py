@@ -21,29 +21,33 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.threads import QUIET_OPENMP_WAITS
+from models.threads import OPENMP_WAITS
 
 TITLE = "Training threads: quiet and contended cores"
 ROUNDS = int(os.environ.get("CPU_THREADS_ROUNDS", "3"))
 SECONDS = float(os.environ.get("CPU_THREADS_SECONDS", "3"))  # timed steps per row, at least
 LENET_FLOP = 1.69e6  # per example, forward and backward (the count)
 
-# (label, environment, threads: 0 every usable core): what each row runs with.
+# (label, environment, threads: 0 the engine's automatic choice): what each row runs with.
 # Without the environment GNU OpenMP spins at a barrier (300,000 rounds) before it sleeps;
-# bnlenet's entry points set QUIET_OPENMP_WAITS.
+# bnlenet's entry points set OPENMP_WAITS (10,000 rounds).
 OPENMP_ENV = ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+ALL_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 CONFIGS: list[tuple[str, dict[str, str], int]] = [
-    ("1 thread", {}, 1),
-    ("all cores, OpenMP spin-waits (GNU default)", {}, 0),
-    # bnlenet's automatic count is every usable core (models/threads.py): this row.
-    ("all cores, passive waits (bnlenet's default)", QUIET_OPENMP_WAITS, 0),
+    ("1 thread", OPENMP_WAITS, 1),
+    ("all cores, fixed, GNU default spin", {}, ALL_CORES),
+    ("all cores, fixed, passive waits", {"OMP_WAIT_POLICY": "PASSIVE"}, ALL_CORES),
+    ("all cores, fixed, 10,000-round spin", OPENMP_WAITS, ALL_CORES),
+    # bnlenet's automatic count (models/threads.py, models/thread_tuner.py): this row.
+    ("bnlenet's default: every core or one, chosen per step", OPENMP_WAITS, 0),
 ]
 NOTES = (
     "Each cell is a fresh process timing at least "
     f"{SECONDS:g} s of steady SGD steps (after 10 warm-up steps) of the engine on the real training images, "
     "batch 256. `contended`: one busy-loop process (`while True: pass`) pinned to the same cores runs "
     "throughout. `x 1 thread`: examples/s over the 1-thread row's in the same round and condition (the "
-    "promise: never below 0.90 when contended). `threads used` is the count per round. `% peak`: examples/s x 1.69 MFLOP over this CPU's fp32 peak "
+    "promise: never below 0.90 when contended). `threads used`: per round, the timed steps on each count "
+    "(`180x2+10x1`: 180 steps on 2 threads, 10 on one) and how often the count changed. `% peak`: examples/s x 1.69 MFLOP over this CPU's fp32 peak "
     "(`bench.cpu_threads.fp32_peak_gflops`). Medians over rounds; the machine's other load is in "
     "`load` (1-minute load average when the row ended)."
 )
@@ -89,28 +93,33 @@ def _step_main(variant: str, threads: int) -> None:
     from models.lenet import build_lenet
     from models.memory import keep_large_buffers
     from models.stepper import TrainSteps, sgd
-    from models.threads import training_threads, usable_cores
+    from models.thread_tuner import schedule_steps
+    from models.threads import training_threads
 
     data = fashion_mnist(download=False)
     device = torch.device("cpu")
     keep_large_buffers()
     torch.manual_seed(0)
     model = build_lenet(variant)
-    requested = threads or usable_cores()  # 0: every usable core
-    with training_threads(device, requested) as used:
+    # threads 0: the engine's automatic count (every usable core, adapting, models/thread_tuner.py).
+    with training_threads(device, threads) as tuner:
         steps = TrainSteps(model, sgd(model, 1.0, device), data.train_images, data.train_labels, device,
                            batch_size=256)
         order = torch.randperm(len(data.train_images), generator=torch.Generator().manual_seed(0))
         batches = [order[i:i + 256] for i in range(0, len(order) - 255, 256)]
-        for b in batches[:10]:
+        for b in batches[:10]:  # warm-up, untimed: the tuner starts with the timed steps (and pays its start there)
             steps(b)
+        step = 0
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < SECONDS:
             for b in batches[10 + done % (len(batches) - 20):][:10]:
-                steps(b)
+                tuner.run(step, steps, b)
+                step += 1
                 done += 1
         seconds = time.perf_counter() - started
-    print(json.dumps({"threads": used, "examples_per_sec": done * 256 / seconds}), flush=True)
+    used = schedule_steps(tuner.schedule, step)
+    print(json.dumps({"threads": "+".join(f"{n}x{c}" for c, n in sorted(used.items(), reverse=True)),
+                      "switches": len(tuner.schedule) - 1, "examples_per_sec": done * 256 / seconds}), flush=True)
 
 
 def _busy_loop(cpus: set[int]) -> subprocess.Popen[bytes]:
@@ -162,7 +171,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             rate = statistics.median(x["examples_per_sec"] for x in runs)
             rows.append({
                 "variant": variant, "cores": condition, "threads": label,
-                "threads used": ", ".join(str(x["threads"]) for x in runs),
+                "threads used": ", ".join(f"{x['threads']} ({x['switches']} switches)" for x in runs),
                 "examples/s": rate,
                 "x 1 thread": f"{statistics.median(x['ratio'] for x in runs):.2f}",
                 "x 1 thread per round": ", ".join(f"{x['ratio']:.2f}" for x in runs),

@@ -91,9 +91,9 @@ def _rate(variant: str, option: dict[str, Any], batches: list[Any], data: Any, s
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """Each variant's rows in a fresh process with the engine's passive OpenMP waits (read as torch loads)."""
-    from models.threads import QUIET_OPENMP_WAITS
+    from models.threads import OPENMP_WAITS
 
-    env = dict(os.environ, **QUIET_OPENMP_WAITS)
+    env = dict(os.environ, **OPENMP_WAITS)
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
     rows: list[dict[str, Any]] = []

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from models.threads import QUIET_OPENMP_WAITS, usable_cores
+from models.threads import OPENMP_WAITS, usable_cores
 
 TITLE = "Sweeps: trials packed on one device against separate jobs"
 EPOCHS = int(os.environ.get("SWEEP_EPOCHS", "3"))
@@ -73,7 +73,7 @@ def _job(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _layout(groups: list[list[dict[str, Any]]], packed: bool, formulation: str | None = None) -> dict[str, Any]:
     """Run the process groups of one layout at once; wall time and every trial's result."""
-    env = {**os.environ, **QUIET_OPENMP_WAITS, "PYTHONPATH": os.environ.get("PYTHONPATH", os.getcwd())}
+    env = {**os.environ, **OPENMP_WAITS, "PYTHONPATH": os.environ.get("PYTHONPATH", os.getcwd())}
     started = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-m", "bench.sweep", "job", json.dumps(
         {"configs": g, "packed": packed, "formulation": formulation, "train_images": TRAIN_IMAGES,

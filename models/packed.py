@@ -45,6 +45,7 @@ from models.devices import cuda_settings, resolve_device, synchronize
 from models.inference import evaluate_accuracy
 from models.memory import keep_large_buffers
 from models.preprocess import to_model_input
+from models.thread_tuner import ThreadTuner
 from models.threads import training_threads
 from models.training import (
     EpochMetrics,
@@ -399,7 +400,7 @@ def train_packed(
     dev = resolve_device(str(device) if device is not None else configs[0].device)
     form = formulation or default_formulation(dev)
     results: list[TrainResult | TrainingDiverged | None] = [None] * len(configs)
-    with training_threads(dev, configs[0].threads) as threads:
+    with training_threads(dev, configs[0].threads) as tuner:
         if dev.type == "cpu":
             keep_large_buffers()
         trials = []
@@ -412,11 +413,11 @@ def train_packed(
             while trials:
                 epoch += 1
                 trials = _train_epoch(trials, epoch, form, dev, train_images, train_labels, test_images, test_labels,
-                                      results, progress, on_epoch, cancelled, should_stop)
+                                      results, progress, on_epoch, cancelled, should_stop, tuner)
         # The finishing (weight average, precise BN) happened as each trial left; record the threads.
         for r in results:
             if isinstance(r, TrainResult):
-                r.threads = threads
+                r.threads, r.thread_schedule = tuner.most, list(tuner.schedule)
     assert all(r is not None for r in results)
     return cast(list[TrainResult | TrainingDiverged], results)
 
@@ -426,6 +427,7 @@ def _train_epoch(
     train_labels: Tensor, test_images: Tensor, test_labels: Tensor,
     results: list[TrainResult | TrainingDiverged | None], progress: PackedProgress | None,
     on_epoch: PackedEpoch | None, cancelled: Callable[[], bool] | None, should_stop: PackedStop | None,
+    tuner: ThreadTuner,
 ) -> list[_Trial]:
     """One epoch of every trial in the pack; the trials that go on to the next epoch."""
     batch_size = trials[0].config.batch_size
@@ -446,7 +448,8 @@ def _train_epoch(
         idx = orders[:, b * batch_size:(b + 1) * batch_size]  # (K, B)
         if idx.shape[1] < 2:
             break  # a last batch of one example: BN cannot normalize it
-        steps(idx)
+        # The CPU thread count of each step, chosen as a solo run's is.
+        tuner.run((epoch - 1) * batches + b, steps, idx, full=idx.shape[1] == batch_size)
         seen += idx.shape[1]
         due = [r for r, k in enumerate(alive)
                if b == 0 or (b + 1) % trials[k].config.progress_every == 0 or b + 1 == batches]

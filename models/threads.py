@@ -2,35 +2,35 @@
 
 The count, unless the caller names one (``TRAINING_THREADS``, ``bnlenet train --threads``):
 
-* the cores the process may run on: its CPU affinity (``taskset``, ``docker --cpuset-cpus``),
-  capped by its cgroup's CPU quota (``docker --cpus``, a Kubernetes limit: ``cpu.max``),
-  never ``os.cpu_count()``, which counts the host's; at least one.
-
-Not fewer when other processes keep some of those cores busy: the count would then change
-from run to run, and with it a seed's model in the last bits (a resumed job, a test comparing
-two runs); passive waits (below) already make a busy core cost little.
+* at most the cores the process may run on: its CPU affinity (``taskset``, ``docker
+  --cpuset-cpus``), capped by its cgroup's CPU quota (``docker --cpus``, a Kubernetes limit:
+  ``cpu.max``), never ``os.cpu_count()``, which counts the host's; at least one;
+* step by step, that many or one, whichever the steps' measured times say is faster now
+  (``models.thread_tuner``): a busy process on the same cores sends the run to one thread.
 
 LeNet's operations on a batch of 256 last 0.05-2 ms each, and every split one ends at an
-OpenMP barrier. GNU OpenMP (PyTorch's on Linux) spins there by default; when another process
-holds the core of the thread a barrier waits for, the spinning threads burn the time slices
-that thread needs, and a step on two threads took 2-40x longer than on one. So the process
-entry points (the CLI, the worker) call ``quiet_openmp_waits`` before torch loads: a waiting
-thread sleeps at once and gives its core away. On this project's loaded 2-core machine two
-spinning threads ran at 0.09-0.34x of one thread, two passive ones at 3.7-5.2x of it beside a
-busy loop on the same cores (``bench/cpu_threads.py``, bench/RESULTS.md).
+OpenMP barrier. GNU OpenMP (PyTorch's on Linux) spins there 300,000 rounds before it sleeps.
+Spinning is what makes two threads pay on free cores (1.6-1.75x one thread on this project's
+2-core machine); sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) made two threads no faster than
+one. Beside a busy process, spinning starves the thread that shares its core: 0.06x of one
+thread at GNU's count, 0.45x at 10,000 rounds (bench/RESULTS.md). So the entry points (the
+CLI, the worker) call ``short_openmp_waits`` before torch loads: 10,000 rounds, as fast as
+300,000 on free cores and the least harm for the steps the tuner spends finding out that the
+cores are busy.
 
 Results depend in the last bits on how operations are split between threads: a seed gives the
-same model for the same thread count, which the checkpoint records (``engine.threads``).
-``OMP_NUM_THREADS`` set in the environment is respected as an explicit choice.
+same model for the same thread count, or the same thread schedule, which the checkpoint records
+(``engine.threads``, ``engine.thread_schedule``). ``OMP_NUM_THREADS`` set in the environment is
+respected as an explicit choice (a fixed count).
 
 This module imports torch only inside ``training_threads``, so that an entry point can call
-``quiet_openmp_waits`` before anything loads torch.
+``short_openmp_waits`` before anything loads torch.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,28 +38,32 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from models.thread_tuner import ThreadTuner
+
 __all__ = [
-    "QUIET_OPENMP_WAITS",
+    "OPENMP_WAITS",
     "cgroup_cpu_quota",
     "cpu_quota",
-    "quiet_openmp_waits",
+    "short_openmp_waits",
     "training_threads",
     "usable_cores",
 ]
 
-# Read once, when the OpenMP runtime loads (with torch): a thread at a barrier sleeps at once
-# instead of spinning (GNU: OMP_WAIT_POLICY; Intel's runtime, if a build uses it: KMP_BLOCKTIME).
-QUIET_OPENMP_WAITS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+# Read once, when the OpenMP runtime loads (with torch): a thread at a barrier spins 10,000
+# rounds (GNU OpenMP: GOMP_SPINCOUNT; Intel's runtime, if a build uses it: KMP_BLOCKTIME, ms).
+OPENMP_WAITS: dict[str, str] = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
 
 
-def quiet_openmp_waits(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Set ``QUIET_OPENMP_WAITS`` in the environment where not set already; what it set.
+def short_openmp_waits(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set ``OPENMP_WAITS`` in the environment where no wait policy is set already; what it set.
 
     Call it before torch is imported: the runtime reads these once, as it loads. Child
-    processes inherit them either way.
+    processes inherit them either way. An ``OMP_WAIT_POLICY`` of the user's leaves all alone.
     """
     env = os.environ if environ is None else environ
-    added = {k: v for k, v in QUIET_OPENMP_WAITS.items() if k not in env}
+    if "OMP_WAIT_POLICY" in env:
+        return {}
+    added = {k: v for k, v in OPENMP_WAITS.items() if k not in env}
     env.update(added)
     return added
 
@@ -129,24 +133,28 @@ def usable_cores(affinity: set[int] | None = None, quota: float | None = None, *
 
 
 @contextmanager
-def training_threads(device: torch.device, threads: int | None = None) -> Iterator[int]:
-    """Within the block, CPU operations use ``threads`` threads (None or 0: chosen as the module says);
-    restored after. Yields the count the run uses (on other devices, and under an explicit
-    ``OMP_NUM_THREADS``, torch's own, untouched)."""
+def training_threads(device: torch.device, threads: int | None = None, *, recorded: Iterable[Iterable[int]] = (),
+                     replay: Iterable[Iterable[int]] | None = None) -> Iterator[ThreadTuner]:
+    """Within the block, the thread count of each CPU step comes from the yielded ``ThreadTuner``; restored after.
+
+    ``threads`` (None or 0: automatic): a fixed count, or every usable core adapting between
+    it and one thread as the steps' times say (``models.thread_tuner``). ``recorded``: the
+    schedule so far of a resumed run; ``replay``: a schedule to follow (a run reproduced bit for
+    bit). On other devices, and under an explicit ``OMP_NUM_THREADS``, torch's own count, untouched.
+    """
     import torch
 
+    from models.thread_tuner import ThreadTuner
+
     if device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
-        yield torch.get_num_threads()
+        count = torch.get_num_threads()
+        yield ThreadTuner(count, lambda _count: None, recorded=recorded, replay=[(0, count)])
         return
-    if threads:
-        count = threads
-    else:
-        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-        count = usable_cores(cpus)
+    most = threads or usable_cores()
+    fixed = [(0, most)] if threads else None
     before = torch.get_num_threads()
-    torch.set_num_threads(count)
+    torch.set_num_threads(most)
     try:
-        yield count
+        yield ThreadTuner(most, torch.set_num_threads, recorded=recorded, replay=replay if replay is not None else fixed)
     finally:
         torch.set_num_threads(before)
-

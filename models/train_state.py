@@ -15,6 +15,7 @@ knows tensors and JSON, not where the bytes go (``bnlenet.training_states`` stor
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,9 +50,11 @@ class TrainingState:
     average_sums: list[Tensor] | None  # WeightAverage's float64 sums, when the run averages weights
     average_count: int
     history: list[dict[str, Any]] = field(default_factory=list)  # EpochMetrics as dicts, epochs 1..epoch
-    # The CPU threads the run trained on (0: not recorded): results depend on the count in the
-    # last bits, so a resumed run takes the same count to end with the same model.
+    # The CPU threads the run trained on (0: automatic, or not recorded): results depend on the
+    # count in the last bits, so a resumed run takes the same count to end with the same model.
     threads: int = 0
+    # The (step, threads) switches so far (models.thread_tuner): a resumed run continues them.
+    thread_schedule: list[tuple[int, int]] = field(default_factory=list)
     # What the bytes carry besides the run (the job and attempt that wrote them, the run's
     # hyperparameters): JSON values, opaque here.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -78,6 +81,7 @@ def state_to_bytes(state: TrainingState) -> bytes:
         "optimizer": {"param_groups": state.optimizer.get("param_groups", []), "state": opt_state},
         "averaged": state.average_sums is not None, "average_count": state.average_count,
         "average_len": len(state.average_sums or []), "extra": state.extra, "threads": state.threads,
+        "thread_schedule": [list(p) for p in state.thread_schedule],
     }
     meta["checksum"] = checksum(tensors, meta)
     return safetensors_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
@@ -109,12 +113,13 @@ def state_from_bytes(payload: bytes) -> TrainingState:
     sums = [tensors[f"average.{i}"] for i in range(meta["average_len"])] if meta["averaged"] else None
     return TrainingState(epoch=int(meta["epoch"]), model=under("model."), optimizer=optimizer, rng=under("rng."),
                          average_sums=sums, average_count=int(meta["average_count"]), history=meta["history"],
-                         extra=meta["extra"], threads=int(meta.get("threads", 0)))
+                         extra=meta["extra"], threads=int(meta.get("threads", 0)),
+                         thread_schedule=[(int(s), int(t)) for s, t in meta.get("thread_schedule", [])])
 
 
 def capture_state(epoch: int, model: nn.Module, optimizer: Optimizer, shuffle: torch.Generator,
                   average: WeightAverage | None, history: list[dict[str, Any]], device: torch.device,
-                  threads: int = 0) -> TrainingState:
+                  threads: int = 0, thread_schedule: Sequence[tuple[int, int]] = ()) -> TrainingState:
     """The run as it stands now, copied to the CPU (training may go on while the copy is written)."""
     rng = {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -131,6 +136,7 @@ def capture_state(epoch: int, model: nn.Module, optimizer: Optimizer, shuffle: t
         average_count=0 if average is None else average.count,
         history=list(history),
         threads=threads,
+        thread_schedule=list(thread_schedule),
     )
 
 

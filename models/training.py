@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -35,6 +35,7 @@ from models.lenet import NUM_CLASSES, VARIANTS, build_lenet
 from models.memory import keep_large_buffers
 from models.params import check_params, describes_run, param
 from models.stepper import TrainSteps, compiled_graph_count, sgd
+from models.thread_tuner import ThreadTuner
 from models.threads import training_threads
 from models.train_state import TrainingState, TrainingStateError, capture_state, restore_state
 
@@ -188,7 +189,8 @@ class TrainResult:
     compiled_graphs: int = 0  # graphs torch.compile compiled during this run (0: all reused)
     new_classifier: bool = False  # started from a model of other classes: its last layer was not kept
     cuda_graph: bool = False  # whether the step ran as a captured CUDA graph
-    threads: int = 1  # intra-op CPU threads it ran on (results depend on it in the last bits)
+    threads: int = 1  # intra-op CPU threads it ran on, at most (results depend on the count in the last bits)
+    thread_schedule: list[tuple[int, int]] = field(default_factory=list)  # (step, threads) switches (thread_tuner)
     stopped_early: bool = False  # a packed trial its sweep stopped before config.epochs (models.packed)
 
     @property
@@ -215,6 +217,7 @@ def train(
     resume: TrainingState | None = None,
     on_state: StateCallback | None = None,
     init_state: Mapping[str, Tensor] | None = None,
+    thread_schedule: Sequence[Sequence[int]] | None = None,
 ) -> TrainResult:
     """Train a LeNet with BN on ``data``; returns the model in eval mode and the history.
 
@@ -225,14 +228,19 @@ def train(
     ending with the model the uninterrupted run ends with. Raises ``TrainingDiverged`` when
     the loss stops being finite, ``TrainingCancelled`` when ``should_stop`` returns True
     (checked between batches), ``TrainingStateError`` for a ``resume`` of another kind of run.
+    ``thread_schedule`` (a checkpoint's ``engine.thread_schedule``) replays the CPU thread counts
+    of a run instead of choosing them, which gives that run's model bit for bit (``models.thread_tuner``).
     """
     if (config.init_model is None) != (init_state is None):
         raise ValueError("init_model names the model a run starts from and init_state holds its weights: "
                          "give both or neither")
     device = resolve_device(config.device)
     # The CPU's intra-op threads (models/threads.py), restored afterwards.
-    # A resumed run trains on the threads its state was saved from, unless told otherwise.
-    with training_threads(device, config.threads or (resume.threads if resume is not None else 0)) as threads:
+    # A resumed run trains on the threads its state was saved from, unless told otherwise, and
+    # continues its thread schedule.
+    with training_threads(device, config.threads or (resume.threads if resume is not None else 0),
+                          recorded=resume.thread_schedule if resume is not None else (),
+                          replay=thread_schedule) as tuner:
         if device.type == "cpu":
             keep_large_buffers()  # reuse activation buffers instead of page-faulting fresh ones each step
         graphs_before = compiled_graph_count()
@@ -243,7 +251,7 @@ def train(
 
         train_images, train_labels, test_images, test_labels = data_on_device(data, device)
         result = TrainResult(model=model, device=str(device), averaged_epochs=config.averaged_epochs(),
-                             new_classifier=new_classifier, threads=threads)
+                             new_classifier=new_classifier, threads=tuner.most)
         average = WeightAverage(model) if result.averaged_epochs > 1 else None
         done = 0  # epochs finished
         if resume is not None:
@@ -258,7 +266,7 @@ def train(
                                bf16=config.bf16, compile=config.compile, cuda_graph=config.cuda_graph)
             result.cuda_graph = steps.graph is not None
             for epoch in range(done + 1, config.epochs + 1):
-                metrics = train_one_epoch(steps, config, epoch, shuffle, test_images, test_labels,
+                metrics = train_one_epoch(steps, config, epoch, shuffle, test_images, test_labels, tuner,
                                           on_progress=on_progress, should_stop=should_stop)
                 result.history.append(metrics)
                 if average is not None and epoch > config.epochs - result.averaged_epochs:
@@ -266,12 +274,20 @@ def train(
                 # Saved before the epoch is reported: whoever learns of epoch k can resume from it.
                 if on_state is not None and (epoch % config.checkpoint_every == 0 or epoch == config.epochs):
                     on_state(capture_state(epoch, model, optimizer, shuffle, average,
-                                           [asdict(m) for m in result.history], device, threads))
+                                           [asdict(m) for m in result.history], device,
+                                           0 if tuner.adaptive else tuner.most, tuner.schedule))
                 if on_epoch is not None:
                     on_epoch(metrics)
         result.compiled_graphs = compiled_graph_count() - graphs_before
+        tuner.end(config.epochs * batches_per_epoch(len(train_images), config.batch_size))  # precise BN's count
+        result.thread_schedule = list(tuner.schedule)
 
         return finish_training(result, config, average, train_images, test_images, test_labels)
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """SGD steps in one pass over ``n`` training examples (the last batch may be short)."""
+    return math.ceil(n / batch_size)
 
 
 def data_on_device(data: ImageDataset, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -322,14 +338,19 @@ def train_one_epoch(
     shuffle: torch.Generator,
     test_images: Tensor,
     test_labels: Tensor,
+    tuner: ThreadTuner,
     *,
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> EpochMetrics:
-    """One pass over the training set in a fresh ``shuffle`` order, then the test accuracy."""
+    """One pass over the training set in a fresh ``shuffle`` order, then the test accuracy.
+
+    ``tuner`` sets each step's CPU thread count and is told how long the step took.
+    """
     model, device = steps.model, steps.device
     n = len(steps.images)
-    batches = math.ceil(n / config.batch_size)
+    batches = batches_per_epoch(n, config.batch_size)
+    first_step = (epoch - 1) * batches  # steps are counted over the whole run (the thread schedule's steps)
     model.train()
     steps.zero_sums()
     seen = 0
@@ -342,7 +363,7 @@ def train_one_epoch(
         idx = order[b * config.batch_size:(b + 1) * config.batch_size]
         if len(idx) < 2:
             break  # a last batch of one example: BN cannot normalize it
-        steps(idx)
+        tuner.run(first_step + b, steps, idx, full=len(idx) == config.batch_size)
         seen += len(idx)
         # Also after the first batch: it marks when training really started (the queueing
         # benchmark measures POST /train to this report).
@@ -383,11 +404,12 @@ def training_metadata(config: TrainConfig, result: TrainResult, classes: tuple[s
         "device": result.device,
         # How it ran, not what it computes: compiled or not, replayed as a CUDA graph or not,
         # how many graphs this run had to compile (0 when a warm process reused them), how
-        # often its training state was saved, and on how many CPU threads it ran.
+        # often its training state was saved, and on how many CPU threads it ran: at most
+        # ``threads``, switching as ``thread_schedule`` says (replaying it reproduces the model).
         "engine": {"compile": config.compile, "cuda_graph": result.cuda_graph,
                    "tf32": config.tf32 and result.device.startswith("cuda"),
                    "compiled_graphs": result.compiled_graphs, "checkpoint_every": config.checkpoint_every,
-                   "threads": result.threads},
+                   "threads": result.threads, "thread_schedule": [list(p) for p in result.thread_schedule]},
     }
 
 

@@ -22,6 +22,18 @@ from tests.ci_skips import pytest_make_collect_report, pytest_runtest_makereport
 TEST_THREADS = 1
 torch.set_num_threads(TEST_THREADS)
 
+
+@pytest.fixture(autouse=True)
+def training_on_test_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training in this process takes TEST_THREADS as its automatic count: one fixed count, no switching.
+
+    On more cores the count would change step by step with the measured times
+    (models/thread_tuner.py), and two runs that a test compares bit for bit would differ in
+    their last bits. The switching has tests of its own (tests/models/test_thread_tuner.py);
+    workers and the CLI, in processes of their own, run it as users do.
+    """
+    monkeypatch.setattr("models.threads.usable_cores", lambda: TEST_THREADS)
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that starts a server is an integration test: the S3 tests (their own ``s3`` marker, or
     the session's S3 server) and the browser tests get the marker here, so ``-m "not integration"``

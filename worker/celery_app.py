@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.threads import quiet_openmp_waits
+from models.threads import short_openmp_waits
 
 # Before the tasks' modules load torch, whose OpenMP runtime reads its wait policy once, and
 # inherited by the pool processes (models/threads.py).
-quiet_openmp_waits()
+short_openmp_waits()
 
 from celery import Celery  # noqa: E402
 

@@ -88,6 +88,8 @@ def stopped_result(state: TrainingState, config: TrainConfig, data: FashionMNIST
     model: nn.Sequential = build_lenet(config.variant)
     model.load_state_dict(state.model)
     result = TrainResult(model=model, history=[EpochMetrics(**m) for m in state.history], device=device,
-                         averaged_epochs=1, threads=config.threads or state.threads, stopped_early=True)
+                         averaged_epochs=1, stopped_early=True,
+                         threads=config.threads or state.threads or max((t for _, t in state.thread_schedule), default=1),
+                         thread_schedule=list(state.thread_schedule))
     return finish_training(result, replace(config, epochs=state.epoch), None, data.train_images, data.test_images,
                            data.test_labels)

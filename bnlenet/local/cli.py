@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.threads import quiet_openmp_waits
+from models.threads import short_openmp_waits
 
 # Before anything loads torch, whose OpenMP runtime reads its wait policy once (models/threads.py).
-quiet_openmp_waits()
+short_openmp_waits()
 
 from models.params import ParamField, params_of  # noqa: E402
 from models.training import TrainConfig  # noqa: E402

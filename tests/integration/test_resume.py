@@ -108,10 +108,11 @@ def test_resume_job_killed_five_times_ends_with_the_uninterrupted_model(resume_s
     # The uninterrupted run with the same seed, here, ends with the same model, bit for bit.
     from worker.job_config import job_config
 
-    # On the CPU threads every attempt trained on (a resumed attempt keeps its state's count).
+    # On the CPU thread counts the attempts trained on: the schedule each continued (models/thread_tuner.py).
     checkpoint = load_checkpoint(s.checkpoint_dir / f"{job_id}.safetensors")
     config = dataclasses.replace(job_config(job["params"], Settings()), threads=checkpoint.metadata["engine"]["threads"])
-    expected = train(config, load_fashion_mnist(data_dir, download=False)).model.state_dict()
+    expected = train(config, load_fashion_mnist(data_dir, download=False),
+                     thread_schedule=checkpoint.metadata["engine"]["thread_schedule"]).model.state_dict()
     stored = checkpoint.model.state_dict()
     assert list(stored) == list(expected)
     for name, tensor in expected.items():

@@ -1,4 +1,4 @@
-"""The intra-op thread count while training on the CPU: the cores given; passive OpenMP waits."""
+"""The intra-op thread count while training on the CPU: the cores given, or one; short OpenMP spins."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 
 from models.data import FashionMNIST
 from models.threads import (
-    QUIET_OPENMP_WAITS,
+    OPENMP_WAITS,
     cgroup_cpu_quota,
     cpu_quota,
-    quiet_openmp_waits,
+    short_openmp_waits,
     training_threads,
     usable_cores,
 )
@@ -73,16 +73,18 @@ def test_cgroup_cpu_quota_reads_cgroup_v1(tmp_path: Path) -> None:
 
 def test_training_threads_on_the_cpu_and_restored_after(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    with training_threads(torch.device("cpu"), 3) as used:
-        assert used == 3 and torch.get_num_threads() == 3
+    with training_threads(torch.device("cpu"), 3) as tuner:
+        assert tuner.most == 3 and not tuner.adaptive and torch.get_num_threads() == 3
+        tuner.before_step(0)
+        assert torch.get_num_threads() == 3 and tuner.schedule == [(0, 3)]
     assert torch.get_num_threads() == 2
 
 
 def test_training_threads_automatic_uses_the_usable_cores(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr("models.threads.usable_cores", lambda cpus: 4)
-    with training_threads(torch.device("cpu")) as used:
-        assert used == 4 and torch.get_num_threads() == 4
+    monkeypatch.setattr("models.threads.usable_cores", lambda: 4)
+    with training_threads(torch.device("cpu")) as tuner:
+        assert tuner.most == 4 and tuner.adaptive and torch.get_num_threads() == 4
     assert torch.get_num_threads() == 2
 
 
@@ -95,8 +97,8 @@ def test_training_threads_restored_after_an_error(two_threads: None, monkeypatch
 
 def test_training_threads_leave_an_explicit_omp_num_threads_alone(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    with training_threads(torch.device("cpu"), 1) as used:
-        assert used == 2 and torch.get_num_threads() == 2
+    with training_threads(torch.device("cpu"), 1) as tuner:
+        assert tuner.most == 2 and not tuner.adaptive and torch.get_num_threads() == 2
 
 
 def test_training_threads_leave_other_devices_alone(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,37 +107,41 @@ def test_training_threads_leave_other_devices_alone(two_threads: None, monkeypat
         assert torch.get_num_threads() == 2
 
 
-def test_quiet_openmp_waits_set_what_is_unset_only() -> None:
-    env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    added = quiet_openmp_waits(env)
-    assert env["OMP_WAIT_POLICY"] == "ACTIVE"  # a user's choice stays
-    assert added == {k: v for k, v in QUIET_OPENMP_WAITS.items() if k != "OMP_WAIT_POLICY"}
-    assert env["KMP_BLOCKTIME"] == "0"
+def test_short_openmp_waits_set_what_is_unset_only() -> None:
+    env = {"KMP_BLOCKTIME": "5"}
+    added = short_openmp_waits(env)
+    assert env["KMP_BLOCKTIME"] == "5"  # a user's choice stays
+    assert added == {"GOMP_SPINCOUNT": "10000"} and env["GOMP_SPINCOUNT"] == "10000"
 
 
-# Fails when an entry point loads torch before it sets the wait policy (the runtime reads it once).
+def test_short_openmp_waits_leave_a_users_wait_policy_alone() -> None:
+    env = {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert short_openmp_waits(env) == {} and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+# Fails when an entry point loads torch before it sets the spin count (the runtime reads it once).
 ENTRY_POINT_CHECK = """
 import builtins, os, sys
 real_import = builtins.__import__
 def checked(name, *args, **kwargs):
-    if name == "torch" and os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
-        print("torch loaded before OMP_WAIT_POLICY was set", flush=True)
+    if name == "torch" and os.environ.get("GOMP_SPINCOUNT") != "10000":
+        print("torch loaded before GOMP_SPINCOUNT was set", flush=True)
         os._exit(3)
     return real_import(name, *args, **kwargs)
 builtins.__import__ = checked
 import {module}
 import torch
-print(os.environ["OMP_WAIT_POLICY"], os.environ["KMP_BLOCKTIME"])
+print(os.environ["GOMP_SPINCOUNT"], os.environ["KMP_BLOCKTIME"])
 """
 
 
 @pytest.mark.parametrize("module", ["bnlenet.local.cli", "worker.celery_app"])
-def test_entry_points_set_passive_waits_before_torch_loads(module: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in QUIET_OPENMP_WAITS}
+def test_entry_points_set_short_spins_before_torch_loads(module: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (*OPENMP_WAITS, "OMP_WAIT_POLICY")}
     proc = subprocess.run([sys.executable, "-c", ENTRY_POINT_CHECK.replace("{module}", module)],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.split() == ["PASSIVE", "0"]
+    assert proc.stdout.split() == ["10000", "1"]
 
 
 def _weights(config: TrainConfig, data: FashionMNIST) -> tuple[dict[str, torch.Tensor], dict[str, object]]:

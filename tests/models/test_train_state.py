@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -25,20 +26,44 @@ def _same_run(a: TrainResult, b: TrainResult) -> None:
     assert a.final_test_acc == b.final_test_acc
 
 
+# CPU thread counts that change inside epochs (models.thread_tuner), replayed by both runs of a comparison.
+SCHEDULE = [(0, 2), (3, 1), (12, 2), (25, 1), (30, 2)]
+
+
 @pytest.mark.parametrize("variant", ["scratch", "builtin"])
 @pytest.mark.parametrize("stop_after", [1, 3])
 def test_train_state_resumed_run_is_bitwise_the_uninterrupted_one(data: FashionMNIST, variant: str,
                                                                    stop_after: int) -> None:
     config = TrainConfig(variant=variant, **RUN)
     states: list[TrainingState] = []
-    whole = train(config, data, on_state=states.append)
+    whole = train(config, data, on_state=states.append, thread_schedule=SCHEDULE)
     assert [s.epoch for s in states] == [1, 2, 3, 4]
 
     # The "killed" run: the state of epoch k, through its bytes, continues in a new run.
     saved = state_from_bytes(state_to_bytes(states[stop_after - 1]))
     assert saved.epoch == stop_after and len(saved.history) == stop_after
-    resumed = train(config, data, resume=saved)
+    resumed = train(config, data, resume=saved, thread_schedule=SCHEDULE)
     _same_run(whole, resumed)
+    assert resumed.thread_schedule == whole.thread_schedule == SCHEDULE
+
+
+def test_train_state_resumed_automatic_run_replays_to_the_same_model(data: FashionMNIST,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # The automatic count chooses from measured step times, so two runs differ in their switches:
+    # a resumed run continues the schedule its state recorded, and replaying the schedule it ends
+    # with from the start gives its model bit for bit (how tests/integration/test_resume.py checks a job).
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("models.threads.usable_cores", lambda: 2)
+    config = TrainConfig(variant="builtin", **RUN)
+    states: list[TrainingState] = []
+    train(config, data, on_state=states.append)
+    saved = state_from_bytes(state_to_bytes(states[1]))
+    assert saved.threads == 0 and len(saved.thread_schedule) >= 2  # automatic; the tuner's start switched
+    resumed = train(config, data, resume=saved)
+    resumed_at = saved.epoch * math.ceil(len(data.train_images) / RUN["batch_size"])  # the first step it ran
+    before = [p for p in saved.thread_schedule if p[0] < resumed_at]
+    assert before and resumed.thread_schedule[:len(before)] == before
+    _same_run(resumed, train(config, data, thread_schedule=resumed.thread_schedule))
 
 
 def test_train_state_saved_after_the_last_epoch_resumes_to_the_same_model(data: FashionMNIST) -> None:

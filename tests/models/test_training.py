@@ -8,6 +8,7 @@ import torch
 from models.data import DataError, FashionMNIST, load_fashion_mnist
 from models.lenet import build_lenet
 from models.stepper import TrainSteps, sgd
+from models.thread_tuner import ThreadTuner
 from models.training import (
     Progress,
     TrainConfig,
@@ -78,7 +79,8 @@ def test_training_is_one_train_one_epoch_per_epoch(data: FashionMNIST) -> None:
     steps = TrainSteps(model, sgd(model, config.lr, torch.device("cpu")), data.train_images, data.train_labels,
                        torch.device("cpu"), batch_size=config.batch_size)
     shuffle = torch.Generator().manual_seed(config.seed)
-    history = [train_one_epoch(steps, config, epoch, shuffle, data.test_images, data.test_labels)
+    tuner = ThreadTuner(TEST_THREADS, torch.set_num_threads, replay=[(0, TEST_THREADS)])
+    history = [train_one_epoch(steps, config, epoch, shuffle, data.test_images, data.test_labels, tuner)
                for epoch in range(1, config.epochs + 1)]
     result = train(config, data)
     for ours, theirs in zip(history, result.history, strict=True):
