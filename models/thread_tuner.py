@@ -6,14 +6,15 @@ with it, and two threads step at 0.1-0.8x of one. No wait policy gives both: the
 makes a barrier cheap on free cores is what starves it on a busy one. So a run on the automatic
 count measures its steps and moves between the two:
 
-* It starts on every core; after a few steps it times a few on one thread, and goes on with
-  the faster.
+* It starts with one untimed step on each count (each builds its kernels), times two on one
+  thread, then tries every core as below.
 * On every core it stays while its steps are faster than one thread's were. One step twice as
   slow as a step on one thread (a busy neighbour arrived), or three in a row no faster, send
   it to one thread at once.
-* On one thread it tries every core again for at most two steps: after 32 steps, then twice as
-  long after each try that did not pay (at most 1024). A try ends after one step that is slower
-  than one thread's, so a neighbour that stays costs about a step every thousand.
+* On one thread it tries every core for at most two steps, kept when they take at most 0.9 of
+  one thread's time: after 32 steps, then twice as long after each try that did not pay (at
+  most 1024). A try ends after one step that is slower than one thread's, so a neighbour that
+  stays costs about a step every thousand.
 
 Results depend on the thread count in the last bits, so the switches are recorded as the run's
 thread schedule (``(step, threads)`` pairs, steps counted over the whole run); replaying a
@@ -36,8 +37,7 @@ __all__ = ["Schedule", "ThreadTuner", "schedule_steps"]
 T = TypeVar("T")
 Schedule = list[tuple[int, int]]  # (first step, threads), in step order; step 0 is the run's first
 
-START_STEPS = 4  # steps on every core (after the warm-up), then on one thread, as a run starts
-WARMUP = 2  # steps not timed when a run starts (buffers are allocated, caches filled)
+START_STEPS = 2  # steps timed on one thread as a run starts, after one untimed step on each count
 RECENT = 3  # the last steps whose median says whether every core still pays
 PAYS = 0.90  # every core is kept or tried again only when its steps take at most this share of one thread's
 SLOW = 2.0  # a step on every core this many times one thread's: a busy neighbour, go to one thread at once
@@ -72,7 +72,7 @@ class ThreadTuner:
         self._on_one = 0  # steps on one thread since the last try
         self._started = False
         self._plan_done = 0
-        self._start_times: dict[int, list[float]] = {}
+        self._start_times: list[float] = []
 
     @property
     def adaptive(self) -> bool:
@@ -90,7 +90,9 @@ class ThreadTuner:
             return
         if not self._started:
             self._started = True
-            self._plan = [self.most] * (WARMUP + START_STEPS) + [1] * START_STEPS if self.most > 1 else []
+            # One step on each count first, untimed: each builds its kernels (oneDNN's primitives
+            # are made per thread count) and the run's buffers.
+            self._plan = [self.most] + [1] * (1 + START_STEPS) if self.most > 1 else []
             self._switch(step, self.most)
         if self._plan:
             self._switch(step, self._plan[0])
@@ -115,17 +117,15 @@ class ThreadTuner:
         if not self.adaptive or self.current is None:
             return
         if self._plan:
-            done = self._plan.pop(0)
+            self._plan.pop(0)
             self._plan_done += 1
-            if self._plan_done > WARMUP and full:
-                self._start_times.setdefault(done, []).append(seconds)
-            if not self._plan:
-                self._seconds = {c: statistics.median(t) for c, t in self._start_times.items()}
-                most, one = self._seconds.get(self.most), self._seconds.get(1)
-                if most is not None and one is not None and most <= PAYS * one:
-                    self._switch(step + 1, self.most)
-                else:
-                    self._to_one(step + 1)
+            if self._plan_done > 2 and full:
+                self._start_times.append(seconds)
+            if not self._plan:  # then every core, as a try: kept if it pays, left after one slower step
+                if self._start_times:
+                    self._seconds[1] = statistics.median(self._start_times)
+                self._probe_left, self._probe_times = PROBE_STEPS, []
+                self._switch(step + 1, self.most)
             return
         if not full:
             return
