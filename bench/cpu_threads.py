@@ -41,6 +41,9 @@ CONFIGS: list[tuple[str, dict[str, str], int]] = [
     # bnlenet's automatic count (models/threads.py, models/thread_tuner.py): this row.
     ("bnlenet's default: every core or one, chosen per step", OPENMP_WAITS, 0),
 ]
+# CPU_THREADS_ROWS=default: only the 1-thread row and bnlenet's default (a longer run of the promise's rows).
+if os.environ.get("CPU_THREADS_ROWS") == "default":
+    CONFIGS = [CONFIGS[0], CONFIGS[-1]]
 NOTES = (
     "Each cell is a fresh process timing at least "
     f"{SECONDS:g} s of steady SGD steps (after 10 warm-up steps) of the engine on the real training images, "

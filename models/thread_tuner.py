@@ -8,7 +8,7 @@ count measures its steps and moves between the two:
 
 * It starts with one untimed step on each count (each builds its kernels), times two on one
   thread, then tries every core as below.
-* On every core it stays while its steps are faster than one thread's were. One step twice as
+* On every core it stays while its steps are faster than one thread's were. One step 1.5 times as
   slow as a step on one thread (a busy neighbour arrived), or three in a row no faster, send
   it to one thread at once.
 * On one thread it tries every core for at most two steps, kept when they take at most 0.9 of
@@ -40,7 +40,7 @@ Schedule = list[tuple[int, int]]  # (first step, threads), in step order; step 0
 START_STEPS = 2  # steps timed on one thread as a run starts, after one untimed step on each count
 RECENT = 3  # the last steps whose median says whether every core still pays
 PAYS = 0.90  # every core is kept or tried again only when its steps take at most this share of one thread's
-SLOW = 2.0  # a step on every core this many times one thread's: a busy neighbour, go to one thread at once
+SLOW = 1.5  # a step on every core this many times one thread's: a busy neighbour, go to one thread at once
 FIRST_RETRY = 32  # steps on one thread before every core is tried again ...
 LAST_RETRY = 1024  # ... doubling after each try that did not pay, up to this
 PROBE_STEPS = 2  # steps of a try on every core, at most

@@ -35,7 +35,7 @@ from bnlenet.metrics import MULTIPROC_ENV, prepare_multiproc_dir
 from bnlenet.settings import Settings
 from models.threads import usable_cores
 
-__all__ = ["Child", "api_child", "data_note", "gpu_ids", "run_stack", "worker_children", "worker_training_threads"]
+__all__ = ["Child", "api_child", "data_note", "gpu_ids", "run_stack", "worker_children", "worker_cpus"]
 
 API_STOP_TIMEOUT_S = 15.0
 
@@ -52,10 +52,15 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     stop_timeout: float
+    cpus: frozenset[int] | None = None  # the CPUs it may run on (None: the stack's own)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Child:
         self.process = procs.start(self.argv, env=self.env, orphan_dies=True)
+        if self.cpus:
+            # Set while the child is still starting its interpreter (one thread): every thread
+            # and process it makes later inherits the set.
+            os.sched_setaffinity(self.process.pid, self.cpus)
         return self
 
     @property
@@ -227,8 +232,9 @@ def data_note(settings: Settings) -> str:
     return f"Fashion-MNIST not found (looked in {looked}) and DATA_DOWNLOAD is off: training jobs will fail"
 
 
-def worker_children(devices: list[str], env: dict[str, str], stop_timeout: float = 30.0) -> list[Child]:
-    """One Celery worker per GPU, each seeing only its card; one CPU worker when there is none."""
+def worker_children(devices: list[str], env: dict[str, str], stop_timeout: float = 30.0,
+                    cpus: frozenset[int] | None = None) -> list[Child]:
+    """One Celery worker per GPU, each seeing only its card; one CPU worker when there is none, on ``cpus``."""
     out = []
     for i, device in enumerate(devices or [None]):
         worker_env = dict(env)
@@ -243,20 +249,23 @@ def worker_children(devices: list[str], env: dict[str, str], stop_timeout: float
                   "--concurrency", "1", "--loglevel", "INFO", "-n", node],
             env=worker_env,
             stop_timeout=stop_timeout,
+            cpus=cpus if device is None else None,
         ))
     return out
 
 
-def worker_training_threads(cores: int) -> int:
-    """The CPU worker's ``TRAINING_THREADS`` beside the API on ``cores`` cores: all but one above two, else 0 (automatic).
+def worker_cpus(cpus: set[int] | frozenset[int], cores: int) -> frozenset[int] | None:
+    """The CPUs the CPU worker trains on beside the API, of the stack's ``cpus`` (``cores`` usable): all but one above two cores.
 
     Above two cores one is left to the API processes, Redis and the worker's own main process,
-    so that predictions stay fast while a job trains. On one or two cores keeping one back would
-    halve training for an API that is idle between requests: the worker takes the cores it finds
-    free as each job starts, and waits passively at its barriers when the API wakes
-    (``models.threads``).
+    so that predictions stay fast while a job trains; the worker's automatic thread count is then
+    the rest. On one or two cores keeping one back would halve training for an API that is idle
+    between requests: the worker trains on every core, and its thread tuner drops to one thread
+    while the API's requests make two slower (``models.thread_tuner``). None: no change.
     """
-    return cores - 1 if cores > 2 else 0
+    if cores <= 2 or len(cpus) <= 2:
+        return None
+    return frozenset(sorted(cpus)[1:])
 
 
 def api_child(host: str, port: int, workers: int, env: dict[str, str]) -> Child:
@@ -275,7 +284,7 @@ def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wor
 
     ``workers`` is the number of API (uvicorn) processes, default ``BNLENET_API_WORKERS``, else
     the number of CPU cores this process may use (affinity and cgroup quota). Celery runs one
-    worker per visible GPU, or one on the CPU with ``worker_training_threads`` threads. The
+    worker per visible GPU, or one on the CPU on ``worker_cpus``. The
     children get this process's environment, with ``REDIS_URL`` and ``CHECKPOINT_DIR`` set.
     Once up, a child that dies is started again (see the module docstring). Returns 0 after a
     clean stop on SIGINT/SIGTERM/SIGHUP, 1 when the stack could not start.
@@ -326,13 +335,13 @@ def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wor
         devices = gpu_ids(env)
         cores = usable_cores()
         api_workers = workers or settings.BNLENET_API_WORKERS or cores
-        if "TRAINING_THREADS" not in explicit and not devices:
-            env["TRAINING_THREADS"] = str(worker_training_threads(cores))
+        # The CPU worker's cores (all but one above two); TRAINING_THREADS set by the user fixes its count instead.
+        cpus = None if devices or "TRAINING_THREADS" in explicit else worker_cpus(os.sched_getaffinity(0), cores)
         # The API processes add up their metrics in one directory, emptied now so that a
         # previous run's counts never add to this one's; the workers keep none there.
         api_env = dict(env)
         api_env[MULTIPROC_ENV] = str(prepare_multiproc_dir(env.pop(MULTIPROC_ENV, "") or var_dir / "metrics"))
-        celery_workers = worker_children(devices, env, settings.BNLENET_WORKER_STOP_TIMEOUT)
+        celery_workers = worker_children(devices, env, settings.BNLENET_WORKER_STOP_TIMEOUT, cpus)
         for child in [*celery_workers, api_child(host, port, api_workers, api_env)]:
             children.append(child)
             child.start()
@@ -342,7 +351,8 @@ def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wor
                       settings.BNLENET_START_TIMEOUT)
         if not stop.is_set():
             threads = int(env.get("TRAINING_THREADS") or 0)
-            cpu = f"CPU, {threads} training threads" if threads else f"CPU, training on {cores} cores"
+            cpu = (f"CPU, {threads} training threads" if threads
+                   else f"CPU, training on up to {len(cpus) if cpus else cores} cores")
             where = "one per GPU: " + ", ".join(devices) if devices else cpu
             print(
                 "\nbnlenet is up\n"

@@ -303,10 +303,24 @@ def test_worker_children_one_cpu_worker_without_gpus() -> None:
     assert "CUDA_VISIBLE_DEVICES" not in worker.env
 
 
-def test_worker_training_threads_leave_one_core_to_the_api_above_two() -> None:
-    from bnlenet.local.stack import worker_training_threads
+def test_worker_cpus_leave_one_core_to_the_api_above_two() -> None:
+    from bnlenet.local.stack import worker_cpus
 
-    assert [worker_training_threads(n) for n in (1, 2, 3, 4, 8, 64)] == [0, 0, 2, 3, 7, 63]
+    assert [worker_cpus(set(range(n)), n) for n in (1, 2)] == [None, None]
+    assert worker_cpus({0, 1, 2, 3}, 4) == {1, 2, 3}
+    assert worker_cpus({4, 9, 12}, 3) == {9, 12}
+    assert worker_cpus(set(range(8)), 2) is None  # a quota of two cores: nothing kept back
+
+
+def test_worker_child_starts_on_its_cpus(tmp_path: Path) -> None:
+    from bnlenet.local.stack import Child
+
+    cpus = frozenset(sorted(os.sched_getaffinity(0))[:1])
+    out = tmp_path / "cpus"
+    code = f"import os; open({str(out)!r}, 'w').write(str(sorted(os.sched_getaffinity(0))))"
+    child = Child("probe", [sys.executable, "-c", code], dict(os.environ), 5.0, cpus=cpus).start()
+    assert child.process is not None and child.process.wait(timeout=30) == 0
+    assert out.read_text() == str(sorted(cpus))
 
 
 def test_api_child_runs_the_guarded_server_with_the_asked_worker_count() -> None:
