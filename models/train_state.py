@@ -4,8 +4,9 @@ The weights and BN buffers (the model's state_dict), the optimizer's state, the 
 random generator the run draws from (the shuffle's generator, torch's default CPU generator and,
 on CUDA, the device's), the weight-average accumulators, the history and the epoch number.
 Resuming from it gives the model the uninterrupted run gives, bit for bit on the same machine
-(``tests/models/test_train_state.py``): the engine's CPU arithmetic is deterministic (one
-intra-op thread), and every input of the epochs still to come is in the state.
+(``tests/models/test_train_state.py``): the engine's CPU arithmetic is deterministic for a given
+thread count, the state records the counts so far (the thread schedule, ``models.thread_tuner``),
+and every input of the epochs still to come is in the state.
 
 Serialized like a checkpoint, as safetensors (raw tensors and a JSON header, never a pickle):
 the tensors under dotted names, everything else as one JSON document in the header. The format

@@ -14,7 +14,7 @@ from typing import Any
 
 from models.threads import short_openmp_waits
 
-# Before anything loads torch, whose OpenMP runtime reads its wait policy once (models/threads.py).
+# Before anything loads torch, whose OpenMP runtime reads its spin count once (models/threads.py).
 short_openmp_waits()
 
 from models.params import ParamField, params_of  # noqa: E402
@@ -242,7 +242,8 @@ def _train(args: argparse.Namespace) -> int:
         model_id = f"cli-{config.variant}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
         path = ModelStore.from_settings(settings).publish(model_id, result.model, metadata)
     summary = {"checkpoint": str(path), "variant": config.variant, "precise_bn": config.precise_bn,
-               "final_test_acc": result.final_test_acc, "threads": result.threads}
+               "final_test_acc": result.final_test_acc, "threads": result.threads,
+               "thread_schedule": [list(p) for p in result.thread_schedule]}
     if args.json:
         _emit(summary)
     else:

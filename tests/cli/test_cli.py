@@ -17,6 +17,7 @@ from models.checkpoint import load_checkpoint
 from models.data import load_fashion_mnist
 from models.inference import predict_probabilities
 from models.preprocess import image_to_tensor
+from models.threads import usable_cores  # the function itself: conftest patches the module's name
 
 
 def _bnlenet(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -55,6 +56,24 @@ def test_cli_train_threads_option_wins_over_the_setting(tmp_path: Path, syntheti
                     "--data-dir", str(synthetic_data_dir), env={"TRAINING_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     assert load_checkpoint(out).metadata["engine"]["threads"] == 2
+
+
+def test_cli_train_on_the_automatic_count_records_the_schedule_it_ran(tmp_path: Path, synthetic_data_dir: Path) -> None:
+    out = tmp_path / "model.safetensors"
+    env = {k: v for k, v in os.environ.items() if k not in ("TRAINING_THREADS", "OMP_NUM_THREADS")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnlenet.local.cli", "train", "--epochs", "1", "--batch-size", "32", "--json",
+         "--out", str(out), "--data-dir", str(synthetic_data_dir)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    engine = load_checkpoint(out).metadata["engine"]
+    assert summary["threads"] == engine["threads"] == usable_cores()  # affinity and quota, not os.cpu_count()
+    assert summary["thread_schedule"] == engine["thread_schedule"]
+    assert engine["thread_schedule"][0] == [0, engine["threads"]]
+    if engine["threads"] > 1:  # the tuner's start: one step on every core, then one thread
+        assert engine["thread_schedule"][1] == [1, 1]
 
 
 def test_cli_train_default_output_is_a_served_model(tmp_path: Path, synthetic_data_dir: Path) -> None:
