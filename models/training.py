@@ -122,9 +122,10 @@ class TrainConfig:
                           api=False, describes_run=False)
     bf16: bool = param(False, "bfloat16 autocast: faster on AVX-512-bf16 CPUs and recent GPUs, slightly "
                        "different numbers", api=False)
-    # How many threads, not what (the checkpoint's "engine" metadata records the count used).
-    threads: int = param(0, "intra-op CPU threads; 0: every core this process is given (its affinity and "
-                         "cgroup quota, models/threads.py)", ge=0, le=1024, api=False, describes_run=False)
+    # How many threads, not what (the checkpoint's "engine" metadata records the counts used).
+    threads: int = param(0, "a fixed count of intra-op CPU threads; 0: every core this process is given (its "
+                         "affinity and cgroup quota) or one, chosen per step from the steps' times "
+                         "(models/thread_tuner.py)", ge=0, le=1024, api=False, describes_run=False)
     # CUDA only, and again how fast, not what (the checkpoint's "engine" metadata records both).
     cuda_graph: bool = param(True, "on CUDA, replay the whole step as one captured CUDA graph",
                              api=False, cli=False, describes_run=False)

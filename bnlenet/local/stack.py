@@ -265,7 +265,7 @@ def worker_cpus(cpus: set[int] | frozenset[int], cores: int) -> frozenset[int] |
     """
     if cores <= 2 or len(cpus) <= 2:
         return None
-    return frozenset(sorted(cpus)[1:])
+    return frozenset(sorted(cpus)[1:cores])  # cores - 1 of them (fewer than cpus under a cgroup quota)
 
 
 def api_child(host: str, port: int, workers: int, env: dict[str, str]) -> Child:

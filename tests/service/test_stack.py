@@ -310,6 +310,7 @@ def test_worker_cpus_leave_one_core_to_the_api_above_two() -> None:
     assert worker_cpus({0, 1, 2, 3}, 4) == {1, 2, 3}
     assert worker_cpus({4, 9, 12}, 3) == {9, 12}
     assert worker_cpus(set(range(8)), 2) is None  # a quota of two cores: nothing kept back
+    assert worker_cpus(set(range(16)), 4) == {1, 2, 3}  # a quota of four: three to train on
 
 
 def test_worker_child_starts_on_its_cpus(tmp_path: Path) -> None:
