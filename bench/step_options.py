@@ -120,7 +120,9 @@ def _variant_rows(variant: str, quick: bool) -> list[dict[str, Any]]:
     batches = [order[i:i + 256] for i in range(0, len(order) - 255, 256)]
     options = _options()
     rows: list[dict[str, Any]] = []
-    with training_threads(torch.device("cpu")) as threads:
+    # Every usable core, fixed (the options are compared on the count the engine uses on free cores).
+    with training_threads(torch.device("cpu")) as tuner:
+        threads = tuner.most
         peak = fp32_peak_gflops(threads, cpu_ghz(), _has_avx512())
         results: dict[str, list[dict[str, float]]] = {label: [] for label in options}
         for r in range(rounds):
