@@ -14,7 +14,7 @@ count measures its steps and moves between the two:
 * On one thread it tries every core for at most two steps, kept when they take at most 0.9 of
   one thread's time: after 32 steps, then twice as long after each try that did not pay (at
   most 1024). A try ends after one step that is slower than one thread's, so a neighbour that
-  stays costs about a step every thousand.
+  stays costs 4 slow steps in the first 300, then about one in a thousand.
 
 Results depend on the thread count in the last bits, so the switches are recorded as the run's
 thread schedule (``(step, threads)`` pairs, steps counted over the whole run); replaying a
