@@ -54,6 +54,7 @@ from models.training import (
     TrainingCancelled,
     TrainingDiverged,
     TrainResult,
+    batches_per_epoch,
     check_finite,
     data_on_device,
     finish_training,
@@ -432,7 +433,7 @@ def _train_epoch(
     """One epoch of every trial in the pack; the trials that go on to the next epoch."""
     batch_size = trials[0].config.batch_size
     n = len(train_images)
-    batches = math.ceil(n / batch_size)
+    batches = batches_per_epoch(n, batch_size)
     net = PackedLeNet([t.model for t in trials], formulation).to(device)
     net.train()
     steps = PackedSteps(net, [t.config.lr for t in trials], train_images, train_labels, device,

@@ -63,7 +63,7 @@ class ThreadTuner:
         self.schedule: Schedule = [_pair(p) for p in recorded]
         self._replay = None if replay is None else dict(_pair(p) for p in replay)
         self.current: int | None = None
-        self._seconds: dict[int, float] = {}  # threads -> a recent full step's seconds (median)
+        self._one: float | None = None  # a recent full step's seconds on one thread (median)
         self._recent: deque[float] = deque(maxlen=RECENT)
         self._plan: list[int] = []  # the counts of the next steps while a run starts
         self._probe_left = 0  # steps left in a try of every core
@@ -71,7 +71,6 @@ class ThreadTuner:
         self._retry_after = FIRST_RETRY
         self._on_one = 0  # steps on one thread since the last try
         self._started = False
-        self._plan_done = 0
         self._start_times: list[float] = []
 
     @property
@@ -118,18 +117,16 @@ class ThreadTuner:
             return
         if self._plan:
             self._plan.pop(0)
-            self._plan_done += 1
-            if self._plan_done > 2 and full:
+            if len(self._plan) < START_STEPS and full:  # the timed steps on one thread, after the untimed two
                 self._start_times.append(seconds)
             if not self._plan:  # then every core, as a try: kept if it pays, left after one slower step
                 if self._start_times:
-                    self._seconds[1] = statistics.median(self._start_times)
-                self._probe_left, self._probe_times = PROBE_STEPS, []
-                self._switch(step + 1, self.most)
+                    self._one = statistics.median(self._start_times)
+                self._try_every_core(step + 1)
             return
         if not full:
             return
-        one = self._seconds.get(1)
+        one = self._one
         if self._probe_left:
             self._probe_left -= 1
             self._probe_times.append(seconds)
@@ -140,16 +137,18 @@ class ThreadTuner:
             return
         self._recent.append(seconds)
         if self.current == 1:
-            self._seconds[1] = statistics.median(self._recent)
+            self._one = statistics.median(self._recent)
             self._on_one += 1
             if self._on_one >= self._retry_after and len(self.schedule) < MAX_SWITCHES:
-                self._probe_left, self._probe_times = PROBE_STEPS, []
-                self._switch(step + 1, self.most)
+                self._try_every_core(step + 1)
             return
-        self._seconds[self.most] = statistics.median(self._recent)
         if one is not None and (seconds >= SLOW * one
-                                or (len(self._recent) == RECENT and self._seconds[self.most] > one)):
+                                or (len(self._recent) == RECENT and statistics.median(self._recent) > one)):
             self._to_one(step + 1)
+
+    def _try_every_core(self, step: int) -> None:
+        self._probe_left, self._probe_times = PROBE_STEPS, []
+        self._switch(step, self.most)
 
     def _end_probe(self, step: int, *, pays: bool) -> None:
         self._probe_left = 0
