@@ -242,8 +242,8 @@ def _train(args: argparse.Namespace) -> int:
         model_id = f"cli-{config.variant}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
         path = ModelStore.from_settings(settings).publish(model_id, result.model, metadata)
     summary = {"checkpoint": str(path), "variant": config.variant, "precise_bn": config.precise_bn,
-               "final_test_acc": result.final_test_acc, "threads": result.threads,
-               "thread_schedule": [list(p) for p in result.thread_schedule]}
+               "final_test_acc": result.final_test_acc, "threads": metadata["engine"]["threads"],
+               "thread_schedule": metadata["engine"]["thread_schedule"]}
     if args.json:
         _emit(summary)
     else:
