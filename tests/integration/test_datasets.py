@@ -70,26 +70,34 @@ def test_scikit_learn_digits_train_well_above_chance_and_answer_digit_names(stac
 
 
 def test_the_api_answers_while_an_upload_is_validated_and_refuses_a_bomb(stack):
-    data = digits_zip()  # 1,797 PNGs: a few seconds of decoding on these cores
+    # 24,000 real PNGs: about 2 s of decoding here, long enough that a probe stuck behind the validation
+    # would wait a good part of it (1,797 digits took 0.16 s, and a fast CI machine finished before 5 probes).
+    arrays, names = fashion_mnist_subset(train=20_000, test=4_000)
+    data = folder_zip(arrays, names)
     outcome: dict[str, object] = {}
 
     def upload() -> None:
+        started = time.monotonic()
         with httpx.Client(base_url=stack.url, timeout=120) as client:
-            outcome["response"] = client.post("/datasets", files={"file": ("d.zip", data, "application/zip")},
-                                              data={"seed": "1"})
+            outcome["response"] = client.post("/datasets", files={"file": ("big.zip", data, "application/zip")},
+                                              data={"name": "answers-while-validated"})
+        outcome["seconds"] = time.monotonic() - started
 
     thread = threading.Thread(target=upload)
     thread.start()
     latencies = []
     while thread.is_alive():
         started = time.monotonic()
-        assert stack.client.get("/healthz", timeout=5).status_code == 200
+        assert stack.client.get("/healthz", timeout=30).status_code == 200
         latencies.append(time.monotonic() - started)
         time.sleep(0.05)
     thread.join()
-    response = outcome["response"]
+    response, seconds = outcome["response"], outcome["seconds"]
     assert isinstance(response, httpx.Response) and response.status_code in (200, 201), response
-    assert len(latencies) >= 5 and max(latencies) < 2.0, latencies
+    assert response.json()["train_size"] == 20_000
+    assert isinstance(seconds, float) and seconds > 0.5, f"the upload took {seconds} s: too quick to show anything"
+    # An event loop blocked by the validation would hold a probe for about the upload's whole time.
+    assert len(latencies) >= 5 and max(latencies) < min(2.0, seconds / 3), (seconds, latencies)
 
     r = stack.client.post("/datasets", files={"file": ("bomb.zip", zeros_bomb("shirt/0001.png"), "application/zip")})
     assert r.status_code in (413, 422), r.text
