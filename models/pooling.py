@@ -4,10 +4,11 @@ PyTorch's CPU ``max_pool2d`` walks each window in scalar code and writes an int6
 output; for the chapter's 2x2, stride-2 windows that costs 10-20x an elementwise pass over the
 same tensor, and it was the largest single item in a training step on the CPU. Here the four
 corners of every window are strided views of the input and the maximum is three
-``torch.maximum`` calls, which are exact (a maximum rounds nothing). The backward sends each
-output's gradient to the first maximal element of its window in row-major order, which is what
-``max_pool2d``'s saved index points at, so ties (common: Fashion-MNIST's flat black
-background gives equal activations side by side) get the same gradient as PyTorch's.
+``torch.maximum`` calls, which are exact (a maximum rounds nothing). The backward computes the
+index ``max_pool2d`` would have saved, the first maximal element of each window in row-major
+order, from the rows' maxima in a few byte-wide passes, and hands it to PyTorch's own backward
+kernel; so ties (common: Fashion-MNIST's flat black background gives equal activations side by
+side) get the same gradient as PyTorch's, bit for bit, signed zeros included.
 """
 
 from __future__ import annotations
@@ -43,19 +44,29 @@ class _MaxPool2x2(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         X, top, bottom = ctx.saved_tensors
-        top_left, _, bottom_left, _ = _corners(X)
-        # First maximum in row-major order: the top row wins a tie with the bottom row, and
-        # within a row the left element wins a tie with the right one. Multiplying by a mask
-        # (not torch.where, whose CPU kernel is several times slower) keeps g or gives 0.
-        grad_top = grad * (top >= bottom)
-        grad_bottom = grad - grad_top
-        dX = torch.empty_like(X)
-        dtl, dtr, dbl, dbr = _corners(dX)
-        torch.mul(grad_top, top_left == top, out=dtl)
-        torch.sub(grad_top, dtl, out=dtr)
-        torch.mul(grad_bottom, bottom_left == bottom, out=dbl)
-        torch.sub(grad_bottom, dbl, out=dbr)
-        return dX
+        # PyTorch's own backward kernel scatters each gradient to its index (and leaves +0.0
+        # elsewhere, as ``max_pool2d`` does); only the index is computed here.
+        return cast(Tensor, torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, X, [2, 2], [2, 2], [0, 0], [1, 1], False, _first_maximum_index(X, top, bottom)))
+
+
+def _first_maximum_index(X: Tensor, top: Tensor, bottom: Tensor) -> Tensor:
+    """``max_pool2d``'s saved index (``h * W + w`` within each plane, int64) of every window's first
+    maximum in row-major order, from the window rows' maxima ``top`` and ``bottom``.
+
+    The top row wins a tie with the bottom row; within a row, the left element wins unless it is
+    below the row's maximum. The code of the winner within its window (0, 1, W or W + 1) is
+    computed in bytes where it fits, since each elementwise pass costs by the byte.
+    """
+    N, C, H, W = X.shape
+    top_left, _, bottom_left, _ = _corners(X)
+    small = torch.uint8 if W + 1 <= torch.iinfo(torch.uint8).max else torch.int64
+    bottom_wins, right_in_top, right_in_bottom = (
+        mask.view(small) if small == torch.uint8 else mask.to(small)
+        for mask in (bottom > top, top_left != top, bottom_left != bottom))
+    code = right_in_top + bottom_wins * (right_in_bottom + W - right_in_top)
+    window_start = torch.arange(0, H, 2, device=X.device).view(-1, 1) * W + torch.arange(0, W, 2, device=X.device)
+    return window_start + code
 
 
 def max_pool_2x2(X: Tensor) -> Tensor:
