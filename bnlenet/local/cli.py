@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import tempfile
+import threading
 import types
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -403,8 +406,39 @@ def _sweeps(args: argparse.Namespace) -> int:
     return reachable(lambda: sweeps_command(args.action, url, args.sweep_id, token=token, as_json=args.json), url)
 
 
+# Commands that start no server and leave nothing running when they return.
+ONE_SHOT_COMMANDS = frozenset({"train", "predict", "inspect", "export"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    """Run one command in this interpreter and return its exit status."""
+    return _dispatch(_build_parser().parse_args(argv))
+
+
+def run() -> None:
+    """The ``bnlenet`` program: ``main``, then the process ends.
+
+    After a one-shot command the interpreter is not torn down: unloading torch's modules takes
+    about 0.35 s on two cores, a tenth of a short ``bnlenet predict`` and more than a whole
+    evaluation of the test set in ``bnlenet train``. Output is flushed first, and a thread
+    still running (none is, after these commands) gets the ordinary exit instead.
+    """
+    args = _build_parser().parse_args()
+    code = _dispatch(args)
+    if args.command in ONE_SHOT_COMMANDS and not _threads_still_running():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _threads_still_running() -> bool:
+    """Whether a thread the interpreter would wait for at exit is still alive (daemon threads it would not)."""
+    return any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate())
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from bnlenet.datasets import DatasetRejected
     from bnlenet.datasets.store import DatasetInUse, UnknownDataset
     from bnlenet.jobs import StoreUnavailable
@@ -432,4 +466,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

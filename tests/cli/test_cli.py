@@ -21,9 +21,12 @@ from models.threads import usable_cores  # the function itself: conftest patches
 
 
 def _bnlenet(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # Output into a pipe is block-buffered, as when a user pipes it on, unless PYTHONUNBUFFERED is set (this
+    # machine's shell sets it): without it, output the program does not flush before it exits is lost here too.
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     return subprocess.run(
         [sys.executable, "-m", "bnlenet.local.cli", *args],
-        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}, cwd=cwd,
+        capture_output=True, text=True, timeout=300, env={**buffered, **(env or {})}, cwd=cwd,
     )
 
 
@@ -113,6 +116,22 @@ def test_cli_inspect_shows_every_bn_layer(trained: tuple[Path, list[dict[str, ob
     state = load_checkpoint(out).model[1]
     assert np.allclose(layers["1"]["running_var"], state.moving_var.reshape(-1).numpy())
     assert "running_mean" in _bnlenet("inspect", str(out)).stdout
+
+
+def test_the_installed_bnlenet_program_prints_everything_and_exits_with_the_command_status(
+        trained: tuple[Path, list[dict[str, object]]], tmp_path: Path) -> None:
+    # The console script pyproject.toml installs (what a user types), not ``python -m``: it ends the process
+    # without tearing the interpreter down, so its output must have been flushed and its status kept.
+    program = Path(sys.executable).with_name("bnlenet")
+    assert program.exists(), "scripts/setup.sh installs the bnlenet program beside the interpreter"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    out, _ = trained
+    proc = subprocess.run([str(program), "inspect", str(out)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{out}: scratch LeNet") and proc.stdout.count("running_mean") == 4, proc.stdout
+    missing = tmp_path / "missing.safetensors"
+    proc = subprocess.run([str(program), "inspect", str(missing)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "bnlenet inspect: error:" in proc.stderr and not proc.stdout, proc
 
 
 def test_cli_help_shows_defaults_and_no_markup(capsys: pytest.CaptureFixture[str]) -> None:
