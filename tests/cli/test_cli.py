@@ -20,13 +20,17 @@ from models.preprocess import image_to_tensor
 from models.threads import usable_cores  # the function itself: conftest patches the module's name
 
 
+def _user_env(*without: str) -> dict[str, str]:
+    """This environment as a user's shell has it: without PYTHONUNBUFFERED (this machine's shell sets it), so
+    output into a pipe is block-buffered and output the program does not flush before it exits is lost here too;
+    and without the variables named."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", *without)}
+
+
 def _bnlenet(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    # Output into a pipe is block-buffered, as when a user pipes it on, unless PYTHONUNBUFFERED is set (this
-    # machine's shell sets it): without it, output the program does not flush before it exits is lost here too.
-    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     return subprocess.run(
         [sys.executable, "-m", "bnlenet.local.cli", *args],
-        capture_output=True, text=True, timeout=300, env={**buffered, **(env or {})}, cwd=cwd,
+        capture_output=True, text=True, timeout=300, env={**_user_env(), **(env or {})}, cwd=cwd,
     )
 
 
@@ -63,7 +67,7 @@ def test_cli_train_threads_option_wins_over_the_setting(tmp_path: Path, syntheti
 
 def test_cli_train_on_the_automatic_count_records_the_schedule_it_ran(tmp_path: Path, synthetic_data_dir: Path) -> None:
     out = tmp_path / "model.safetensors"
-    env = {k: v for k, v in os.environ.items() if k not in ("TRAINING_THREADS", "OMP_NUM_THREADS")}
+    env = _user_env("TRAINING_THREADS", "OMP_NUM_THREADS")
     proc = subprocess.run(
         [sys.executable, "-m", "bnlenet.local.cli", "train", "--epochs", "1", "--batch-size", "32", "--json",
          "--out", str(out), "--data-dir", str(synthetic_data_dir)],
@@ -124,7 +128,7 @@ def test_the_installed_bnlenet_program_prints_everything_and_exits_with_the_comm
     # without tearing the interpreter down, so its output must have been flushed and its status kept.
     program = Path(sys.executable).with_name("bnlenet")
     assert program.exists(), "scripts/setup.sh installs the bnlenet program beside the interpreter"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env = _user_env()
     out, _ = trained
     proc = subprocess.run([str(program), "inspect", str(out)], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
