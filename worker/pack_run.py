@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from bnlenet import job_stats
@@ -94,7 +95,9 @@ class _PackRun:
         try:
             configs = [job_config(a.params, a.settings) for a in attempts]
             device = str(resolve_device(configs[0].device))
-            data = resources.training_data()
+            # The trials' data set (pack_key gave them all the same one), fetched and decoded as a lone job's is.
+            dataset, data = resources.datasets().get(configs[0].dataset)
+            configs = [replace(c, dataset=dataset) for c in configs]
             for a in attempts:
                 if not a.store.resumed(a.job_id, **a.owner, epoch=0, history=[]):
                     a.lease.lost.set()

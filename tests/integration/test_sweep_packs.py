@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dataset_uploads import fashion_mnist_subset, folder_zip
 from tests.integration.conftest import Stack, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -68,3 +69,21 @@ def test_a_crashed_pack_reruns_each_trial_exactly_once(stack):
         assert [a["attempt"] for a in job["attempt_log"]] == [1, 2]
     time.sleep(1)
     assert {stack.job(i)["attempts"] for i in ids} == {2}  # no third run: each ran once more, and once only
+
+
+def test_a_pack_trains_on_the_sweeps_uploaded_data_set(stack):
+    arrays, names = fashion_mnist_subset((0, 1, 7), train=300, test=90)  # T-shirt/top, Trouser, Sneaker
+    r = stack.client.post("/datasets", files={"file": ("three.zip", folder_zip(arrays, names), "application/zip")},
+                          data={"name": "pack-three"}, timeout=120)
+    assert r.status_code in (200, 201), r.text
+    ds = r.json()
+    sweep = _run(stack, {"parameters": {"seed": {"values": [0, 1]}},
+                         "base": {"epochs": 2, "batch_size": 16, "dataset": "pack-three"}})
+    assert sweep["status"] == "succeeded", sweep
+    assert f"training 2 trials of sweep {sweep['id']} as one pack" in _logs(stack)
+    for job in _jobs(stack, sweep["id"]):
+        assert job["params"]["dataset"] == ds["id"]
+        assert job["progress"]["batches"] == 300 // 16 + 1  # an epoch of the upload's 300 images, not the built-in set
+        model = stack.client.get(f"/models/{job['model_id']}").json()
+        assert model["dataset"] == ds["id"] and model["classes"] == ds["classes"], model
+        assert model["final_test_acc"] > 0.6, model  # three easy classes; chance is a third
