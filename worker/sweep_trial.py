@@ -23,7 +23,7 @@ from bnlenet.sweeps.errors import SweepNotFound
 from bnlenet.sweeps.spec import StoppingRule
 from bnlenet.sweeps.stopping import should_stop
 from bnlenet.sweeps.store import SweepStore
-from models.data import FashionMNIST
+from models.data import ImageDataset
 from models.lenet import build_lenet
 from models.train_state import TrainingState
 from models.training import EpochMetrics, TrainConfig, TrainResult, finish_training
@@ -81,11 +81,11 @@ class TrialRule:
         return None if why is None else f"stopped early after epoch {len(mine)} of {self.sweep_id}: {why}"
 
 
-def stopped_result(state: TrainingState, config: TrainConfig, data: FashionMNIST, device: str) -> TrainResult:
+def stopped_result(state: TrainingState, config: TrainConfig, data: ImageDataset, device: str) -> TrainResult:
     """What a stopped trial publishes: its training state's weights, finished as a run of that many epochs
     is (``finish_training``: precise BN when the job asks for it), without weight averaging (the state
     keeps no earlier epochs' weights)."""
-    model: nn.Sequential = build_lenet(config.variant)
+    model: nn.Sequential = build_lenet(config.variant, len(data.classes))  # one output per class of its data set
     model.load_state_dict(state.model)
     result = TrainResult(model=model, history=[EpochMetrics(**m) for m in state.history], device=device,
                          averaged_epochs=1, stopped_early=True,

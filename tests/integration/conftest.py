@@ -130,6 +130,13 @@ class Stack:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def upload_dataset(self, data: bytes, filename: str, **fields: str) -> dict:
+        """POST a data set archive to /datasets; the data set the API answers with."""
+        r = self.client.post("/datasets", files={"file": (filename, data, "application/zip")}, data=fields, timeout=120)
+        assert r.status_code in (200, 201), r.text
+        body: dict = r.json()
+        return body
+
     def wait_job(self, job_id: str, statuses: set[str], timeout: float = 90) -> dict:
         seen: list[str] = []
 

@@ -19,12 +19,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 THREE = (0, 1, 7)  # T-shirt/top, Trouser, Sneaker
 
 
-def _upload(client: httpx.Client, data: bytes, filename: str, **fields: str) -> dict:
-    r = client.post("/datasets", files={"file": (filename, data, "application/zip")}, data=fields, timeout=120)
-    assert r.status_code in (200, 201), r.text
-    return r.json()
-
-
 def _train(stack: Stack, **params: object) -> dict:
     r = stack.client.post("/train", json={"epochs": 2, "batch_size": 64, "lr": 0.9, **params})
     assert r.status_code == 202, r.text
@@ -35,7 +29,7 @@ def _train(stack: Stack, **params: object) -> dict:
 
 def test_a_three_class_subset_trains_and_answers_with_its_class_names(stack):
     arrays, names = fashion_mnist_subset(THREE, train=900, test=150)
-    ds = _upload(stack.client, folder_zip(arrays, names), "three.zip", name="three")
+    ds = stack.upload_dataset(folder_zip(arrays, names), "three.zip", name="three")
     assert ds["num_classes"] == 3
     job = _train(stack, dataset="three", epochs=6, batch_size=32)
     assert job["params"]["dataset"] == ds["id"]
@@ -54,7 +48,7 @@ def test_a_three_class_subset_trains_and_answers_with_its_class_names(stack):
 
 
 def test_scikit_learn_digits_train_well_above_chance_and_answer_digit_names(stack):
-    ds = _upload(stack.client, digits_zip(), "digits.zip", name="digits", test_fraction="0.2", seed="0")
+    ds = stack.upload_dataset(digits_zip(), "digits.zip", name="digits", test_fraction="0.2", seed="0")
     assert sorted(ds["classes"]) == sorted(DIGIT_NAMES)
     assert ds["train_size"] + ds["test_size"] == 1797 and ds["report"]["split"]["source"] == "service"
     job = _train(stack, dataset="digits", epochs=10, batch_size=32)

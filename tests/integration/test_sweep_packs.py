@@ -73,10 +73,7 @@ def test_a_crashed_pack_reruns_each_trial_exactly_once(stack):
 
 def test_a_pack_trains_on_the_sweeps_uploaded_data_set(stack):
     arrays, names = fashion_mnist_subset((0, 1, 7), train=300, test=90)  # T-shirt/top, Trouser, Sneaker
-    r = stack.client.post("/datasets", files={"file": ("three.zip", folder_zip(arrays, names), "application/zip")},
-                          data={"name": "pack-three"}, timeout=120)
-    assert r.status_code in (200, 201), r.text
-    ds = r.json()
+    ds = stack.upload_dataset(folder_zip(arrays, names), "three.zip", name="pack-three")
     sweep = _run(stack, {"parameters": {"seed": {"values": [0, 1]}},
                          "base": {"epochs": 2, "batch_size": 16, "dataset": "pack-three"}})
     assert sweep["status"] == "succeeded", sweep

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from tests.dataset_uploads import fashion_mnist_subset, folder_zip
 from tests.integration.conftest import ROOT, Stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -93,6 +94,22 @@ def test_sweep_early_stopping_ends_a_trial_that_is_clearly_behind(stack):
     assert stack.client.get(f"/models/{behind['model_id']}").json()["final_test_acc"] == job["final_test_acc"]
     assert [s["trials"] for s in sweep["settings"]] == [1, 0]  # a stopped trial is no full run of its setting
     assert sweep["best"]["job_id"] == good["job_id"]
+
+
+def test_a_trial_stopped_early_keeps_its_uploaded_data_sets_classes(stack):
+    arrays, names = fashion_mnist_subset((0, 1, 7), train=300, test=90)  # T-shirt/top, Trouser, Sneaker
+    ds = stack.upload_dataset(folder_zip(arrays, names), "three.zip", name="stop-three")
+    body = {"parameters": {"lr": {"values": [0.5, 1e-9]}},
+            "base": {"epochs": 3, "batch_size": 32, "precise_bn": False, "dataset": "stop-three"},
+            "early_stopping": {"type": "median", "min_epochs": 1}}
+    sweep = _wait_sweep(stack, stack.client.post("/sweeps", json=body).json()["id"], {"succeeded", "failed", "cancelled"})
+    assert sweep["status"] == "succeeded", sweep
+    good, behind = sweep["trials"]
+    assert behind["stopped_early"] and behind["epochs_run"] == 1 and behind["status"] == "succeeded", (
+        sweep, stack.job(behind["job_id"]), stack.workers[0].tail())
+    for trial in (good, behind):
+        model = stack.client.get(f"/models/{trial['model_id']}").json()
+        assert model["dataset"] == ds["id"] and model["classes"] == ds["classes"], model
 
 
 def test_sweep_cancel_cancels_queued_and_running_trials(stack):
