@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 
@@ -90,10 +92,14 @@ class WeightAverage:
         self.sums = [torch.zeros_like(p, dtype=torch.float64) for p in model.parameters()]
         self.count = 0
 
-    @torch.no_grad()
     def add(self, model: nn.Module) -> None:
         """Add the model's current weights to the average."""
-        for total, p in zip(self.sums, model.parameters(), strict=True):
+        self.add_weights(model.parameters())
+
+    @torch.no_grad()
+    def add_weights(self, weights: Iterable[Tensor]) -> None:
+        """Add one set of weights (the model's parameters, in order, or a copy of them) to the average."""
+        for total, p in zip(self.sums, weights, strict=True):
             total.add_(p.detach().double())  # float64: the sum of a few epochs' weights loses nothing
         self.count += 1
 

@@ -14,7 +14,9 @@ model's slice of the gradient by that model's rate), BN parameters and running s
 
 Only the SGD epochs are packed. At the end of each epoch the pack is written back into
 ordinary LeNets, one per trial, and everything else is train()'s own code run per trial: the
-test accuracy (``evaluate_accuracy``), weight averaging and precise BN (``finish_training``).
+test accuracy (``evaluate_accuracy``), weight averaging and precise BN (``finish_training``),
+and the training state train() would save then (``on_state``), from which the trial can go on
+alone (``train(config, data, resume=state)``) where a crash stopped its pack.
 A trial whose ``should_stop`` answers True, or whose epochs are done, leaves the pack; the
 others go on in a smaller pack. A trial whose loss stops being finite leaves it too, with its
 ``TrainingDiverged`` in its result slot (one diverging learning rate does not end a sweep).
@@ -31,7 +33,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import cast
 
 import torch
@@ -45,8 +47,10 @@ from models.devices import cuda_settings, resolve_device, synchronize
 from models.inference import evaluate_accuracy
 from models.memory import keep_large_buffers
 from models.preprocess import to_model_input
+from models.stepper import sgd
 from models.thread_tuner import ThreadTuner
 from models.threads import training_threads
+from models.train_state import TrainingState, capture_state
 from models.training import (
     EpochMetrics,
     Progress,
@@ -356,18 +360,37 @@ class PackedSteps:
 class _Trial:
     """One trial's own state while its pack trains: the LeNet it is written back into, its shuffle, history."""
 
-    def __init__(self, index: int, config: TrainConfig, model: nn.Sequential, new_classifier: bool) -> None:
+    def __init__(self, index: int, config: TrainConfig, model: nn.Sequential, new_classifier: bool,
+                 device: torch.device) -> None:
         self.index, self.config, self.model = index, config, model
         self.new_classifier = new_classifier
+        # The global generator as this trial's init left it (the next trial's init reseeds it):
+        # what train() of this config holds there, since its epochs draw nothing from it.
+        self.torch_rng = torch.get_rng_state()
         self.shuffle = torch.Generator().manual_seed(config.seed)
+        self.optimizer = sgd(model, config.lr, device)  # train()'s optimizer, for the state it saves (no state of its own)
         self.history: list[EpochMetrics] = []
         # The weights of the last epochs, for weight averaging at whatever epoch the trial ends.
         self.snapshots: deque[list[Tensor]] = deque(maxlen=config.averaged_epochs())
+
+    def training_state(self, epoch: int, device: torch.device, tuner: ThreadTuner) -> TrainingState:
+        """What train() of this trial's config saves after ``epoch``: a lone run resumes from it."""
+        average = None
+        if self.config.averaged_epochs() > 1:
+            average = WeightAverage(self.model)
+            # train() has added the epochs after ``epochs - averaged_epochs`` so far.
+            added = max(0, epoch - (self.config.epochs - self.config.averaged_epochs()))
+            for weights in list(self.snapshots)[len(self.snapshots) - added:]:
+                average.add_weights(weights)
+        return capture_state(epoch, self.model, self.optimizer, self.shuffle, average,
+                             [asdict(m) for m in self.history], device, 0 if tuner.adaptive else tuner.most,
+                             tuner.schedule, torch_rng=self.torch_rng)
 
 
 PackedProgress = Callable[[int, Progress], None]
 PackedEpoch = Callable[[int, EpochMetrics], None]
 PackedStop = Callable[[int, EpochMetrics], bool]
+PackedState = Callable[[int, TrainingState], None]
 
 
 def train_packed(
@@ -379,6 +402,7 @@ def train_packed(
     on_epoch: PackedEpoch | None = None,
     cancelled: Callable[[], bool] | None = None,
     should_stop: PackedStop | None = None,
+    on_state: PackedState | None = None,
     formulation: str | None = None,
 ) -> list[TrainResult | TrainingDiverged]:
     """Train ``configs`` as one pack; result i is what ``train(configs[i], data)`` returns, to float tolerance.
@@ -388,8 +412,10 @@ def train_packed(
     last: True ends trial i there (its result equals a run of that many epochs, with
     ``stopped_early``). ``cancelled()`` is checked between batches and raises
     ``TrainingCancelled`` for the whole pack. A trial whose loss stops being finite leaves
-    the pack; its slot holds the ``TrainingDiverged``. ``device``: where the pack runs (default
-    the first config's). The CPU threads are the first config's ``threads``.
+    the pack; its slot holds the ``TrainingDiverged``. ``on_state(i, state)``: trial i's
+    ``TrainingState`` when train() would save it (every ``checkpoint_every`` epochs and after the
+    last), before ``on_epoch`` reports that epoch. ``device``: where the pack runs (default the
+    first config's). The CPU threads are the first config's ``threads``.
     """
     if not configs:
         return []
@@ -407,14 +433,14 @@ def train_packed(
         trials = []
         for i, config in enumerate(configs):
             model, new_classifier = initial_model(config, num_classes=len(data.classes))
-            trials.append(_Trial(i, config, model.to(dev), new_classifier))
+            trials.append(_Trial(i, config, model.to(dev), new_classifier, dev))
         train_images, train_labels, test_images, test_labels = data_on_device(data, dev)
         with cuda_settings(dev, tf32=configs[0].tf32):
             epoch = 0
             while trials:
                 epoch += 1
                 trials = _train_epoch(trials, epoch, form, dev, train_images, train_labels, test_images, test_labels,
-                                      results, progress, on_epoch, cancelled, should_stop, tuner)
+                                      results, progress, on_epoch, cancelled, should_stop, on_state, tuner)
         # The finishing (weight average, precise BN) happened as each trial left; record the threads.
         for r in results:
             if isinstance(r, TrainResult):
@@ -428,7 +454,7 @@ def _train_epoch(
     train_labels: Tensor, test_images: Tensor, test_labels: Tensor,
     results: list[TrainResult | TrainingDiverged | None], progress: PackedProgress | None,
     on_epoch: PackedEpoch | None, cancelled: Callable[[], bool] | None, should_stop: PackedStop | None,
-    tuner: ThreadTuner,
+    on_state: PackedState | None, tuner: ThreadTuner,
 ) -> list[_Trial]:
     """One epoch of every trial in the pack; the trials that go on to the next epoch."""
     batch_size = trials[0].config.batch_size
@@ -487,6 +513,9 @@ def _train_epoch(
         trial.history.append(metrics)
         if trial.snapshots.maxlen:
             trial.snapshots.append([p.detach().clone() for p in trial.model.parameters()])
+        # Saved before the epoch is reported, as train() does: whoever learns of epoch k can resume from it.
+        if on_state is not None and (epoch % trial.config.checkpoint_every == 0 or epoch == trial.config.epochs):
+            on_state(trial.index, trial.training_state(epoch, device, tuner))
         if on_epoch is not None:
             on_epoch(trial.index, metrics)
         last = epoch == trial.config.epochs

@@ -120,9 +120,14 @@ def state_from_bytes(payload: bytes) -> TrainingState:
 
 def capture_state(epoch: int, model: nn.Module, optimizer: Optimizer, shuffle: torch.Generator,
                   average: WeightAverage | None, history: list[dict[str, Any]], device: torch.device,
-                  threads: int = 0, thread_schedule: Sequence[tuple[int, int]] = ()) -> TrainingState:
-    """The run as it stands now, copied to the CPU (training may go on while the copy is written)."""
-    rng = {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()}
+                  threads: int = 0, thread_schedule: Sequence[tuple[int, int]] = (),
+                  torch_rng: Tensor | None = None) -> TrainingState:
+    """The run as it stands now, copied to the CPU (training may go on while the copy is written).
+
+    ``torch_rng``: the global generator's state as this run left it, where other runs in the
+    process have drawn from it since (a pack's trials); default: its state now.
+    """
+    rng = {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state() if torch_rng is None else torch_rng.clone()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     opt = optimizer.state_dict()

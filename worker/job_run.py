@@ -222,11 +222,16 @@ class _Attempt:
                 log.warning("could not record the first step of job %s: %s", self.job_id, exc)
 
     def _on_epoch(self, m: EpochMetrics, variant: str, device: str) -> None:
+        """Record the epoch; then a sweep's trial asks its rule (``StoppedEarly`` ends the run here)."""
+        self._record_epoch(m, variant, device)
+        if m.epoch < int(self.params.get("epochs") or 0):  # the last epoch ends the run anyway
+            self.trial.check(self.last_state, m.epoch)
+
+    def _record_epoch(self, m: EpochMetrics, variant: str, device: str) -> None:
+        """The epoch's metrics in the job's record (with the last epoch whose state is saved) and the statistics."""
         try:
             self.store.add_epoch(self.job_id, **self.owner, metrics=asdict(m), progress=self.lease.progress or {},
                                  saved_epoch=self.saved_epoch)
         except StoreUnavailable as exc:
             log.warning("could not record epoch %d of job %s: %s", m.epoch, self.job_id, exc)
         job_stats.epoch_done(self.store.redis, variant=variant, device=device, examples_per_sec=m.examples_per_sec)
-        if m.epoch < int(self.params.get("epochs") or 0):  # the last epoch ends the run anyway
-            self.trial.check(self.last_state, m.epoch)

@@ -11,8 +11,9 @@ trial's record gets its progress, epochs and outcome, its model is published und
 
 Crashes follow the rules of a job: every trial of a pack whose worker died goes stale and the
 reaper requeues it, as a job of its own, and its next attempt runs it alone (only trials that never
-ran join a pack, so a trial that already saved a training state resumes from it). A pack saves no
-training states: a crash costs the pack's epochs, never a second outcome.
+ran join a pack). Each trial saves the training state a lone job would save (every
+``checkpoint_every`` epochs, under its own lease, before the epoch is reported), so that attempt
+resumes from it: a crash costs each trial the epochs since its last state, never a second outcome.
 """
 
 from __future__ import annotations
@@ -102,8 +103,10 @@ class _PackRun:
                 if not a.store.resumed(a.job_id, **a.owner, epoch=0, history=[]):
                     a.lease.lost.set()
             with resources.engine_lock:
+                # The sweep's rule is asked through should_stop: the pack takes a stopped trial out.
                 results = train_packed(configs, data, device=device, progress=self._progress,
-                                       on_epoch=lambda i, m: attempts[i]._on_epoch(m, configs[i].variant, device),
+                                       on_epoch=lambda i, m: attempts[i]._record_epoch(m, configs[i].variant, device),
+                                       on_state=lambda i, state: attempts[i]._save_state(state, configs[i]),
                                        cancelled=self._cancelled, should_stop=self._should_stop)
         except TrainingCancelled:
             return self._each(lambda a: a._finish("cancelled"))

@@ -53,7 +53,7 @@ def test_packed_trials_equal_the_same_trials_run_alone(stack):
         assert model["final_test_acc"] == pack["final_test_acc"]
 
 
-def test_a_crashed_pack_reruns_each_trial_exactly_once(stack):
+def test_a_crashed_pack_resumes_each_trial_from_its_last_epoch_exactly_once(stack):
     body = {**TRIALS, "base": {"epochs": 30, "batch_size": 16}}
     sweep = stack.client.post("/sweeps", json=body).json()
     ids = [t["job_id"] for t in sweep["trials"]]
@@ -66,7 +66,11 @@ def test_a_crashed_pack_reruns_each_trial_exactly_once(stack):
         job = stack.wait_job(job_id, {"succeeded", "failed", "cancelled"}, timeout=240)
         assert job["status"] == "succeeded", job
         assert job["attempts"] == 2 and len(job["history"]) == 30 and job["model_id"] == job_id
-        assert [a["attempt"] for a in job["attempt_log"]] == [1, 2]
+        first, second = job["attempt_log"]
+        assert (first["attempt"], second["attempt"]) == (1, 2)
+        # The pack saved each trial's state after every epoch: the lone second attempt went on from it.
+        assert first["saved_epoch"] >= 1 and second["resumed_from"] == first["saved_epoch"], job["attempt_log"]
+        assert [m["epoch"] for m in job["history"]] == list(range(1, 31))  # each epoch once
     time.sleep(1)
     assert {stack.job(i)["attempts"] for i in ids} == {2}  # no third run: each ran once more, and once only
 
@@ -84,3 +88,18 @@ def test_a_pack_trains_on_the_sweeps_uploaded_data_set(stack):
         model = stack.client.get(f"/models/{job['model_id']}").json()
         assert model["dataset"] == ds["id"] and model["classes"] == ds["classes"], model
         assert model["final_test_acc"] > 0.6, model  # three easy classes; chance is a third
+
+
+def test_the_sweeps_rule_takes_a_trial_out_of_its_pack(stack):
+    # lr 1e-9 leaves its network near chance while lr 0.5 learns: the median rule stops it after epoch 1.
+    body = {"parameters": {"lr": {"values": [0.5, 1e-9]}}, "base": {"epochs": 3, "batch_size": 16, "precise_bn": False},
+            "early_stopping": {"type": "median", "min_epochs": 1}}
+    sweep = _run(stack, body)
+    assert sweep["status"] == "succeeded", sweep
+    assert f"training 2 trials of sweep {sweep['id']} as one pack" in _logs(stack)
+    good, behind = sweep["trials"]
+    assert good["epochs_run"] == 3 and not good["stopped_early"]
+    assert behind["stopped_early"] and behind["epochs_run"] == 1 and behind["status"] == "succeeded", behind
+    for trial in (good, behind):
+        job = stack.job(trial["job_id"])
+        assert job["attempts"] == 1 and job["attempt_log"][0]["saved_epoch"] == trial["epochs_run"], job

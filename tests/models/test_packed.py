@@ -10,6 +10,7 @@ import torch
 
 from models.data import FashionMNIST
 from models.packed import FORMULATIONS, PackedLeNet, pack_key, packing_pays, train_packed
+from models.train_state import TrainingState, state_from_bytes, state_to_bytes
 from models.training import EpochMetrics, TrainConfig, TrainingDiverged, TrainResult, train
 from tests.conftest import TEST_THREADS
 
@@ -75,6 +76,32 @@ def test_packed_stopped_trial_equals_a_solo_run_of_its_epochs(data: FashionMNIST
     assert isinstance(stopped, TrainResult) and stopped.stopped_early and len(stopped.history) == 1
     _assert_same_run(stopped, train(replace(configs[1], epochs=1), data))
     _assert_same_run(packed[0], train(configs[0], data))
+
+
+@pytest.mark.parametrize("variant", ["scratch", "builtin"])
+def test_a_packed_trial_saves_the_state_train_saves_and_goes_on_alone_from_it(data: FashionMNIST, variant: str) -> None:
+    configs = _configs(variant, epochs=4, swa_epochs=2, batch_size=128)  # averaging epochs 3 and 4; as many steps as BASE
+    configs[2] = replace(configs[2], checkpoint_every=2)
+    saved: dict[int, list[TrainingState]] = {i: [] for i in range(len(configs))}
+    packed = train_packed(configs, data, on_state=lambda i, state: saved[i].append(state))
+    assert {i: [s.epoch for s in states] for i, states in saved.items()} == {0: [1, 2, 3, 4], 1: [1, 2, 3, 4], 2: [2, 4]}
+    for i, config in enumerate(configs):
+        alone: list[TrainingState] = []
+        train(config, data, on_state=alone.append)
+        for ours, its in zip(saved[i], alone, strict=True):  # the same state, to float tolerance
+            assert ours.epoch == its.epoch and ours.optimizer == its.optimizer
+            assert ours.average_count == its.average_count and ours.threads == its.threads
+            for name in ("shuffle", "torch"):  # what the epochs still to come draw: equal bit for bit
+                assert torch.equal(ours.rng[name], its.rng[name]), name
+            for name, tensor in its.model.items():
+                torch.testing.assert_close(ours.model[name], tensor, atol=ATOL, rtol=1e-3, msg=name)
+            for mine, theirs in zip(ours.average_sums or [], its.average_sums or [], strict=True):
+                torch.testing.assert_close(mine, theirs, atol=2 * ATOL, rtol=1e-3)
+            assert [m["loss"] for m in ours.history] == pytest.approx([m["loss"] for m in its.history], abs=1e-4)
+        # A crash in epoch 4: the trial alone, from its last state as stored, ends as its pack ended it.
+        state = state_from_bytes(state_to_bytes(saved[i][-2]))
+        assert state.average_count == (1 if state.epoch == 3 else 0)  # epoch 3's weights are in the average
+        _assert_same_run(train(config, data, resume=state), packed[i])
 
 
 def test_packed_trials_with_different_epochs_leave_when_done(data: FashionMNIST) -> None:
