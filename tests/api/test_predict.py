@@ -21,6 +21,7 @@ from bnlenet.model_store import ModelStore
 from models.checkpoint import load_checkpoint
 from models.data import CLASS_NAMES
 from models.inference import predict_probabilities
+from models.lenet import build_lenet
 from models.preprocess import image_to_tensor, load_image
 from tests.api.conftest import png_bytes, sample_image
 
@@ -328,7 +329,7 @@ def test_predict_answer_names_the_classes(any_client, trained_models):
     assert all(CLASS_NAMES[t["class_index"]] == t["class_name"] for t in body["top_k"])
 
 
-@pytest.mark.parametrize("top_k", [0, 11, "x"])
+@pytest.mark.parametrize("top_k", [0, 1001, "x"])
 def test_predict_bad_top_k_is_422(client, top_k):
     r = client.post(f"/predict/pixels?top_k={top_k}", json={"pixels": [[0.0] * 28] * 28})
     assert r.status_code == 422
@@ -434,6 +435,24 @@ def test_predict_names_the_classes_of_the_model_it_serves(make_client, checkpoin
     # The other models keep Fashion-MNIST's names.
     other = client.post("/predict/pixels", json={"pixels": pixels, "model_id": trained_models[1][0]}).json()
     assert list(other["scores"]) == list(CLASS_NAMES)
+
+
+def test_predict_top_k_reaches_every_class_of_a_model_of_more_than_ten(make_client, checkpoint_dir, trained_models):
+    """A model of 26 classes (a user's letters, say) lists up to all 26 in ``top_k``."""
+    letters = [chr(ord("A") + i) for i in range(26)]
+    source = load_checkpoint(checkpoint_dir / f"{trained_models[1][0]}.safetensors")
+    torch.manual_seed(0)
+    ModelStore(checkpoint_dir).publish("model-letters", build_lenet("scratch", len(letters)).eval(),
+                                       {**source.metadata, "variant": "scratch", "classes": letters})
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)
+    body = {"pixels": (sample_image(8) / 255.0).tolist(), "model_id": "model-letters"}
+    r = client.post("/predict/pixels?top_k=26", json=body)
+    assert r.status_code == 200, r.text
+    top = r.json()["top_k"]
+    assert sorted(t["class_name"] for t in top) == letters
+    assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
+    r = client.post("/predict/pixels?top_k=1001", json=body)
+    assert r.status_code == 422 and "1000" in r.text, r.text
 
 
 def test_predict_checkpoint_naming_the_wrong_number_of_classes_is_409(make_client, checkpoint_dir, trained_models):

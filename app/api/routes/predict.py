@@ -46,7 +46,7 @@ from app.schemas.predict import (
 from bnlenet.model_store import MODEL_ID_PATTERN, ModelStore
 from bnlenet.settings import Settings
 from models.checkpoint import class_names
-from models.lenet import IMAGE_SIZE, NUM_CLASSES
+from models.lenet import IMAGE_SIZE, MAX_CLASSES
 from models.preprocess import ImageError, image_to_tensor, pixels_to_tensor
 from models.runtime import Runtime
 
@@ -54,8 +54,8 @@ router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[ReaderDep]
 M = TypeVar("M", bound=BaseModel)
 S = TypeVar("S")
 
-# Fashion-MNIST's 10 at most, as always; a model of fewer classes lists all it has.
-TopK = Annotated[int, Query(ge=1, le=NUM_CLASSES, description="how many classes `top_k` lists (a model of fewer "
+# Up to the most classes a LeNet may have; a model of fewer classes lists all it has.
+TopK = Annotated[int, Query(ge=1, le=MAX_CLASSES, description="how many classes `top_k` lists (a model of fewer "
                             "classes lists them all)")]
 # Read, but left out of the document: the body names the model (see the module docstring).
 ModelQuery = Annotated[str | None, Query(pattern=MODEL_ID_PATTERN, include_in_schema=False)]
