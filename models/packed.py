@@ -50,7 +50,7 @@ from models.preprocess import to_model_input
 from models.stepper import sgd
 from models.thread_tuner import ThreadTuner
 from models.threads import training_threads
-from models.train_state import TrainingState, capture_state
+from models.train_state import TrainingState, capture_state, global_rng_state
 from models.training import (
     EpochMetrics,
     Progress,
@@ -364,9 +364,9 @@ class _Trial:
                  device: torch.device) -> None:
         self.index, self.config, self.model = index, config, model
         self.new_classifier = new_classifier
-        # The global generator as this trial's init left it (the next trial's init reseeds it):
-        # what train() of this config holds there, since its epochs draw nothing from it.
-        self.torch_rng = torch.get_rng_state()
+        # The global generators as this trial's init left them (the next trial's init reseeds them):
+        # what train() of this config holds there, since its epochs draw nothing from them.
+        self.global_rng = global_rng_state(device)
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.optimizer = sgd(model, config.lr, device)  # train()'s optimizer, for the state it saves (no state of its own)
         self.history: list[EpochMetrics] = []
@@ -384,7 +384,7 @@ class _Trial:
                 average.add_weights(weights)
         return capture_state(epoch, self.model, self.optimizer, self.shuffle, average,
                              [asdict(m) for m in self.history], device, 0 if tuner.adaptive else tuner.most,
-                             tuner.schedule, torch_rng=self.torch_rng)
+                             tuner.schedule, global_rng=self.global_rng)
 
 
 PackedProgress = Callable[[int, Progress], None]

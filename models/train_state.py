@@ -29,8 +29,8 @@ from models.averaging import WeightAverage
 from models.checkpoint import checksum
 from models.sgd import Optimizer
 
-__all__ = ["FORMAT", "TrainingState", "TrainingStateError", "capture_state", "restore_state", "state_from_bytes",
-           "state_to_bytes"]
+__all__ = ["FORMAT", "TrainingState", "TrainingStateError", "capture_state", "global_rng_state", "restore_state",
+           "state_from_bytes", "state_to_bytes"]
 
 FORMAT = "bnlenet-training-state/1"
 _META_KEY = "bnlenet"
@@ -118,18 +118,24 @@ def state_from_bytes(payload: bytes) -> TrainingState:
                          thread_schedule=[(int(s), int(t)) for s, t in meta.get("thread_schedule", [])])
 
 
+def global_rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The global generators' states a training state keeps: torch's CPU one ("torch"), and on CUDA the device's ("cuda")."""
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
 def capture_state(epoch: int, model: nn.Module, optimizer: Optimizer, shuffle: torch.Generator,
                   average: WeightAverage | None, history: list[dict[str, Any]], device: torch.device,
                   threads: int = 0, thread_schedule: Sequence[tuple[int, int]] = (),
-                  torch_rng: Tensor | None = None) -> TrainingState:
+                  global_rng: dict[str, Tensor] | None = None) -> TrainingState:
     """The run as it stands now, copied to the CPU (training may go on while the copy is written).
 
-    ``torch_rng``: the global generator's state as this run left it, where other runs in the
-    process have drawn from it since (a pack's trials); default: its state now.
+    ``global_rng``: ``global_rng_state`` as this run left it, where other runs in the process
+    have reseeded the global generators since (a pack's trials); default: their states now.
     """
-    rng = {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state() if torch_rng is None else torch_rng.clone()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
+    rng = {"shuffle": shuffle.get_state(), **(global_rng_state(device) if global_rng is None else global_rng)}
     opt = optimizer.state_dict()
     return TrainingState(
         epoch=epoch,
