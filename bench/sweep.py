@@ -60,7 +60,19 @@ def _job(spec: dict[str, Any]) -> dict[str, Any]:
                         full.classes)
     configs = [TrainConfig(**c) for c in spec["configs"]]
     if spec["packed"]:
-        results = train_packed(configs, data, formulation=spec.get("formulation"))
+        import tempfile
+
+        from bnlenet.checkpoint_storage import LocalStorage
+        from bnlenet.training_states import TrainingStates
+
+        with tempfile.TemporaryDirectory(prefix="bench-sweep-states-") as store:
+            states = TrainingStates(LocalStorage(store))
+
+            def save(i: int, state: Any) -> None:  # as a worker's pack does: each trial's state to a directory store
+                states.save(f"trial-{i}", 1, configs[i].hyperparameters(), state)
+
+            results = train_packed(configs, data, formulation=spec.get("formulation"),
+                                   on_state=save if spec.get("save_states") else None)
     else:
         results = [train(c, data) for c in configs]
     out = []
@@ -71,12 +83,15 @@ def _job(spec: dict[str, Any]) -> dict[str, Any]:
     return {"trials": out}
 
 
-def _layout(groups: list[list[dict[str, Any]]], packed: bool, formulation: str | None = None) -> dict[str, Any]:
-    """Run the process groups of one layout at once; wall time and every trial's result."""
+def _layout(groups: list[list[dict[str, Any]]], packed: bool, save_states: bool = False) -> dict[str, Any]:
+    """Run the process groups of one layout at once; wall time and every trial's result.
+
+    ``save_states``: a pack saves each trial's training state every epoch, as the worker's does.
+    """
     env = {**os.environ, **OPENMP_WAITS, "PYTHONPATH": os.environ.get("PYTHONPATH", os.getcwd())}
     started = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-m", "bench.sweep", "job", json.dumps(
-        {"configs": g, "packed": packed, "formulation": formulation, "train_images": TRAIN_IMAGES,
+        {"configs": g, "packed": packed, "save_states": save_states, "train_images": TRAIN_IMAGES,
          "test_images": TEST_IMAGES})], stdout=subprocess.PIPE, env=env, text=True) for g in groups]
     outputs = []
     for p in procs:
@@ -104,24 +119,28 @@ def _rows(device: str, trials: int, setting: dict[str, Any], cores: int, *, gpu_
     gpu_layout = gpu_layout or device != "cpu"
     threads = 0 if gpu_layout else 1
     configs = [{**setting, "seed": s, "epochs": EPOCHS, "device": device, "threads": threads} for s in range(trials)]
+    # (label, process groups, packed, each trial's training state saved every epoch)
     if not gpu_layout:
-        layouts: list[tuple[str, list[list[dict[str, Any]]], bool]] = [
-            (f"separate jobs: {cores} processes x 1 thread, trials one after the other", _split(configs, cores), False),
-            (f"packed: {cores} packs of {trials // cores}, 1 thread each", _split(configs, cores), True),
+        layouts: list[tuple[str, list[list[dict[str, Any]]], bool, bool]] = [
+            (f"separate jobs: {cores} processes x 1 thread, trials one after the other", _split(configs, cores), False,
+             False),
+            (f"packed: {cores} packs of {trials // cores}, 1 thread each", _split(configs, cores), True, False),
             (f"packed: 1 pack of {trials} on {cores} threads",
-             [[{**c, "threads": cores} for c in configs]], True),
+             [[{**c, "threads": cores} for c in configs]], True, False),
         ]
     else:
-        layouts = [("separate jobs: 1 process, trials one after the other", [configs], False),
-                   (f"packed: 1 pack of {trials}", [configs], True)]
+        layouts = [("separate jobs: 1 process, trials one after the other", [configs], False, False),
+                   (f"packed: 1 pack of {trials}", [configs], True, False),
+                   (f"packed: 1 pack of {trials}, each trial's training state saved every epoch (as the worker's)",
+                    [configs], True, True)]
     # Rounds in alternating order (the load on a shared machine drifts); ratios within a round.
     rounds: list[dict[str, dict[str, Any]]] = []
     for r in range(ROUNDS):
         order = layouts if r % 2 == 0 else layouts[::-1]
-        rounds.append({label: _layout(groups, packed) for label, groups, packed in order})
+        rounds.append({label: _layout(groups, packed, states) for label, groups, packed, states in order})
     base_label = layouts[0][0]
     rows = []
-    for label, _, _ in layouts:
+    for label, _, _, _ in layouts:
         m = rounds[-1][label]
         base = rounds[-1][base_label]
         gaps = [abs(m["accs"][s] - base["accs"][s]) for s in base["accs"]]
@@ -160,7 +179,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
 NOTES = ("Medians over rounds run in alternating layout order; `x separate` is taken within each round. "
          "Aggregate examples/s: every trial's training examples over the layout's wall time, per-epoch test "
          "accuracy and precise BN included. `max gap to solo`: the largest difference of a trial's stored-model "
-         "accuracy from the same seed's separate (solo) run. The CUDA rows need a GPU.")
+         "accuracy from the same seed's separate (solo) run. The CUDA rows need a GPU; their last row saves each "
+         "trial's training state every epoch to a directory store, as a worker's pack does.")
 
 
 if __name__ == "__main__":
