@@ -106,8 +106,8 @@ class Settings(BaseSettings):
     MAX_SWEEP_TOTAL_EPOCHS: int = Field(2000, ge=1)
     MAX_SWEEP_VALUES: int = Field(64, ge=1)
     # A worker that takes a trial of a sweep with `pack: true` trains up to this many of the sweep's queued
-    # trials that can share a step as one pack (worker/pack_run.py), where packing pays: on CUDA. On the CPU
-    # separate jobs are faster (models/packed.py), unless SWEEP_PACK_ON_CPU (for tests and measurements).
+    # trials that can share a step as one pack (worker/pack_run.py), where packing pays (models/packed.py):
+    # on CUDA, and on the CPU at batches up to 32. SWEEP_PACK_ON_CPU packs every CPU batch size (tests, measurements).
     SWEEP_PACK_MAX: int = Field(16, ge=1)
     SWEEP_PACK_ON_CPU: bool = False
 

@@ -104,7 +104,9 @@ def packing_pays(device: torch.device | str, batch_size: int = 256) -> bool:
     batch 16 1.37-1.4x. At batch 256 a LeNet step is bound by arithmetic and memory traffic, not
     by the per-operation overhead a pack shares, and K models' activations (28 MB for the first
     layer at K = 8) fall out of the caches one model's (3.5 MB) fits in. So the sweep layer
-    runs CPU trials of larger batches as separate jobs.
+    runs CPU trials of larger batches as separate jobs. A worker's layout (one process on every
+    core: one pack of 8 against the 8 trials one after another) measured 1.73x at batch 16,
+    1.71x at 32, 1.45x at 64 and 0.93x at 256 (8,192 images, 2 epochs, 2 rounds).
     """
     dev = resolve_device(str(device))
     return dev.type == "cuda" or (dev.type == "cpu" and batch_size <= CPU_PACK_MAX_BATCH)

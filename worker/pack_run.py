@@ -1,7 +1,7 @@
 """A pack: a sweep's trials that can share a training step, trained at once by the task that claimed the first.
 
 When a worker claims a trial of a sweep that asked for packing (``pack: true``) and packing pays
-on its device (``models.packed.packing_pays``: CUDA; on the CPU separate jobs are faster, unless
+on its device (``models.packed.packing_pays``: CUDA, and the CPU at batches up to 32; anywhere with
 ``SWEEP_PACK_ON_CPU``), it also claims the sweep's other queued trials with the same
 ``pack_key``, up to ``SWEEP_PACK_MAX``, each through the job store's ordinary ``claim``. Each
 claimed trial is then owned by this worker on its own attempt, with its own lease (heartbeat),
@@ -52,7 +52,7 @@ def claim_pack(lead: JobRecord) -> list[JobRecord]:
         if not sweep["pack"] or s.SWEEP_PACK_MAX < 2:
             return []
         config = job_config(lead["params"], s)
-        if not (packing_pays(resolve_device(config.device)) or s.SWEEP_PACK_ON_CPU):
+        if not (packing_pays(resolve_device(config.device), config.batch_size) or s.SWEEP_PACK_ON_CPU):
             return []
         key = pack_key(config)
         candidates = [t for t in sweeps.trials(sweep) if t is not None and t["job_id"] != lead["job_id"]

@@ -130,6 +130,10 @@ class Stack:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def worker_logs(self) -> str:
+        """Everything the stack's workers have logged so far."""
+        return "".join(w.log.read_text(errors="replace") for w in self.workers if w.log.exists())
+
     def upload_dataset(self, data: bytes, filename: str, **fields: str) -> dict:
         """POST a data set archive to /datasets; the data set the API answers with."""
         r = self.client.post("/datasets", files={"file": (filename, data, "application/zip")}, data=fields, timeout=120)

@@ -34,16 +34,12 @@ def _jobs(stack: Stack, sweep_id: str) -> list[dict]:
     return stack.client.get("/jobs", params={"sweep": sweep_id}).json()["data"]
 
 
-def _logs(stack: Stack) -> str:
-    return "".join(w.log.read_text(errors="replace") for w in stack.workers if w.log.exists())
-
-
 def test_packed_trials_equal_the_same_trials_run_alone(stack):
     alone = _run(stack, {**TRIALS, "pack": False})
-    assert f"of sweep {alone['id']} as one pack" not in _logs(stack)
+    assert f"of sweep {alone['id']} as one pack" not in stack.worker_logs()
     packed = _run(stack, TRIALS)
     assert packed["status"] == "succeeded" and alone["status"] == "succeeded"
-    assert f"training 3 trials of sweep {packed['id']} as one pack" in _logs(stack)
+    assert f"training 3 trials of sweep {packed['id']} as one pack" in stack.worker_logs()
     for solo, pack in zip(_jobs(stack, alone["id"]), _jobs(stack, packed["id"]), strict=True):
         assert pack["params"]["seed"] == solo["params"]["seed"] and pack["attempts"] == 1
         assert pack["final_test_acc"] == pytest.approx(solo["final_test_acc"], abs=2 / 128)  # a test image or two
@@ -58,8 +54,8 @@ def test_a_crashed_pack_resumes_each_trial_from_its_last_epoch_exactly_once(stac
     sweep = stack.client.post("/sweeps", json=body).json()
     ids = [t["job_id"] for t in sweep["trials"]]
     wait_for(lambda: all(stack.job(i)["history"] for i in ids), 120,
-             lambda: "the pack did not train:\n" + _logs(stack)[-3000:])
-    assert f"training 3 trials of sweep {sweep['id']} as one pack" in _logs(stack)
+             lambda: "the pack did not train:\n" + stack.worker_logs()[-3000:])
+    assert f"training 3 trials of sweep {sweep['id']} as one pack" in stack.worker_logs()
     stack.workers[-1].kill()  # the whole pack dies mid-training
     stack.start_worker("w2")
     for job_id in ids:
@@ -81,7 +77,7 @@ def test_a_pack_trains_on_the_sweeps_uploaded_data_set(stack):
     sweep = _run(stack, {"parameters": {"seed": {"values": [0, 1]}},
                          "base": {"epochs": 2, "batch_size": 16, "dataset": "pack-three"}})
     assert sweep["status"] == "succeeded", sweep
-    assert f"training 2 trials of sweep {sweep['id']} as one pack" in _logs(stack)
+    assert f"training 2 trials of sweep {sweep['id']} as one pack" in stack.worker_logs()
     for job in _jobs(stack, sweep["id"]):
         assert job["params"]["dataset"] == ds["id"]
         assert job["progress"]["batches"] == 300 // 16 + 1  # an epoch of the upload's 300 images, not the built-in set
@@ -96,7 +92,7 @@ def test_the_sweeps_rule_takes_a_trial_out_of_its_pack(stack):
             "early_stopping": {"type": "median", "min_epochs": 1}}
     sweep = _run(stack, body)
     assert sweep["status"] == "succeeded", sweep
-    assert f"training 2 trials of sweep {sweep['id']} as one pack" in _logs(stack)
+    assert f"training 2 trials of sweep {sweep['id']} as one pack" in stack.worker_logs()
     good, behind = sweep["trials"]
     assert good["epochs_run"] == 3 and not good["stopped_early"]
     assert behind["stopped_early"] and behind["epochs_run"] == 1 and behind["status"] == "succeeded", behind

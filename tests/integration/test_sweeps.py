@@ -77,9 +77,9 @@ def test_sweep_grid_runs_every_trial_and_reports_per_setting(stack):
 
 def test_sweep_early_stopping_ends_a_trial_that_is_clearly_behind(stack):
     # lr 1e-9 leaves the network where it started (near chance) while lr 0.5 learns: the median rule
-    # stops the second trial after its first epoch (the one worker runs them in order).
+    # stops the second trial after its first epoch (the one worker runs them in order, unpacked).
     body = {"parameters": {"lr": {"values": [0.5, 1e-9]}}, "base": {"epochs": 3, "batch_size": 32, "precise_bn": False},
-            "early_stopping": {"type": "median", "min_epochs": 1}}
+            "early_stopping": {"type": "median", "min_epochs": 1}, "pack": False}
     sweep_id = stack.client.post("/sweeps", json=body).json()["id"]
     sweep = _wait_sweep(stack, sweep_id, {"succeeded", "failed", "cancelled"})
     assert sweep["status"] == "succeeded"
@@ -101,7 +101,7 @@ def test_a_trial_stopped_early_keeps_its_uploaded_data_sets_classes(stack):
     ds = stack.upload_dataset(folder_zip(arrays, names), "three.zip", name="stop-three")
     body = {"parameters": {"lr": {"values": [0.5, 1e-9]}},
             "base": {"epochs": 3, "batch_size": 32, "precise_bn": False, "dataset": "stop-three"},
-            "early_stopping": {"type": "median", "min_epochs": 1}}
+            "early_stopping": {"type": "median", "min_epochs": 1}, "pack": False}  # a lone trial's stop
     sweep = _wait_sweep(stack, stack.client.post("/sweeps", json=body).json()["id"], {"succeeded", "failed", "cancelled"})
     assert sweep["status"] == "succeeded", sweep
     good, behind = sweep["trials"]
@@ -112,8 +112,21 @@ def test_a_trial_stopped_early_keeps_its_uploaded_data_sets_classes(stack):
         assert model["dataset"] == ds["id"] and model["classes"] == ds["classes"], model
 
 
+def test_a_cpu_worker_packs_the_trials_of_small_batches_only(stack):
+    """Where packing pays on the CPU (``packing_pays``: batches up to 32), without SWEEP_PACK_ON_CPU."""
+    def run(batch_size: int) -> dict:
+        body = {"parameters": {"seed": {"values": [0, 1]}}, "base": {"epochs": 1, "batch_size": batch_size}}
+        sweep = _wait_sweep(stack, stack.client.post("/sweeps", json=body).json()["id"], {"succeeded", "failed"})
+        assert sweep["status"] == "succeeded", sweep
+        return sweep
+
+    small, large = run(16), run(64)
+    assert f"training 2 trials of sweep {small['id']} as one pack" in stack.worker_logs()
+    assert f"of sweep {large['id']} as one pack" not in stack.worker_logs()
+
+
 def test_sweep_cancel_cancels_queued_and_running_trials(stack):
-    body = {"parameters": {"seed": {"values": [0, 1, 2]}}, "base": {"epochs": 100, "batch_size": 2}}
+    body = {"parameters": {"seed": {"values": [0, 1, 2]}}, "base": {"epochs": 100, "batch_size": 2}, "pack": False}
     sweep = stack.client.post("/sweeps", json=body).json()
     first = sweep["trials"][0]["job_id"]
     stack.wait_job(first, {"running"})
