@@ -375,18 +375,21 @@ class _Trial:
         # The weights of the last epochs, for weight averaging at whatever epoch the trial ends.
         self.snapshots: deque[list[Tensor]] = deque(maxlen=config.averaged_epochs())
 
+    def weight_average(self, epochs: int) -> WeightAverage:
+        """The average of the last ``epochs`` epochs' weights (0: an empty average)."""
+        average = WeightAverage(self.model)
+        for weights in list(self.snapshots)[len(self.snapshots) - epochs:]:
+            average.add_weights(weights)
+        return average
+
     def training_state(self, epoch: int, device: torch.device, tuner: ThreadTuner) -> TrainingState:
         """What train() of this trial's config saves after ``epoch``: a lone run resumes from it."""
-        average = None
-        if self.config.averaged_epochs() > 1:
-            average = WeightAverage(self.model)
-            # train() has added the epochs after ``epochs - averaged_epochs`` so far.
-            added = max(0, epoch - (self.config.epochs - self.config.averaged_epochs()))
-            for weights in list(self.snapshots)[len(self.snapshots) - added:]:
-                average.add_weights(weights)
+        averaged = self.config.averaged_epochs()
+        # train() has added the epochs after ``epochs - averaged`` so far.
+        average = self.weight_average(max(0, epoch - (self.config.epochs - averaged))) if averaged > 1 else None
         return capture_state(epoch, self.model, self.optimizer, self.shuffle, average,
-                             [asdict(m) for m in self.history], device, 0 if tuner.adaptive else tuner.most,
-                             tuner.schedule, global_rng=self.global_rng)
+                             [asdict(m) for m in self.history], device, tuner.recorded_threads, tuner.schedule,
+                             global_rng=self.global_rng)
 
 
 PackedProgress = Callable[[int, Progress], None]
@@ -564,13 +567,6 @@ def _finish(trial: _Trial, epochs_run: int, stopped: bool, device: torch.device,
     result = TrainResult(model=trial.model, history=trial.history, device=str(device),
                          averaged_epochs=config.averaged_epochs(), new_classifier=trial.new_classifier,
                          stopped_early=stopped)
-    average = None
-    if result.averaged_epochs > 1:
-        average = WeightAverage(trial.model)
-        with torch.no_grad():
-            for snapshot in list(trial.snapshots)[-result.averaged_epochs:]:
-                for p, saved in zip(trial.model.parameters(), snapshot, strict=True):
-                    p.copy_(saved)
-                average.add(trial.model)
+    average = trial.weight_average(result.averaged_epochs) if result.averaged_epochs > 1 else None
     return finish_training(result, config, average, train_images, test_images, test_labels)
 

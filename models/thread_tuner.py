@@ -78,6 +78,11 @@ class ThreadTuner:
         """Whether the counts come from measuring (not from a replayed schedule, nor a single core)."""
         return self._replay is None and self.most > 1
 
+    @property
+    def recorded_threads(self) -> int:
+        """The count a training state records: 0 while the counts come from measuring (automatic), else the one used."""
+        return 0 if self.adaptive else self.most
+
     def before_step(self, step: int) -> None:
         """Set the count for step ``step`` (0-based over the whole run)."""
         if self._replay is not None:

@@ -276,7 +276,7 @@ def train(
                 if on_state is not None and (epoch % config.checkpoint_every == 0 or epoch == config.epochs):
                     on_state(capture_state(epoch, model, optimizer, shuffle, average,
                                            [asdict(m) for m in result.history], device,
-                                           0 if tuner.adaptive else tuner.most, tuner.schedule))
+                                           tuner.recorded_threads, tuner.schedule))
                 if on_epoch is not None:
                     on_epoch(metrics)
         result.compiled_graphs = compiled_graph_count() - graphs_before
