@@ -396,6 +396,22 @@ PackedProgress = Callable[[int, Progress], None]
 PackedEpoch = Callable[[int, EpochMetrics], None]
 PackedStop = Callable[[int, EpochMetrics], bool]
 PackedState = Callable[[int, TrainingState], None]
+PackedResult = Callable[[int, TrainResult | TrainingDiverged], None]
+
+
+class _Results:
+    """Each trial's result, set as the trial leaves the pack and handed to ``on_result`` at once."""
+
+    def __init__(self, count: int, tuner: ThreadTuner, on_result: PackedResult | None) -> None:
+        self.slots: list[TrainResult | TrainingDiverged | None] = [None] * count
+        self.tuner, self.on_result = tuner, on_result
+
+    def settle(self, index: int, result: TrainResult | TrainingDiverged) -> None:
+        if isinstance(result, TrainResult):  # the threads of the steps it took part in
+            result.threads, result.thread_schedule = self.tuner.most, list(self.tuner.schedule)
+        self.slots[index] = result
+        if self.on_result is not None:
+            self.on_result(index, result)
 
 
 def train_packed(
@@ -408,6 +424,7 @@ def train_packed(
     cancelled: Callable[[], bool] | None = None,
     should_stop: PackedStop | None = None,
     on_state: PackedState | None = None,
+    on_result: PackedResult | None = None,
     formulation: str | None = None,
 ) -> list[TrainResult | TrainingDiverged]:
     """Train ``configs`` as one pack; result i is what ``train(configs[i], data)`` returns, to float tolerance.
@@ -419,8 +436,9 @@ def train_packed(
     ``TrainingCancelled`` for the whole pack. A trial whose loss stops being finite leaves
     the pack; its slot holds the ``TrainingDiverged``. ``on_state(i, state)``: trial i's
     ``TrainingState`` when train() would save it (every ``checkpoint_every`` epochs and after the
-    last), before ``on_epoch`` reports that epoch. ``device``: where the pack runs (default the
-    first config's). The CPU threads are the first config's ``threads``.
+    last), before ``on_epoch`` reports that epoch. ``on_result(i, result)``: trial i's result as
+    it leaves the pack (done, stopped or diverged), while the others train on. ``device``: where
+    the pack runs (default the first config's). The CPU threads are the first config's ``threads``.
     """
     if not configs:
         return []
@@ -431,8 +449,8 @@ def train_packed(
         raise ValueError("a run that starts from another model's weights is trained alone (train), not packed")
     dev = resolve_device(str(device) if device is not None else configs[0].device)
     form = formulation or default_formulation(dev)
-    results: list[TrainResult | TrainingDiverged | None] = [None] * len(configs)
     with training_threads(dev, configs[0].threads) as tuner:
+        results = _Results(len(configs), tuner, on_result)
         if dev.type == "cpu":
             keep_large_buffers()
         trials = []
@@ -446,18 +464,15 @@ def train_packed(
                 epoch += 1
                 trials = _train_epoch(trials, epoch, form, dev, train_images, train_labels, test_images, test_labels,
                                       results, progress, on_epoch, cancelled, should_stop, on_state, tuner)
-        # The finishing (weight average, precise BN) happened as each trial left; record the threads.
-        for r in results:
-            if isinstance(r, TrainResult):
-                r.threads, r.thread_schedule = tuner.most, list(tuner.schedule)
-    assert all(r is not None for r in results)
-    return cast(list[TrainResult | TrainingDiverged], results)
+    # Each trial was finished (weight average, precise BN) and handed over as it left.
+    assert all(r is not None for r in results.slots)
+    return cast(list[TrainResult | TrainingDiverged], results.slots)
 
 
 def _train_epoch(
     trials: list[_Trial], epoch: int, formulation: str, device: torch.device, train_images: Tensor,
     train_labels: Tensor, test_images: Tensor, test_labels: Tensor,
-    results: list[TrainResult | TrainingDiverged | None], progress: PackedProgress | None,
+    results: _Results, progress: PackedProgress | None,
     on_epoch: PackedEpoch | None, cancelled: Callable[[], bool] | None, should_stop: PackedStop | None,
     on_state: PackedState | None, tuner: ThreadTuner,
 ) -> list[_Trial]:
@@ -510,7 +525,7 @@ def _train_epoch(
         try:
             check_finite(losses[r], trial.config, epoch, batches)
         except TrainingDiverged as exc:
-            results[trial.index] = exc
+            results.settle(trial.index, exc)
             continue
         metrics = EpochMetrics(epoch=epoch, loss=losses[r], train_acc=correct[r] / seen,
                                test_acc=evaluate_accuracy(trial.model, test_images, test_labels),
@@ -526,7 +541,7 @@ def _train_epoch(
         last = epoch == trial.config.epochs
         stop = not last and should_stop is not None and should_stop(trial.index, metrics)
         if last or stop:
-            results[trial.index] = _finish(trial, epoch, stop, device, train_images, test_images, test_labels)
+            results.settle(trial.index, _finish(trial, epoch, stop, device, train_images, test_images, test_labels))
         else:
             going_on.append(trial)
     return going_on
@@ -534,7 +549,7 @@ def _train_epoch(
 
 def _drop(
     net: PackedLeNet, steps: PackedSteps, orders: Tensor, alive: list[int], trials: list[_Trial], rows: list[int],
-    epoch: int, batch: int, losses: list[float], results: list[TrainResult | TrainingDiverged | None],
+    epoch: int, batch: int, losses: list[float], results: _Results,
     formulation: str, device: torch.device,
 ) -> tuple[PackedLeNet, PackedSteps, Tensor, list[int]]:
     """Take diverged rows out of the pack mid-epoch: the rest are written back and repacked, sums kept."""
@@ -543,7 +558,7 @@ def _drop(
         try:
             check_finite(losses[r], trial.config, epoch, batch)
         except TrainingDiverged as exc:
-            results[trial.index] = exc
+            results.settle(trial.index, exc)
     keep = [r for r in range(len(alive)) if r not in rows]
     for r in keep:
         net.unpack_into(r, trials[alive[r]].model)

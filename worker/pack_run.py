@@ -7,7 +7,9 @@ on its device (``models.packed.packing_pays``: CUDA, and the CPU at batches up t
 claimed trial is then owned by this worker on its own attempt, with its own lease (heartbeat),
 exactly as if it ran alone: its own task, when a worker takes it, finds it running under a live
 worker and leaves it. ``train_packed`` trains them in one forward and backward per step; each
-trial's record gets its progress, epochs and outcome, its model is published under its own lease.
+trial's record gets its progress, epochs and outcome, its model is published under its own lease
+as the trial leaves the pack (its epochs done, its sweep's rule, its cancel), while the others
+train on: a later cancel or crash of the pack cannot touch a trial that has ended.
 
 Crashes follow the rules of a job: every trial of a pack whose worker died goes stale and the
 reaper requeues it, as a job of its own, and its next attempt runs it alone (only trials that never
@@ -22,7 +24,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from bnlenet import job_stats
 from bnlenet.jobs import JobRecord, StoreUnavailable
@@ -88,8 +90,8 @@ def run_pack(records: list[JobRecord], announce: Callable[[dict[str, Any]], None
 class _PackRun:
     def __init__(self, attempts: list[_Attempt]) -> None:
         self.attempts = attempts
-        self.curves: list[list[float]] = [[] for _ in attempts]
         self.stop_reasons: list[str | None] = [None] * len(attempts)
+        self.outcomes: list[Outcome | None] = [None] * len(attempts)  # set as each trial leaves the pack
 
     def run(self) -> Outcome:
         attempts = self.attempts
@@ -104,23 +106,32 @@ class _PackRun:
                     a.lease.lost.set()
             with resources.engine_lock:
                 # The sweep's rule is asked through should_stop: the pack takes a stopped trial out.
-                results = train_packed(configs, data, device=device, progress=self._progress,
-                                       on_epoch=lambda i, m: attempts[i]._record_epoch(m, configs[i].variant, device),
-                                       on_state=lambda i, state: attempts[i]._save_state(state, configs[i]),
-                                       cancelled=self._cancelled, should_stop=self._should_stop)
+                train_packed(configs, data, device=device, progress=self._progress,
+                             on_epoch=lambda i, m: attempts[i]._record_epoch(m, configs[i].variant, device),
+                             on_state=lambda i, state: attempts[i]._save_state(state, configs[i]),
+                             on_result=lambda i, result: self._settle(i, configs[i], result, data.classes),
+                             cancelled=self._cancelled, should_stop=self._should_stop)
         except TrainingCancelled:
             return self._each(lambda a: a._finish("cancelled"))
         except Exception as exc:
             log.exception("pack %s failed", ", ".join(a.job_id for a in attempts))
             error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             return self._each(lambda a: a._finish("failed", error=error))
-        outcomes = [self._outcome(a, c, r, data.classes, self.stop_reasons[i])
-                    for i, (a, c, r) in enumerate(zip(attempts, configs, results, strict=True))]
-        return outcomes[0]
+        assert self.outcomes[0] is not None  # train_packed returns once every trial has left
+        return self.outcomes[0]
 
     def _each(self, finish: Callable[[_Attempt], Outcome]) -> Outcome:
-        outcomes = [("lost", None) if a.lease.lost.is_set() else finish(a) for a in self.attempts]
-        return outcomes[0]
+        """Every trial still in the pack ends with ``finish``; those that left keep their outcome."""
+        for i, a in enumerate(self.attempts):
+            if self.outcomes[i] is None:
+                self.outcomes[i] = ("lost", None) if a.lease.lost.is_set() else finish(a)
+        return cast(Outcome, self.outcomes[0])
+
+    def _settle(self, i: int, config: Any, result: TrainResult | TrainingDiverged, classes: tuple[str, ...]) -> None:
+        """Record trial i's outcome (its model published) as it leaves the pack; its lease ends with it."""
+        a = self.attempts[i]
+        self.outcomes[i] = self._outcome(a, config, result, classes, self.stop_reasons[i])
+        a.lease.stop()
 
     @staticmethod
     def _outcome(a: _Attempt, config: Any, result: TrainResult | TrainingDiverged, classes: tuple[str, ...],
@@ -137,15 +148,18 @@ class _PackRun:
         self.attempts[i]._on_progress(p)
 
     def _cancelled(self) -> bool:
-        return all(a.lease.cancel.is_set() for a in self.attempts)
+        """Every trial still in the pack is cancelled: the pack stops between batches."""
+        return all(a.lease.cancel.is_set() for a, done in zip(self.attempts, self.outcomes, strict=True) if done is None)
 
     def _should_stop(self, i: int, m: EpochMetrics) -> bool:
-        """A trial leaves the pack when its cancel (or loss of the job) came, or its sweep's rule ends it."""
+        """A trial leaves the pack when its cancel (or loss of the job) came, or its sweep's rule ends it.
+
+        The rule is asked where a lone trial asks it: after an epoch whose training state the trial holds.
+        """
         a = self.attempts[i]
-        self.curves[i].append(m.test_acc)
         if a.lease.cancel.is_set():
             return True
-        self.stop_reasons[i] = a.trial.reason(self.curves[i])
+        self.stop_reasons[i] = a.trial.reason_after(a.last_state, m.epoch)
         return self.stop_reasons[i] is not None
 
 

@@ -61,11 +61,15 @@ class TrialRule:
 
     def check(self, state: TrainingState | None, epoch: int) -> None:
         """Raise ``StoppedEarly`` when the rule ends the trial after ``epoch`` (whose state is ``state``)."""
-        if state is None or state.epoch != epoch:
-            return
-        reason = self.reason([m["test_acc"] for m in state.history])
-        if reason is not None:
+        reason = self.reason_after(state, epoch)
+        if reason is not None and state is not None:
             raise StoppedEarly(reason, state)
+
+    def reason_after(self, state: TrainingState | None, epoch: int) -> str | None:
+        """Why the rule ends the trial after ``epoch``; asked only where ``state`` is that epoch's. None: it goes on."""
+        if state is None or state.epoch != epoch:
+            return None
+        return self.reason([m["test_acc"] for m in state.history])
 
     def reason(self, mine: list[float]) -> str | None:
         """Why the rule ends the trial whose per-epoch test accuracies are ``mine``; None: it goes on."""

@@ -99,3 +99,22 @@ def test_the_sweeps_rule_takes_a_trial_out_of_its_pack(stack):
     for trial in (good, behind):
         job = stack.job(trial["job_id"])
         assert job["attempts"] == 1 and job["attempt_log"][0]["saved_epoch"] == trial["epochs_run"], job
+
+
+def test_a_trial_that_leaves_its_pack_is_recorded_then_and_keeps_its_model_when_the_sweep_is_cancelled(stack):
+    # One pack of a 1-epoch and a 100-epoch trial: the short one's outcome is written when it leaves the pack,
+    # not when the pack ends, so the sweep's cancel that ends the long one cannot take the short one's model.
+    sweep = stack.client.post("/sweeps", json={"parameters": {"epochs": {"values": [1, 100]}},
+                                               "base": {"batch_size": 2}}).json()
+    assert "trials" in sweep, sweep
+    short_id, long_id = (t["job_id"] for t in sweep["trials"])
+    short = stack.wait_job(short_id, {"succeeded", "failed", "cancelled"}, timeout=60)
+    assert f"training 2 trials of sweep {sweep['id']} as one pack" in stack.worker_logs()
+    assert short["status"] == "succeeded" and short["model_id"] == short_id, short
+    assert stack.job(long_id)["status"] == "running"  # the pack goes on with the other trial
+    assert stack.client.post(f"/sweeps/{sweep['id']}/cancel").status_code == 200
+    assert stack.wait_job(long_id, {"succeeded", "failed", "cancelled"}, timeout=60)["status"] == "cancelled"
+    short = stack.job(short_id)
+    assert short["status"] == "succeeded" and short["model_id"] == short_id and len(short["history"]) == 1, short
+    model = stack.client.get(f"/models/{short_id}")
+    assert model.status_code == 200 and model.json()["final_test_acc"] == short["final_test_acc"]

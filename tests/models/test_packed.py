@@ -106,8 +106,20 @@ def test_a_packed_trial_saves_the_state_train_saves_and_goes_on_alone_from_it(da
 
 def test_packed_trials_with_different_epochs_leave_when_done(data: FashionMNIST) -> None:
     configs = [replace(c, epochs=e) for c, e in zip(_configs("builtin"), (1, 3, 2), strict=True)]
-    packed = train_packed(configs, data)
+    events: list[tuple[str, int, int]] = []
+    handed: dict[int, TrainResult | TrainingDiverged] = {}
+
+    def on_result(i: int, result: TrainResult | TrainingDiverged) -> None:
+        handed[i] = result
+        events.append(("result", i, len(result.history) if isinstance(result, TrainResult) else 0))
+
+    packed = train_packed(configs, data, on_epoch=lambda i, m: events.append(("epoch", i, m.epoch)),
+                          on_result=on_result)
     assert [len(r.history) for r in packed if isinstance(r, TrainResult)] == [1, 3, 2]
+    # Each result is handed over as its trial leaves, while the others train on (a worker publishes it then).
+    assert events == [("epoch", 0, 1), ("result", 0, 1), ("epoch", 1, 1), ("epoch", 2, 1),
+                      ("epoch", 1, 2), ("epoch", 2, 2), ("result", 2, 2), ("epoch", 1, 3), ("result", 1, 3)]
+    assert all(handed[i] is packed[i] for i in range(3))
     assert not any(isinstance(r, TrainResult) and r.stopped_early for r in packed)
     _assert_same_run(packed[1], train(configs[1], data))
 
@@ -115,8 +127,10 @@ def test_packed_trials_with_different_epochs_leave_when_done(data: FashionMNIST)
 def test_packed_diverged_trial_leaves_the_others_unharmed(data: FashionMNIST) -> None:
     configs = _configs("scratch")
     configs[1] = replace(configs[1], lr=1e36)
-    packed = train_packed(configs, data)
+    handed: list[int] = []
+    packed = train_packed(configs, data, on_result=lambda i, result: handed.append(i))
     assert isinstance(packed[1], TrainingDiverged) and "learning rate 1e+36" in str(packed[1])
+    assert handed[0] == 1 and sorted(handed) == [0, 1, 2]  # the diverged trial's outcome comes first, at once
     _assert_same_run(packed[0], train(configs[0], data))
     _assert_same_run(packed[2], train(configs[2], data))
 
