@@ -118,3 +118,16 @@ def test_a_trial_that_leaves_its_pack_is_recorded_then_and_keeps_its_model_when_
     assert short["status"] == "succeeded" and short["model_id"] == short_id and len(short["history"]) == 1, short
     model = stack.client.get(f"/models/{short_id}")
     assert model.status_code == 200 and model.json()["final_test_acc"] == short["final_test_acc"]
+
+
+def test_a_packed_trial_stops_only_after_an_epoch_whose_state_it_holds(stack):
+    # As a lone trial: with checkpoint_every 2 the rule is first asked after epoch 2, not 1.
+    body = {"parameters": {"lr": {"values": [0.5, 1e-9]}},
+            "base": {"epochs": 4, "batch_size": 16, "precise_bn": False, "checkpoint_every": 2},
+            "early_stopping": {"type": "median", "min_epochs": 1}}
+    sweep = _run(stack, body)
+    assert f"training 2 trials of sweep {sweep['id']} as one pack" in stack.worker_logs()
+    good, behind = sweep["trials"]
+    assert good["epochs_run"] == 4 and not good["stopped_early"]
+    assert behind["stopped_early"] and behind["epochs_run"] == 2, behind
+    assert stack.job(behind["job_id"])["attempt_log"][0]["saved_epoch"] == 2
