@@ -223,7 +223,8 @@ def train(
     """Train a LeNet with BN on ``data``; returns the model in eval mode and the history.
 
     The LeNet is fresh, or starts from ``init_state``, the state_dict of the model
-    ``config.init_model`` names (``models.init_model``; the caller resolves the name).
+    ``config.init_model`` names (``models.init_model``; the caller resolves the name; a run that
+    ``resume``s needs none, the state holds its weights).
     ``on_state`` is given the run's ``TrainingState`` every ``checkpoint_every`` epochs and
     after the last; ``resume`` (such a state, of a run of the same config) continues from it,
     ending with the model the uninterrupted run ends with. Raises ``TrainingDiverged`` when
@@ -232,7 +233,8 @@ def train(
     ``thread_schedule`` (a checkpoint's ``engine.thread_schedule``) replays the CPU thread counts
     of a run instead of choosing them, which gives that run's model bit for bit (``models.thread_tuner``).
     """
-    if (config.init_model is None) != (init_state is None):
+    # A resumed run's weights are its state's: the model it started from is not needed again.
+    if (config.init_model is None) != (init_state is None) and not (resume is not None and init_state is None):
         raise ValueError("init_model names the model a run starts from and init_state holds its weights: "
                          "give both or neither")
     device = resolve_device(config.device)

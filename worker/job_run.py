@@ -101,11 +101,18 @@ class _Attempt:
 
     def _train_and_publish(self) -> Outcome:
         try:
-            config, init_state = starting_state(job_config(self.params, self.settings), resources.model_store())
+            config = job_config(self.params, self.settings)
+            try:
+                config, init_state = starting_state(config, resources.model_store())
+                parent_unusable: ValueError | None = None
+            except ValueError as exc:  # deleted since: only a run that has no training state needs it
+                init_state, parent_unusable = None, exc
             device = str(resolve_device(config.device))
             dataset, data = resources.datasets().get(config.dataset)  # fetched once per host, decoded once
             config = replace(config, dataset=dataset)  # the id, whatever name an older record holds
             resume = self._resume_from(config)
+            if parent_unusable is not None and resume is None:
+                raise parent_unusable
             with resources.engine_lock:  # after the warm-up, which compiles what this job reuses
                 result = train(config, data, on_progress=self._on_progress,
                                on_epoch=lambda m: self._on_epoch(m, config.variant, device),

@@ -117,3 +117,26 @@ def test_resume_job_killed_five_times_ends_with_the_uninterrupted_model(resume_s
     assert list(stored) == list(expected)
     for name, tensor in expected.items():
         assert torch.equal(stored[name], tensor.cpu()), (name, seed)
+
+
+def test_a_job_resumes_from_its_state_when_the_model_it_started_from_was_deleted(resume_stack: Stack):
+    s = resume_stack
+    parent = s.client.post("/train", json={"epochs": 1, "batch_size": 64}).json()["job_id"]
+    assert s.wait_job(parent, {"succeeded", "failed", "cancelled"})["status"] == "succeeded"
+    job_id = s.client.post("/train", json={**JOB, "epochs": 4, "init_model": parent}).json()["job_id"]
+
+    def saved_an_epoch() -> bool:
+        job = s.job(job_id)
+        assert job["status"] in ("queued", "running"), job
+        return bool(job["history"])  # a state is saved before its epoch is reported
+
+    wait_for(saved_an_epoch, 120, lambda: f"{s.job(job_id)}\n{s.workers[-1].tail()}", interval=0.02)
+    assert s.client.delete(f"/models/{parent}").status_code == 204
+    os.kill(_pid(s.job(job_id)), signal.SIGKILL)
+    # The state holds every weight the run goes on from: the parent's are not needed again.
+    job = s.wait_job(job_id, {"succeeded", "failed", "cancelled"}, timeout=180)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2 and job["attempt_log"][1]["resumed_from"] >= 1, job["attempt_log"]
+    assert [m["epoch"] for m in job["history"]] == [1, 2, 3, 4]
+    model = s.client.get(f"/models/{job_id}").json()
+    assert model["parent"] == parent, model  # what it started from, though that model is gone
