@@ -16,6 +16,7 @@ from bnlenet.jobs import TERMINAL, JobStore, StoreUnavailable, is_stale
 from bnlenet.model_news import ModelNews
 from bnlenet.model_store import ModelStore, ModelUnusable, ObjectStoreUnavailable, UnknownModel
 from bnlenet.settings import Settings
+from bnlenet.sweeps.store import SweepStore
 from bnlenet.training_queue import Publisher
 from bnlenet.training_states import TrainingStates
 from worker.outbox import publish_outbox
@@ -87,6 +88,9 @@ class Reaper(threading.Thread):
                     expired = self.store.expire()  # finished jobs past JOB_RETENTION_DAYS
                     if expired:
                         log.info("deleted %d finished job(s) past their retention", expired)
+                    expired = SweepStore(self.store).expire()  # sweeps, with their trials, likewise
+                    if expired:
+                        log.info("deleted %d finished sweep(s) past their retention, with their trials", expired)
                     next_sweep = time.monotonic() + self.settings.REAPER_INTERVAL_S
             except StoreUnavailable as exc:
                 log.warning("reaper: %s", exc)

@@ -128,6 +128,10 @@ class JobStore:
     def events_key(job_id: str) -> str:
         return f"{_PREFIX}:job:{job_id}:events"
 
+    # A sweep's trials are kept as long as their sweep: the sweep and its trials' jobs expire together,
+    # the retention after its last trial ended (``SweepStore.expire``), so its results never lose trials.
+    sweep_expiry_key = f"{_PREFIX}:sweeps:expiry"
+
     @staticmethod
     def sweep_events_key(sweep_id: str) -> str:
         """A sweep's events: its trials' ``epoch`` and ``status`` events, each naming its job (``bnlenet.sweeps``)."""
@@ -357,8 +361,11 @@ class JobStore:
                 pipe.zrem(self._index_key(old["status"]), job_id)
                 pipe.zadd(self._index_key(new["status"]), {job_id: new["created_at"]})
                 if self.retention_s and new["status"] in TERMINAL and old["status"] not in TERMINAL:
-                    ends = new["finished_at"] or time.time()
-                    pipe.zadd(self._expiry_key, {job_id: ends + self.retention_s})
+                    expires = (new["finished_at"] or time.time()) + self.retention_s
+                    if new["sweep_id"] is None:
+                        pipe.zadd(self._expiry_key, {job_id: expires})
+                    else:  # the trial that ends last sets its sweep's time
+                        pipe.zadd(self.sweep_expiry_key, {new["sweep_id"]: expires})
             if also is not None:
                 also(pipe, new)
 

@@ -172,6 +172,7 @@ class SweepStore:
             pipe.multi()
             pipe.delete(key, JobStore.sweep_events_key(sweep_id))
             pipe.zrem(self.index_key, sweep_id)
+            pipe.zrem(JobStore.sweep_expiry_key, sweep_id)
             for job_id in ids:
                 self.jobs.queue_removal(pipe, job_id)
             removed[:] = ids
@@ -179,6 +180,25 @@ class SweepStore:
         with self.jobs.errors():
             self.redis.transaction(transaction, key)
         return removed
+
+    def expire(self, *, now: float | None = None, batch: int = 100) -> int:
+        """Delete the sweeps (with their trials' jobs) whose last trial ended a retention ago; how many went."""
+        now = time.time() if now is None else now
+        with self.jobs.errors():
+            due = [_text(i) for i in self.redis.zrangebyscore(JobStore.sweep_expiry_key, "-inf", now, start=0,
+                                                                 num=batch)]
+        gone = 0
+        for sweep_id in due:
+            try:
+                self.delete(sweep_id)
+                gone += 1
+            except SweepNotFound:  # deleted meanwhile
+                with self.jobs.errors():
+                    self.redis.zrem(JobStore.sweep_expiry_key, sweep_id)
+            except SweepRunning:  # a trial has not ended (requeued, say): its end sets the time again
+                with self.jobs.errors():
+                    self.redis.zadd(JobStore.sweep_expiry_key, {sweep_id: now + (self.jobs.retention_s or 0)})
+        return gone
 
     # events: the trials' events in one stream
     def snapshot(self, sweep_id: str) -> tuple[SweepRecord, builtins.list[JobRecord | None], str]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from bnlenet.jobs import JobStore
+from bnlenet.sweeps.store import SweepStore
 from tests.api.conftest import png_bytes, sample_image
 
 
@@ -95,3 +98,23 @@ def test_delete_model_removes_checkpoint_and_cached_copies(make_client, checkpoi
     assert other.post("/predict", files=image).json()["model_id"] == "model-builtin"  # the newest left
     assert client.get("/models").json()["count"] == 1
     assert client.delete("/models/model-scratch", headers={"Authorization": "Bearer s3cret"}).status_code == 404
+
+
+def test_a_sweeps_trials_are_kept_while_it_is_and_expire_with_it(client, redis_url):
+    sweep = client.post("/sweeps", json={"parameters": {"seed": {"values": [0, 1]}}, "base": {"epochs": 1}}).json()
+    store = JobStore.from_url(redis_url, retention_s=30 * 86400)
+    for trial in sweep["trials"]:
+        assert store.claim(trial["job_id"], worker="w:1", pid=1, task_id="t", max_attempts=3, stale_after=30).run
+        store.finish(trial["job_id"], "succeeded", worker="w:1", attempt=1, final_test_acc=0.8)
+    later = time.time() + 31 * 86400
+    store.expire(now=later)  # finished jobs past their retention: a sweep's trials are not among them
+    assert SweepStore(store).expire(now=time.time() + 29 * 86400) == 0
+    kept = client.get(f"/sweeps/{sweep['id']}").json()
+    assert kept["status"] == "succeeded" and kept["best"]["final_test_acc"] == 0.8, kept
+    assert [t["status"] for t in kept["trials"]] == ["succeeded", "succeeded"]
+    # The retention after its last trial ended: the sweep goes, and its trials' jobs with it.
+    assert SweepStore(store).expire(now=later) == 1
+    assert client.get(f"/sweeps/{sweep['id']}").status_code == 404
+    assert all(client.get(f"/jobs/{t['job_id']}").status_code == 404 for t in sweep["trials"])
+    keys = {k.decode() for k in redis.Redis.from_url(redis_url).keys("bnlenet:*")}
+    assert not any(sweep["id"] in k or any(t["job_id"] in k for t in sweep["trials"]) for k in keys)
