@@ -200,22 +200,48 @@ class JobStore:
             return [_text(i) for i in self.redis.zrange(self._index_key(status), 0, -1)]
 
     # submit and the outbox
-    def submit(self, params: dict[str, Any], *, idempotency_key: str | None = None) -> tuple[Record, bool]:
+    def submit(self, params: dict[str, Any], *, idempotency_key: str | None = None,
+               request: str | None = None) -> tuple[Record, bool]:
         """Store a new queued job, or with a key seen before, find the job it made; (record, new?).
 
         The record, its indexes, its outbox entry and the key are written in one transaction.
+        ``request``: the fingerprint of the request as the client sent it (default: of ``params``).
         Raises ``IdempotencyConflict`` when the key was used with other parameters.
         """
+        request = fingerprint(params) if request is None else request
         record = new_record(uuid.uuid4().hex, params, time.time())
-        earlier = self.create([record], made=record["job_id"], fingerprint=fingerprint(params),
-                              idempotency_key=idempotency_key)
+        earlier = self.create([record], made=record["job_id"], fingerprint=request, idempotency_key=idempotency_key)
         if earlier is None:
             return record, True
+        replayed = self.replayed_job(idempotency_key, request)
+        return (replayed, False) if replayed is not None else self.submit(
+            params, idempotency_key=idempotency_key, request=request)
+
+    def replayed_job(self, idempotency_key: str | None, request: str) -> Record | None:
+        """The job a key seen before made for this request (``IdempotencyConflict``: for another); None: a new one.
+
+        Asked before anything else about a request, so that a retry gets its job whatever changed
+        since (an alias moved, a model deleted, the queue filled up).
+        """
+        earlier = self.earlier(idempotency_key, request)
+        if earlier is None:
+            return None
         try:
-            return self.get(earlier), False
+            return self.get(earlier)
         except JobNotFound:  # the job was deleted since: the key made it, so it is gone too
             self.forget_idempotency_key(idempotency_key)
-            return self.submit(params, idempotency_key=idempotency_key)
+            return None
+
+    def earlier(self, idempotency_key: str | None, request: str) -> str | None:
+        """The id (a job's or a sweep's) a key seen before stands for, None for a new key.
+
+        Raises ``IdempotencyConflict`` when the key was used for a request with another fingerprint.
+        """
+        if not idempotency_key:
+            return None
+        with self._errors():
+            seen = self.redis.get(self._idempotency_key(idempotency_key))
+        return None if seen is None else _same_request(_text(seen), request)
 
     def create(self, records: builtins.list[Record], *, made: str, fingerprint: str,
                idempotency_key: str | None = None, also: Callable[[Pipeline], object] | None = None) -> str | None:
@@ -254,14 +280,7 @@ class JobStore:
                 self.redis.transaction(transaction)
             else:
                 self.redis.transaction(transaction, idem)
-        if earlier is None:
-            return None
-        earlier_id, _, earlier_fingerprint = earlier.partition(" ")
-        if earlier_fingerprint != fingerprint:
-            raise IdempotencyConflict(
-                "this Idempotency-Key was used for a request with other parameters; use a new key for a new request"
-            )
-        return earlier_id
+        return None if earlier is None else _same_request(earlier, fingerprint)
 
     def forget_idempotency_key(self, idempotency_key: str | None) -> None:
         """Drop a key whose job (or sweep) was deleted: a retry with it makes a new one."""
@@ -588,6 +607,16 @@ class JobStore:
         with self._errors():
             names = self.redis.zrangebyscore(self._workers_key, time.time() - within, "+inf")
         return sorted(_text(n) for n in names)
+
+
+def _same_request(stored: str, request: str) -> str:
+    """The id a stored key stands for (``<id> <fingerprint>``), if it was stored for ``request``."""
+    earlier_id, _, earlier_fingerprint = stored.partition(" ")
+    if earlier_fingerprint != request:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was used for a request with other parameters; use a new key for a new request"
+        )
+    return earlier_id
 
 
 def fingerprint(params: Any) -> str:

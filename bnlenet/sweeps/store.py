@@ -83,15 +83,29 @@ class SweepStore:
             pipe.set(self.key(sweep_id), json.dumps(record))
             pipe.zadd(self.index_key, {sweep_id: now})
 
-        earlier = self.jobs.create(jobs, made=sweep_id, fingerprint=fingerprint({"sweep": spec.as_dict()}),
+        earlier = self.jobs.create(jobs, made=sweep_id, fingerprint=self.request(spec),
                                    idempotency_key=idempotency_key, also=also)
         if earlier is None:
             return record, True
+        replayed = self.replayed(idempotency_key, spec)
+        return (replayed, False) if replayed is not None else self.create(
+            spec, idempotency_key=idempotency_key, resolve=resolve)
+
+    @staticmethod
+    def request(spec: SweepSpec) -> str:
+        """The fingerprint of a sweep request, as its ``Idempotency-Key`` stands for it."""
+        return fingerprint({"sweep": spec.as_dict()})
+
+    def replayed(self, idempotency_key: str | None, spec: SweepSpec) -> SweepRecord | None:
+        """The sweep a key seen before made for this request (``IdempotencyConflict``: for another); None: new."""
+        earlier = self.jobs.earlier(idempotency_key, self.request(spec))
+        if earlier is None:
+            return None
         try:
-            return self.get(earlier), False
-        except SweepNotFound:
+            return self.get(earlier)
+        except SweepNotFound:  # deleted since: the key made it, so it is gone too
             self.jobs.forget_idempotency_key(idempotency_key)
-            return self.create(spec, idempotency_key=idempotency_key, resolve=resolve)
+            return None
 
     def get(self, sweep_id: str) -> SweepRecord:
         with self.jobs.errors():

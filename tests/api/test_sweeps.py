@@ -68,6 +68,15 @@ def test_sweep_idempotency_key_returns_the_same_sweep(client):
     assert other.status_code == 409
 
 
+def test_sweep_idempotency_key_retry_returns_its_sweep_when_the_queue_is_full(make_client):
+    client = make_client(MAX_QUEUED_JOBS=4)  # GRID's four trials fill it
+    first = client.post("/sweeps", json=GRID, headers={"Idempotency-Key": "full-after"})
+    assert first.status_code == 202, first.text
+    again = client.post("/sweeps", json=GRID, headers={"Idempotency-Key": "full-after"})
+    assert again.status_code == 202, again.text
+    assert again.json()["id"] == first.json()["id"] and client.get("/jobs").json()["count"] == 4
+
+
 def test_sweep_cancel_then_delete(client, redis_url):
     sweep = client.post("/sweeps", json=GRID).json()
     cancelled = client.post(f"/sweeps/{sweep['id']}/cancel").json()

@@ -236,3 +236,24 @@ def test_train_init_model_that_does_not_verify_is_409(make_client, checkpoint_di
 def test_train_init_model_that_cannot_be_a_name_is_422(client, name):
     r = client.post("/train", json={"init_model": name})
     assert r.status_code == 422 and any("init_model" in err["loc"] for err in r.json()["errors"])
+
+
+def test_train_idempotency_key_retry_returns_its_job_after_the_alias_moved_or_the_queue_filled(make_client,
+                                                                                                 trained_models):
+    # The retry is the request the client sent: it gets the job the first one made, whatever changed since.
+    client = make_client(MAX_QUEUED_JOBS=1)
+    builtin_id = trained_models[1][0]
+    assert client.put(f"/models/{builtin_id}/aliases/champion").status_code == 200
+    try:
+        body = {"epochs": 2, "variant": "builtin", "init_model": "champion"}
+        first = client.post("/train", json=body, headers={"Idempotency-Key": "retry-after-moves"})
+        assert first.status_code == 202 and first.json()["params"]["init_model"] == builtin_id
+        assert client.post("/train", json={"epochs": 2}).status_code == 429  # the queue is full now
+        assert client.put("/models/model-scratch/aliases/champion").status_code == 200  # another variant's model
+        again = client.post("/train", json=body, headers={"Idempotency-Key": "retry-after-moves"})
+        assert again.status_code == 202, again.text
+        assert again.json()["job_id"] == first.json()["job_id"] and again.json()["params"]["init_model"] == builtin_id
+        assert client.get("/jobs").json()["count"] == 1
+    finally:  # the models are the session's
+        client.delete("/models/model-scratch/aliases/champion")
+        client.delete(f"/models/{builtin_id}/aliases/champion")

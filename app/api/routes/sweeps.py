@@ -86,6 +86,10 @@ def create_sweep(
         description="a retry with the same key and request returns the sweep the first one made")] = None,
 ) -> SweepOut:
     spec = parse_spec(body.model_dump(), SweepLimits.from_settings(settings))
+    earlier = store.replayed(idempotency_key, spec)  # a retry gets its sweep, whatever changed since
+    if earlier is not None:
+        response.headers["Location"] = f"/sweeps/{earlier['sweep_id']}"
+        return sweep_out(store, earlier)
     trials = len(expand(spec))
     queued = store.jobs.count("queued")
     if settings.MAX_QUEUED_JOBS and queued + trials > settings.MAX_QUEUED_JOBS:

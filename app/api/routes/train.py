@@ -18,6 +18,7 @@ from app.errors import BadInput, QueueFull, error_responses
 from app.faults import fault_point
 from app.schemas import JobOut, train_request_model
 from bnlenet.datasets.builtin import BUILTIN_ALIAS
+from bnlenet.jobs.store import fingerprint
 from bnlenet.model_store import ModelStore, ModelUnusable, UnknownModel
 from bnlenet.settings import Settings
 from models.init_model import variant_mismatch
@@ -64,6 +65,13 @@ def make_router(settings: Settings) -> APIRouter:
         # is 202; a 503 means nothing was stored.
         # A soft limit (a check, then a create): a burst may pass it by a few, never by many.
         params = body.model_dump()
+        # A retry is the request as the client sent it: it gets its job whatever changed since (an alias
+        # moved, a model deleted, the queue filled up), so the key is looked up before anything else.
+        request = fingerprint(params)
+        earlier = store.replayed_job(idempotency_key, request)
+        if earlier is not None:
+            response.headers["Location"] = f"/jobs/{earlier['job_id']}"
+            return JobOut.model_validate(earlier)
         # An alias is resolved now: the job trains on the data set named here even if the alias moves (404: none).
         params["dataset"] = datasets.resolve(params.get("dataset") or BUILTIN_ALIAS)  # null: the default
         if params.get("init_model") is not None:
@@ -72,7 +80,7 @@ def make_router(settings: Settings) -> APIRouter:
         if settings.MAX_QUEUED_JOBS and queued >= settings.MAX_QUEUED_JOBS:
             raise QueueFull(f"{queued} jobs are queued, the most this service takes (MAX_QUEUED_JOBS="
                             f"{settings.MAX_QUEUED_JOBS}); try again when some have started, or cancel some")
-        record, new = store.submit(params, idempotency_key=idempotency_key)
+        record, new = store.submit(params, idempotency_key=idempotency_key, request=request)
         job_id = record["job_id"]
         if new:
             fault_point("after-store-before-publish")
