@@ -256,13 +256,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from models.checkpoint import load_checkpoint
+    from models.checkpoint import class_names, load_checkpoint
     from models.inference import predict_probabilities
     from models.preprocess import image_to_tensor
 
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = load_checkpoint(_checkpoint_file(args.checkpoint, Path(scratch))[0])
-    classes = checkpoint.metadata.get("classes") or []
+    classes = class_names(checkpoint.metadata)  # as the service names them
     for image in args.images:
         probs = predict_probabilities(checkpoint.model, image_to_tensor(image.read_bytes()))[0]
         index = int(probs.argmax())

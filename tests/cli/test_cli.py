@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.checkpoint import load_checkpoint
-from models.data import load_fashion_mnist
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.data import CLASS_NAMES, load_fashion_mnist
 from models.inference import predict_probabilities
 from models.preprocess import image_to_tensor
 from models.threads import usable_cores  # the function itself: conftest patches the module's name
@@ -108,6 +108,21 @@ def test_cli_predict_matches_the_model(trained: tuple[Path, list[dict[str, objec
         torch.testing.assert_close(torch.tensor(got["probabilities"]), expected, rtol=0, atol=1e-6)
     text = _bnlenet("predict", str(out), str(paths[0]))
     assert text.returncode == 0 and f"{paths[0]}: " in text.stdout and "p=" in text.stdout
+
+
+def test_cli_predict_names_the_class_as_the_service_does_for_a_checkpoint_without_classes(
+        trained: tuple[Path, list[dict[str, object]]], synthetic_data_dir: Path, tmp_path: Path) -> None:
+    # Written before checkpoints stored their classes: Fashion-MNIST's names, as /predict answers.
+    out, _ = trained
+    checkpoint = load_checkpoint(out)
+    old = save_checkpoint(tmp_path / "old.safetensors", checkpoint.model,
+                          {k: v for k, v in checkpoint.metadata.items() if k not in ("classes", "checksum")})
+    image = tmp_path / "0.png"
+    Image.fromarray(load_fashion_mnist(synthetic_data_dir, download=False).test_images[0].numpy()).save(image)
+    proc = _bnlenet("predict", str(old), str(image), "--json")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["class_name"] == CLASS_NAMES[got["class_index"]], got
 
 
 def test_cli_inspect_shows_every_bn_layer(trained: tuple[Path, list[dict[str, object]]]) -> None:
