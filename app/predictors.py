@@ -69,7 +69,7 @@ class Predictors:
         return len(self._entries)
 
     def predict(self, loaded: LoadedModel, images: Sequence[Tensor]) -> tuple[Runtime, Tensor]:
-        """The runtime that answered and the probabilities ``(N, 10)`` of ``images`` (N of ``(1, 1, 28, 28)``)."""
+        """The runtime that answered and the probabilities ``(N, K)`` of ``images`` (N of ``(1, 1, 28, 28)``)."""
         runtime, predictor = self._entry(loaded).serving
         return runtime, predictor.predict_probabilities(stack_images(images))
 

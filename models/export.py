@@ -3,7 +3,7 @@
 Every export is of the model in eval mode, so BN normalizes with its running statistics and
 an image's answer depends on that image alone. The ONNX and pt2 exports take the network's
 input ``image`` ``(N, 1, 28, 28)`` float32 (pixel / 255, as the training data) with any batch
-size ``N`` and answer ``probabilities`` ``(N, 10)``: the softmax that ``/predict`` answers,
+size ``N`` and answer ``probabilities`` ``(N, K)`` (K: the model's classes): the softmax that ``/predict`` answers,
 so the two compare directly (logits are not exported; ``log`` of the probabilities gives
 them up to a constant per image).
 
@@ -102,7 +102,7 @@ class ProbabilitiesModel(nn.Module):
         self.net = net
 
     def forward(self, image: Tensor) -> Tensor:
-        return torch.softmax(self.net(image), dim=1)  # (N, 10)
+        return torch.softmax(self.net(image), dim=1)  # (N, K classes)
 
 
 def check_export_format(fmt: str) -> ExportFormat:

@@ -21,7 +21,7 @@ INPUT_SHAPE = (1, 1, IMAGE_SIZE, IMAGE_SIZE)  # one image as preprocess.py makes
 
 @torch.inference_mode()
 def predict_probabilities(model: nn.Module, X: Tensor) -> Tensor:
-    """Class probabilities ``(N, 10)`` for inputs ``(N, 1, 28, 28)``.
+    """Class probabilities ``(N, K)`` (K: the model's classes) for inputs ``(N, 1, 28, 28)``.
 
     The model must be in eval mode: in training mode BN would normalize with the statistics
     of whatever else is in the batch and update its running statistics.
@@ -47,12 +47,12 @@ def stack_images(images: Sequence[Tensor]) -> Tensor:
 
 @torch.inference_mode()
 def predict_batch(model: nn.Module, images: Sequence[Tensor]) -> Tensor:
-    """Class probabilities ``(N, 10)`` for ``N`` single images ``(1, 1, 28, 28)``, in order, in one forward pass.
+    """Class probabilities ``(N, K)`` for ``N`` single images ``(1, 1, 28, 28)``, in order, in one forward pass.
 
     In eval mode BN uses its running statistics, so each row equals that image predicted
     alone (to float rounding). A malformed image is a ValueError naming its index.
     """
-    return predict_probabilities(model, stack_images(images))  # (N, 10)
+    return predict_probabilities(model, stack_images(images))  # (N, K)
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Where predictions run: eager PyTorch, or onnxruntime on the model's ONNX export.
 
-Both answer the same question the same way: class probabilities ``(N, 10)`` for inputs
+Both answer the same question the same way: class probabilities ``(N, K)`` for inputs
 ``(N, 1, 28, 28)``, BN in eval mode (in the ONNX export the running statistics are constants).
 On a CPU, onnxruntime answers one image about ten times faster than eager PyTorch and a batch
 of 256 three to four times faster (``python -m bench --only export``), so it is offered as a
@@ -38,7 +38,7 @@ RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 
 class Predictor(Protocol):
-    """Anything that answers class probabilities ``(N, 10)`` for inputs ``(N, 1, 28, 28)`` float32."""
+    """Anything that answers class probabilities ``(N, K)`` for inputs ``(N, 1, 28, 28)`` float32."""
 
     def predict_probabilities(self, X: Tensor) -> Tensor: ...
 
@@ -91,10 +91,10 @@ class OnnxRuntimeModel:
         return cls(onnx_bytes(model, metadata, model_id=model_id), threads=threads)
 
     def predict_probabilities(self, X: Tensor) -> Tensor:
-        """Probabilities ``(N, 10)`` for ``X`` ``(N, 1, 28, 28)`` float32 on the CPU, as ``models.inference``'s."""
+        """Probabilities ``(N, K)`` for ``X`` ``(N, 1, 28, 28)`` float32 on the CPU, as ``models.inference``'s."""
         x = np.ascontiguousarray(X.detach().cpu().numpy(), dtype=np.float32)  # (N, 1, 28, 28)
         (probabilities,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})
-        return torch.from_numpy(probabilities)  # (N, 10)
+        return torch.from_numpy(probabilities)  # (N, K)
 
 
 def make_predictor(

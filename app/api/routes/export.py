@@ -34,7 +34,7 @@ RETRY_AFTER_S = 2  # a 202's advice: an ONNX export takes a few seconds
     summary="Export the model: ONNX, torch.export (pt2) or safetensors",
     description=f"Formats: {', '.join(EXPORT_FORMATS)}. The model in eval mode (BN uses its running "
     f"statistics). `onnx`: opset {ONNX_OPSET}, input `{INPUT_NAME}` (N, 1, 28, 28) float32 pixel / 255, "
-    f"any batch size, output `{OUTPUT_NAME}` (N, 10) softmax, the same numbers `/predict` answers; class "
+    f"any batch size, output `{OUTPUT_NAME}` (N, K) softmax over the model's K classes, the same numbers `/predict` answers; class "
     "names and preprocessing in its `metadata_props`. `pt2`: a `torch.export` program for "
     "`torch.export.load`, same input and output, metadata in its extra file `bnlenet.json`. "
     "`safetensors`: the checkpoint. Made on first request, in the background, and cached: a request waits a few "
