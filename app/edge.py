@@ -8,8 +8,10 @@ buffered whole. ``GuardedHttpToolsProtocol`` is uvicorn's httptools protocol plu
 * a deadline for the request head (``HTTP_HEADER_TIMEOUT_S``, from the connection's first
   byte or a new request's first byte): a client that has not sent a whole head by then gets
   408 and the connection is closed; a connection that sends nothing is closed as well;
-* a deadline for the body (``HTTP_BODY_TIMEOUT_S``, from the end of the head): the connection
-  is closed, and the app sees the client leave;
+* a deadline for the body (``HTTP_BODY_TIMEOUT_S`` from the end of the head, plus a second per
+  ``HTTP_BODY_MIN_BYTES_PER_S`` bytes received, as Apache's ``MinRate``): a body that keeps
+  arriving at that rate has as long as it needs (a data set upload of hundreds of MB), one that
+  trickles is cut off; the connection is closed, and the app sees the client leave;
 * at most ``HTTP_MAX_HEADER_BYTES`` bytes of head and ``HTTP_MAX_HEADERS`` header lines: 431;
   a request line that alone is longer (a long URL: a unicode id grows ninefold percent-encoded)
   is a 414, the status that names the URL.
@@ -40,6 +42,7 @@ from bnlenet.settings import get_settings
 __all__ = ["LINGER_S", "GuardedHttpToolsProtocol", "main"]
 
 LINGER_S = 2.0  # how long a refused connection's late bytes are drained before it is closed
+_SLOW_BODY = "did not finish sending the request body"
 
 log = logging.getLogger("uvicorn.error")
 
@@ -62,6 +65,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         settings = get_settings()
         self.header_timeout = settings.HTTP_HEADER_TIMEOUT_S
         self.body_timeout = settings.HTTP_BODY_TIMEOUT_S
+        self.body_min_rate = settings.HTTP_BODY_MIN_BYTES_PER_S
+        self._body_started, self._body_bytes = 0.0, 0
         self.max_header_bytes = settings.HTTP_MAX_HEADER_BYTES
         self.max_headers = settings.HTTP_MAX_HEADERS
         self._deadline: asyncio.TimerHandle | None = None
@@ -126,8 +131,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._disarm()
-        self._arm(self.body_timeout, None, "did not finish sending the request body")
+        self._body_started, self._body_bytes = self.loop.time(), 0
+        self._arm(self.body_timeout, None, _SLOW_BODY)
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._deadline is not None:  # the body's deadline moves on with what has arrived
+            due = self._body_started + self.body_timeout + self._body_bytes / self.body_min_rate
+            if due - self._deadline.when() >= 1.0:  # a new timer a second at most, not one per chunk
+                self._disarm()
+                self._deadline = self.loop.call_at(due, self._expire, None, _SLOW_BODY)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._disarm()

@@ -88,7 +88,8 @@ class Settings(BaseSettings):
 
     # The HTTP edge (app/edge.py): what a client may send, and how slowly.
     HTTP_HEADER_TIMEOUT_S: float = Field(10.0, gt=0)  # to send a whole request head (and a first request)
-    HTTP_BODY_TIMEOUT_S: float = Field(30.0, gt=0)  # to send a body once the head is in (2 MiB at 70 KB/s)
+    HTTP_BODY_TIMEOUT_S: float = Field(30.0, gt=0)  # to send a body once the head is in (2 MiB at 70 KB/s) ...
+    HTTP_BODY_MIN_BYTES_PER_S: int = Field(65536, gt=0)  # ... plus 1 s per this many bytes received (large uploads)
     HTTP_MAX_HEADER_BYTES: int = Field(16 * 1024, ge=1024)  # the request line and headers together
     HTTP_MAX_HEADERS: int = Field(100, ge=10)
     HTTP_KEEP_ALIVE_S: int = Field(5, ge=1)  # an idle kept-alive connection is closed after this
