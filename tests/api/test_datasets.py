@@ -177,6 +177,23 @@ def test_datasets_samples_grid_has_a_row_per_class(client, three_classes):
     assert any(np.array_equal(grid[:28, :28], img) for img in sneakers)
 
 
+def test_datasets_samples_grid_is_cached_for_good_by_id_only_and_privately_behind_the_token(make_client,
+                                                                                          three_classes):
+    arrays, names = three_classes
+    client = make_client()
+    ds_id = _upload(client, folder_zip(arrays, names), name="grid-alias").json()["id"]
+    try:
+        assert client.get(f"/datasets/{ds_id}/samples.png").headers["cache-control"] == \
+            "public, max-age=31536000, immutable"  # an id names its content
+        by_alias = client.get("/datasets/grid-alias/samples.png")
+        assert by_alias.headers["cache-control"] == "public, no-cache"  # an alias moves
+        protected = make_client(API_TOKEN="s3cret", PROTECT_READS="true")
+        r = protected.get(f"/datasets/{ds_id}/samples.png", headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200 and r.headers["cache-control"] == "private, max-age=31536000, immutable"
+    finally:  # the store outlives the test (the same images upload to the same id)
+        client.delete(f"/datasets/{ds_id}/aliases/grid-alias")
+
+
 def test_datasets_a_sweep_records_the_ids_its_dataset_names(client, three_classes):
     arrays, names = three_classes
     ds_id = _upload(client, folder_zip(arrays, names), name="three").json()["id"]

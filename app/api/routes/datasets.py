@@ -277,8 +277,11 @@ async def dataset_samples(request: Request, name: DatasetName, store: DatasetSto
         pool.grids[key] = png
         while len(pool.grids) > 64:
             pool.grids.popitem(last=False)
-    # The id names the content: the grid never changes.
-    return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    # An id names the content, so its grid never changes; an alias can move, so it is asked again.
+    # Behind the token (PROTECT_READS) only the client may keep it, never a shared cache.
+    scope = "private" if settings.PROTECT_READS else "public"
+    cache = f"{scope}, max-age=31536000, immutable" if name == ds_id else f"{scope}, no-cache"
+    return Response(png, media_type="image/png", headers={"Cache-Control": cache})
 
 
 def _grid_png(store: DatasetStore, settings: Settings, ds_id: str, per_class: int) -> bytes:
