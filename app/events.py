@@ -62,8 +62,13 @@ class Watch:
             self.pending.append(event)
         self.wake.set()
 
+    def poke(self) -> None:
+        """Something changed without an event (a deletion): the stream looks again (``next_batch`` gives [])."""
+        self.wake.set()
+
     async def next_batch(self, timeout: float) -> list[JobEvent] | None:
-        """The events handed over since the last call, waiting up to ``timeout`` (None: nothing came)."""
+        """The events handed over since the last call, waiting up to ``timeout`` (None: nothing came;
+        []: poked, look again)."""
         if not self.pending and not self.overflowed:
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
@@ -214,6 +219,19 @@ class EventHub:
                 feed.cursor = event.id
                 for watch in feed.watches:
                     watch.put(event)
+            if not events:  # named on the channel with nothing new: deleted, say
+                for watch in feed.watches:
+                    watch.poke()
+
+
+async def _exists(store: JobStore, job_id: str) -> bool:
+    try:
+        await run_in_threadpool(store.get, job_id)
+    except JobNotFound:
+        return False
+    except StoreUnavailable:
+        pass  # cannot tell now: the stream goes on, as it does while Redis is away
+    return True
 
 
 async def open_stream(hub: EventHub, *, ended: bool, last: str, last_event_id: str | None) -> str | None:
@@ -279,6 +297,8 @@ async def follow_job(
                 continue
             if watch.overflowed:
                 return  # too slow to keep up: the client reconnects with Last-Event-ID and resumes
+            if not batch and not await _exists(store, job_id):
+                return  # deleted: a reconnect gets its 404
             for event in batch:
                 if event_id_key(event.id) <= event_id_key(position):
                     continue  # read already, in the backlog
@@ -327,6 +347,14 @@ async def follow_sweep(
                 yield ServerSentEvent(comment="heartbeat")
             elif watch.overflowed:
                 return
+            elif not batch:  # poked: a trial was deleted, and the sweep may have ended with it
+                try:
+                    sse, ended = await current()
+                except (SweepNotFound, StoreUnavailable):
+                    return
+                if ended:
+                    yield sse
+                    return
             else:
                 for event in batch:
                     if event_id_key(event.id) <= event_id_key(position):

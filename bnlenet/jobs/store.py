@@ -314,11 +314,17 @@ class JobStore:
             raw = pipe.get(self._job_key(job_id))
             if raw is None:
                 raise JobNotFound(f"no job with id {job_id!r}")
-            if load_record(raw, job_id)["status"] == "running":
+            record = load_record(raw, job_id)
+            if record["status"] == "running":
                 raise JobRunning(f"job {job_id} is running: cancel it first (POST /jobs/{job_id}/cancel), "
                                  "and delete it once it has ended")
             pipe.multi()
             self.queue_removal(pipe, job_id)
+            # No event tells of a deletion: the note alone makes the streams that follow the job (or its
+            # sweep, which may have ended with it) look again, and end.
+            pipe.publish(EVENTS_CHANNEL, job_id)
+            if record["sweep_id"] is not None:
+                pipe.publish(EVENTS_CHANNEL, record["sweep_id"])
 
         with self._errors():
             self.redis.transaction(transaction, self._job_key(job_id))

@@ -263,3 +263,20 @@ def test_events_answer_204_once_the_client_saw_the_end(serve, store: JobStore) -
     store.request_cancel(job_id)
     final = read_events(url, job_id)[-1]["id"]
     assert httpx.get(f"{url}/jobs/{job_id}/events", headers={"Last-Event-ID": final}).status_code == 204
+
+
+def test_events_end_when_a_queued_job_is_deleted(serve, store: JobStore) -> None:
+    url, _ = serve()
+    job_id = store.submit({})[0]["job_id"]
+    seen: list[dict[str, Any]] = []
+
+    def follow() -> None:
+        seen.extend(read_events(url, job_id))
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    time.sleep(0.5)  # the stream is open, past its snapshot
+    store.delete_unless_running(job_id)  # DELETE /jobs/{id}
+    reader.join(5)
+    assert not reader.is_alive(), "the stream of a deleted job never ended"
+    assert [(e["event"], e["data"]["status"]) for e in seen] == [("status", "queued")]

@@ -67,3 +67,18 @@ def test_sweep_events_follow_every_trial_until_the_sweep_ends(serve, store: JobS
     # At the end: nothing more will come.
     assert httpx.get(f"{url}/sweeps/{sweep_id}/events", headers={"Last-Event-ID": ids_seen[-1]}).status_code == 204
     assert httpx.get(f"{url}/sweeps/sw-nothere/events").status_code == 404
+
+
+def test_sweep_events_end_when_its_last_queued_trial_is_deleted(serve, store: JobStore) -> None:  # noqa: F811
+    url, _ = serve()
+    sweep_id, ids = _sweep(store)
+    writer = _run_trials(store, ids[:1])
+    seen: list[dict[str, Any]] = []
+    reader = threading.Thread(target=lambda: seen.extend(_read(url, sweep_id)))
+    reader.start()
+    writer.join()
+    time.sleep(0.3)
+    store.delete_unless_running(ids[1])  # DELETE /jobs/{id} of the one trial left: the sweep has ended
+    reader.join(5)
+    assert not reader.is_alive(), "the stream of a sweep whose last trial was deleted never ended"
+    assert seen[-1]["event"] == "sweep" and seen[-1]["data"]["status"] == "cancelled", seen[-1]
