@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -144,6 +144,12 @@ class TrainConfig:
         if not self.precise_bn:
             return 1  # averaged weights need statistics of their own, which only precise BN gives them
         return max(1, min(self.swa_epochs, self.epochs // 2))
+
+    def of_run(self, epochs: int, averaged_epochs: int) -> TrainConfig:
+        """The config whose run gives the model of this one stopped after ``epochs`` epochs, averaging
+        ``averaged_epochs`` (a sweep's trial stopped early): what its checkpoint records."""
+        run = replace(self, epochs=epochs)
+        return run if run.averaged_epochs() == averaged_epochs else replace(run, swa_epochs=averaged_epochs)
 
     def hyperparameters(self) -> dict[str, object]:
         """The fields that describe the run (not where or how fast it ran)."""

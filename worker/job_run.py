@@ -142,6 +142,8 @@ class _Attempt:
 
         ``stopped``: why the sweep's rule ended the trial early (its model is the last epoch's).
         """
+        if stopped is not None:  # the checkpoint records the run its model equals: the epochs it had
+            config = config.of_run(len(result.history), result.averaged_epochs)
         metadata = {**training_metadata(config, result, classes), "job_id": self.job_id, "attempt": self.attempt}
         if stopped is not None:
             metadata.update(stopped_early=True, sweep_id=self.trial.sweep_id)

@@ -99,6 +99,8 @@ def test_the_sweeps_rule_takes_a_trial_out_of_its_pack(stack):
     for trial in (good, behind):
         job = stack.job(trial["job_id"])
         assert job["attempts"] == 1 and job["attempt_log"][0]["saved_epoch"] == trial["epochs_run"], job
+        model = stack.client.get(f"/models/{trial['model_id']}").json()
+        assert model["hyperparameters"]["epochs"] == trial["epochs_run"], model  # the run its model equals
 
 
 def test_a_trial_that_leaves_its_pack_is_recorded_then_and_keeps_its_model_when_the_sweep_is_cancelled(stack):

@@ -91,7 +91,9 @@ def test_sweep_early_stopping_ends_a_trial_that_is_clearly_behind(stack):
     # Its model is the model after the epoch it ran (moving-average BN statistics, as precise_bn is off),
     # stored and served, scoring what that epoch scored.
     assert job["final_test_acc"] == job["history"][0]["test_acc"]
-    assert stack.client.get(f"/models/{behind['model_id']}").json()["final_test_acc"] == job["final_test_acc"]
+    model = stack.client.get(f"/models/{behind['model_id']}").json()
+    assert model["final_test_acc"] == job["final_test_acc"]
+    assert model["hyperparameters"]["epochs"] == 1  # the run it equals: its one epoch, not the 3 asked
     assert [s["trials"] for s in sweep["settings"]] == [1, 0]  # a stopped trial is no full run of its setting
     assert sweep["best"]["job_id"] == good["job_id"]
 

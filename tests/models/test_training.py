@@ -146,3 +146,12 @@ def test_weight_averaging_covers_at_most_half_the_run_and_needs_precise_bn(
         epochs: int, swa_epochs: int, precise_bn: bool, averaged: int) -> None:
     config = TrainConfig(epochs=epochs, swa_epochs=swa_epochs, precise_bn=precise_bn)
     assert config.averaged_epochs() == averaged
+
+
+@pytest.mark.parametrize(("epochs_run", "averaged", "expected_swa"), [(4, 2, 5), (4, 1, 1), (2, 1, 5), (6, 3, 5)])
+def test_the_config_a_stopped_run_equals_trains_that_run(epochs_run: int, averaged: int, expected_swa: int) -> None:
+    # A trial stopped after epochs_run of 10 epochs, its model averaging `averaged` epochs (1: the last alone).
+    asked = TrainConfig(epochs=10, swa_epochs=5)
+    run = asked.of_run(epochs_run, averaged)
+    assert run.epochs == epochs_run and run.swa_epochs == expected_swa and run.averaged_epochs() == averaged
+    assert dataclasses.replace(run, epochs=10, swa_epochs=5) == asked  # nothing else differs
