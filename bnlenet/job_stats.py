@@ -1,8 +1,10 @@
-"""Figures about jobs kept in Redis for the metrics collector, written by the worker as it starts and ends jobs.
+"""Figures about jobs kept in Redis for the metrics collector, written as jobs start, train and end.
 
-The job store records jobs, not statistics: the worker, which starts, trains and ends a job,
-reports each figure here (``job_started``, ``epoch_done``, ``job_ended``), best effort (a
-lost figure never fails a job), and ``bnlenet.metrics.JobStoreCollector`` reads them at scrape time.
+The worker, which starts and trains a job, reports those figures here (``job_started``,
+``epoch_done``), best effort (a lost figure never fails a job). A job's duration is observed by
+the job store itself, in the transaction that ends the job (``JOB_DURATION``), since the reaper,
+a claim or a cancel may end it as well as its worker. ``bnlenet.metrics.JobStoreCollector`` reads
+them at scrape time.
 
 The figures must add up over every worker and survive their restarts, so they live in Redis,
 each in a key of fixed size (one write per event, one read per scrape, whatever the history):
@@ -35,7 +37,6 @@ __all__ = [
     "Histogram",
     "cumulative",
     "epoch_done",
-    "job_ended",
     "job_started",
 ]
 
@@ -99,12 +100,6 @@ def job_started(client: redis.Redis, record: JobRecord) -> None:
     """A job's first attempt started: how long it waited in the queue (later attempts do not count)."""
     if record["attempts"] == 1 and record["started_at"] is not None:
         _observe(client, QUEUE_WAIT, record["started_at"] - record["created_at"])
-
-
-def job_ended(client: redis.Redis, record: JobRecord | None) -> None:
-    """A job ended (``record`` as ``JobStore.finish`` ended it; None: it had ended already): how long it ran."""
-    if record is not None and record["started_at"] is not None and record["finished_at"] is not None:
-        _observe(client, JOB_DURATION, record["finished_at"] - record["started_at"], record["status"])
 
 
 def epoch_done(client: redis.Redis, *, variant: str, device: str, examples_per_sec: float) -> None:

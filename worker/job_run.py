@@ -216,7 +216,6 @@ class _Attempt:
                     raise
                 time.sleep(1)
                 continue
-            job_stats.job_ended(self.store.redis, ended)
             if ended is not None:
                 resources.training_states().discard(self.job_id)
             return status, fields.get("error")

@@ -11,7 +11,6 @@ from typing import Any
 
 from celery import signals
 
-from bnlenet import job_stats
 from bnlenet.jobs import TERMINAL, JobNotFound, StoreUnavailable
 from bnlenet.logs import configure_handlers, current_job
 from bnlenet.training_queue import TRAIN_TASK
@@ -79,7 +78,7 @@ def _cancel_revoked_job(request: Any = None, terminated: bool = False, signum: A
         store.request_cancel(job_id)  # a queued job is cancelled now
         if terminated:
             note = f"its task was terminated through Celery (signal {signum})"
-            job_stats.job_ended(store.redis, store.finish(job_id, "cancelled", note=note))
+            store.finish(job_id, "cancelled", note=note)
         log.info("job %s cancelled: its task %s was revoked%s", job_id, task_id,
                  " and terminated" if terminated else "")
     except (JobNotFound, StoreUnavailable) as exc:

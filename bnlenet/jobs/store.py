@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 import redis
 from redis.client import Pipeline
 
+from bnlenet import job_stats
 from bnlenet.jobs import lifecycle
 from bnlenet.jobs.errors import IdempotencyConflict, JobNotFound, JobRunning, MalformedJob, StoreUnavailable
 from bnlenet.jobs.events import (
@@ -385,6 +386,8 @@ class JobStore:
             if new["status"] != old["status"]:
                 pipe.zrem(self._index_key(old["status"]), job_id)
                 pipe.zadd(self._index_key(new["status"]), {job_id: new["created_at"]})
+                if new["status"] in TERMINAL and old["status"] not in TERMINAL:
+                    _observe_duration(pipe, new)
                 if self.retention_s and new["status"] in TERMINAL and old["status"] not in TERMINAL:
                     expires = (new["finished_at"] or time.time()) + self.retention_s
                     if new["sweep_id"] is None:
@@ -613,6 +616,13 @@ class JobStore:
         with self._errors():
             names = self.redis.zrangebyscore(self._workers_key, time.time() - within, "+inf")
         return sorted(_text(n) for n in names)
+
+
+def _observe_duration(pipe: Pipeline, ended: Record) -> None:
+    """How long a job that ran took, start to end, in the transaction that ends it: counted once,
+    whoever ends it (its worker, the reaper, a claim that finds its attempts spent, a cancel)."""
+    if ended["started_at"] is not None and ended["finished_at"] is not None:
+        job_stats.JOB_DURATION.observe(pipe, ended["finished_at"] - ended["started_at"], ended["status"])
 
 
 def _same_request(stored: str, request: str) -> str:

@@ -36,8 +36,8 @@ def test_metrics_collector_job_histograms_epochs_throughput_and_workers(store: J
     job_stats.job_started(store.redis, claim.record)  # what the worker reports as it runs the job
     job_stats.epoch_done(store.redis, variant="scratch", device="cpu", examples_per_sec=1234.5)
     job_stats.epoch_done(store.redis, variant="scratch", device="cpu", examples_per_sec=2000.0)
-    job_stats.job_ended(store.redis, store.finish(job_id, "succeeded", worker="w:1", attempt=1))
-    job_stats.job_ended(store.redis, store.finish(job_id, "failed", worker="w:1", attempt=1))  # ended: not counted
+    store.finish(job_id, "succeeded", worker="w:1", attempt=1)  # the store observes its duration
+    store.finish(job_id, "failed", worker="w:1", attempt=1)  # ended: not counted
     store.worker_seen("celery@a")
     got = samples(store)
     assert got[("bnlenet_jobs", (("status", "succeeded"),))] == 1
@@ -70,3 +70,19 @@ def test_metrics_scrape_under_50ms_with_100000_jobs(store: JobStore) -> None:
         times.append(time.perf_counter() - started)
     assert got[("bnlenet_jobs", (("status", "queued"),))] == 25_000
     assert sorted(times)[len(times) // 2] < 0.05, times
+
+
+def test_metrics_job_duration_counts_every_job_that_ran_however_it_ended(store: JobStore) -> None:
+    # Ended by its worker, by the reaper after its attempts ran out, and by a claim that found them spent.
+    ended_by_worker = store.submit({})[0]["job_id"]
+    assert store.claim(ended_by_worker, worker="w:1", pid=1, task_id="t", max_attempts=3, stale_after=30).run
+    store.finish(ended_by_worker, "succeeded", worker="w:1", attempt=1)
+    reaped = store.submit({})[0]["job_id"]
+    assert store.claim(reaped, worker="w:1", pid=1, task_id="t", max_attempts=1, stale_after=30).run
+    time.sleep(0.2)
+    store.reap(reaped, stale_after=0.1, max_attempts=1)  # its worker went silent, its one attempt spent
+    assert store.get(reaped)["status"] == "failed"
+    store.finish(ended_by_worker, "failed", worker="w:1", attempt=1)  # ended already: not counted again
+    got = samples(store)
+    assert got[("bnlenet_job_duration_seconds_count", (("status", "succeeded"),))] == 1
+    assert got[("bnlenet_job_duration_seconds_count", (("status", "failed"),))] == 1
