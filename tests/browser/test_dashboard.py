@@ -185,6 +185,8 @@ def test_dashboard_predicts_an_uploaded_image(browser, stack, trained, tmp_path)
     image = tmp_path / "item.png"
     image.write_bytes(png_bytes(sample_image(3)))
     browser.open("/#/predict")
+    default = stack.client.get("/models").json()["default_model_id"]  # what /predict serves unnamed
+    browser.wait("#predict-model option[value='']", check=lambda e: default[:8] in e.text)
     browser.wait("#predict-file").send_keys(str(image))
     answer = browser.wait("#predict-class", check=lambda e: e.text in CLASS_NAMES)
     bars = browser.find_all("#predict-probs li")

@@ -46,7 +46,9 @@ function drawAsModelSees(canvas, source, crop) {
 }
 
 export function render(main) {
-  const modelSelect = el("select", { id: "predict-model" }, el("option", { value: "" }, "the newest model"));
+  // What /predict serves when no model is named: the DEFAULT_MODEL_ALIAS model, else the newest (named once listed).
+  const defaultOption = el("option", { value: "" }, "the default model");
+  const modelSelect = el("select", { id: "predict-model" }, defaultOption);
   const file = el("input", { type: "file", id: "predict-file", accept: "image/*" });
   const drop = el("div.dropzone", { id: "dropzone" },
     el("label", { for: "predict-file" }, "Drop an image here, or choose a file"), file);
@@ -178,6 +180,7 @@ export function render(main) {
   api("/models").then((page) => {
     models = new Map(page.data.map((m) => [m.model_id, m]));
     defaultModel = page.default_model_id;
+    if (defaultModel) defaultOption.textContent = `the default model (${shortId(defaultModel)})`;
     modelSelect.append(...page.data.map((m) => el("option", { value: m.model_id },
       `${shortId(m.model_id)} · ${m.variant} · ${pct(m.final_test_acc)} · ${when(m.created_at)}`)));
     const wanted = new URLSearchParams(location.hash.split("?")[1] || "").get("model");
