@@ -112,7 +112,9 @@ def _answer(response: httpx.Response, expected: int) -> Any:
         problems = body.get("problems") or []
     except ValueError:
         detail, problems = response.text, []
-    lines = [f"the service answered {response.status_code}: {detail}"] + [f"  - {p}" for p in problems[1:]]
+    # A refused sweep's detail joins its problems: each is said once, on a line of its own.
+    lines = ([f"the service answered {response.status_code}:", *(f"  - {p}" for p in problems)] if problems
+             else [f"the service answered {response.status_code}: {detail}"])
     raise SweepCliError("\n".join(lines))
 
 

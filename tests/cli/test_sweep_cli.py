@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from bnlenet.local.sweep_cli import SweepCliError, parse_param, settings_table, sweep_request
@@ -45,3 +46,15 @@ def test_settings_table_shows_each_setting_and_the_best():
     assert lines[1].split() == ["lr=0.3", "2", "0.8100", "0.0100", "0.8000", "0.8200"]
     assert lines[2].split() == ["lr=1", "0", "-", "-", "-", "-"]
     assert "best: job j (lr=0.3, seed=1), final test acc 0.8200" in lines[3]
+
+
+def test_a_refused_sweep_lists_each_problem_once():
+    from bnlenet.local.sweep_cli import _answer
+
+    problems = ["parameters.lr: lr -1 should be above 0", "base.epochs: epochs 0 should be at least 1"]
+    response = httpx.Response(422, json={"detail": "; ".join(problems), "problems": problems})
+    with pytest.raises(SweepCliError) as caught:
+        _answer(response, 202)
+    message = str(caught.value)
+    assert all(message.count(p) == 1 for p in problems), message
+    assert message.splitlines() == ["the service answered 422:", *(f"  - {p}" for p in problems)]
