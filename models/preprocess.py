@@ -129,7 +129,10 @@ def _to_grayscale_28(img: Image.Image) -> Image.Image:
         top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
         img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), mode="L")
     if img.mode != "L":
-        img = img.convert("L")
+        try:
+            img = img.convert("L")
+        except ValueError as exc:  # a mode Pillow cannot make gray (LAB, say): the image's fault, not ours
+            raise ImageError(f"an image in mode {img.mode} cannot be converted to grayscale: {exc}") from None
     if img.size != (IMAGE_SIZE, IMAGE_SIZE):
         img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
     return img

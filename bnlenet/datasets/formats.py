@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ __all__ = ["IMAGE_SUFFIXES", "Parsed", "Split", "natural_key", "read_upload"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm")
 SPLIT_DIRS = ("train", "test")
-_IGNORED_SPLIT_DIRS = ("val", "valid", "validation")
+_SPLIT_NAMES = {"train": "train", "training": "train", "test": "test", "testing": "test"}  # folder -> split
+# A held-out folder: the test split where the zip has no test/ folder, else not used.
+_HELD_OUT_DIRS = ("val", "valid", "validation", "dev")
 NPZ_ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 NPZ_OPTIONAL = ("val_images", "val_labels")
 
@@ -61,9 +64,15 @@ class Parsed:
     problems: list[str] = field(default_factory=list)  # refusals found while reading (labels outside the list...)
 
 
-def natural_key(name: str) -> list[object]:
-    """Sort key that puts ``class2`` before ``class10``."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+def natural_key(name: str) -> tuple[list[object], str]:
+    """Sort key that puts ``class2`` before ``class10``; names it cannot tell apart (``Cat``, ``cat``) by
+    their text, so the order never depends on the process (a set's order does)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)], name
+
+
+def class_name(name: str) -> str:
+    """A class's name as stored: Unicode NFC (macOS writes folder names decomposed, most tools composed)."""
+    return unicodedata.normalize("NFC", name)
 
 
 def read_upload(path: Path, filename: str, classes: Sequence[str] | None, limits: IngestLimits) -> Parsed:
@@ -81,6 +90,11 @@ def read_upload(path: Path, filename: str, classes: Sequence[str] | None, limits
         what = f"a {kind} archive" if kind else "not a zip or an .npz"
         raise DatasetRejected([f"{filename!r} is {what}: accepted are a zip of class folders, a zip of the four IDX "
                                "files, or a MedMNIST-style .npz"], UNSUPPORTED)
+    if classes is not None:
+        if len(classes) > limits.max_classes:
+            raise DatasetRejected([f"{len(classes)} classes given; at most {limits.max_classes} are accepted "
+                                   "(a LeNet's outputs)"])
+        classes = [class_name(c) for c in classes]
     archive = Archive.open(path, limits)
     try:
         names = [m.name for m in archive.members]
@@ -209,6 +223,8 @@ def _array_problems(key: str, arr: np.ndarray) -> list[str]:
             out.append(f"{key} has dtype {arr.dtype}; images must be uint8 (0-255 pixels, as MedMNIST's)")
         if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] in (1, 3, 4))):
             out.append(f"{key} has shape {arr.shape}; images must be (N, H, W) or (N, H, W, 1|3|4)")
+        elif 0 in arr.shape[1:3]:
+            out.append(f"{key} has shape {arr.shape}: images with no pixels (H and W must be at least 1)")
     else:
         if arr.dtype.kind not in "iu":
             out.append(f"{key} has dtype {arr.dtype}; labels must be integers")
@@ -288,22 +304,18 @@ def _strip_common_top(members: list[Member]) -> list[tuple[tuple[str, ...], Memb
 
 def _read_folders(archive: Archive, classes: Sequence[str] | None, limits: IngestLimits) -> Parsed:
     items = _strip_common_top(archive.members)
-    tops = {p[0].lower() for p, _ in items if len(p) > 1}
-    by_split = "train" in tops and "test" in tops and tops <= set(SPLIT_DIRS) | set(_IGNORED_SPLIT_DIRS)
     warnings: list[str] = []
     problems: list[str] = []
-    if by_split:
-        ignored = sorted({p[0] for p, _ in items if p[0].lower() in _IGNORED_SPLIT_DIRS})
-        if ignored:
-            warnings.append(f"folders {', '.join(ignored)} are not used: the service trains on train/ and "
-                            "evaluates on test/")
+    roles = _split_roles({p[0] for p, _ in items if len(p) > 1}, warnings)
+    by_split = roles is not None
+    if roles is not None:
         kept_items, splits = [], []
         for p, m in items:
-            if len(p) > 1 and p[0].lower() in _IGNORED_SPLIT_DIRS:
-                continue
-            in_split = len(p) > 1 and p[0].lower() in SPLIT_DIRS
-            kept_items.append((p[1:] if in_split else p, m))  # a file beside train/ and test/ is outside them
-            splits.append(p[0].lower() if in_split else "train")
+            role = roles.get(p[0], "") if len(p) > 1 else ""  # a file beside train/ and test/ is outside them
+            if role is None:
+                continue  # a held-out folder beside test/
+            kept_items.append((p[1:] if role else p, m))
+            splits.append(role or "train")
         items = kept_items
     else:
         splits = ["train"] * len(items)
@@ -318,7 +330,7 @@ def _read_folders(archive: Archive, classes: Sequence[str] | None, limits: Inges
         elif len(parts) < 2:
             outside.append(m.name)
         else:
-            wanted.append((split, parts[0], m))
+            wanted.append((split, class_name(parts[0]), m))
     if nested:
         problems.append(_nested_problem(nested, limits))
     if non_images:
@@ -362,6 +374,31 @@ def _read_folders(archive: Archive, classes: Sequence[str] | None, limits: Inges
     return parsed
 
 
+def _split_roles(tops: set[str], warnings: list[str]) -> dict[str, str | None] | None:
+    """The split each top folder holds (None: not used), when the top folders are splits; None when they are classes.
+
+    Splits by their usual names: ``train``/``training`` and ``test``/``testing``; a held-out folder
+    (``val``, ``valid``, ``validation``, ``dev``) is the test split where there is no test folder.
+    """
+    known = {t: t.lower() for t in tops}
+    if not tops or any(n not in _SPLIT_NAMES and n not in _HELD_OUT_DIRS for n in known.values()):
+        return None
+    roles: dict[str, str | None] = {t: _SPLIT_NAMES.get(n) for t, n in known.items()}
+    if "train" not in roles.values():
+        return None
+    if "test" not in roles.values():
+        held_out = sorted((t for t, r in roles.items() if r is None), key=lambda t: _HELD_OUT_DIRS.index(known[t]))
+        if not held_out:
+            return None
+        roles[held_out[0]] = "test"
+        warnings.append(f"{held_out[0]}/ is the test split (the zip has no test/)")
+    unused = sorted(t for t, r in roles.items() if r is None)
+    if unused:
+        warnings.append(f"folders {', '.join(unused)} are not used: the service trains on train/ and evaluates on "
+                        "test/")
+    return roles
+
+
 def _nested_problem(names: list[str], limits: IngestLimits) -> str:
     return f"nested archives, which are not opened: {listed(names, limits)}"
 
@@ -383,6 +420,7 @@ def _decode(chosen: list[tuple[str, Member]], index: dict[str, int], archive: Ar
             continue
         try:
             img = decode_image(data, max_pixels=archive.limits.max_image_pixels)
+            converted = to_pixels(img)
         except ImageTooLarge as exc:
             huge.append(f"{m.name!r} ({exc})")
             continue
@@ -391,7 +429,7 @@ def _decode(chosen: list[tuple[str, Member]], index: dict[str, int], archive: Ar
             continue
         parsed.image_sizes[f"{img.size[0]}x{img.size[1]}"] += 1
         parsed.image_modes[img.mode] += 1
-        pixels[len(kept)] = to_pixels(img)
+        pixels[len(kept)] = converted
         labels.append(index[cls])
         kept.append(m.name)
     return Split(pixels[: len(kept)].copy() if len(kept) < len(chosen) else pixels,

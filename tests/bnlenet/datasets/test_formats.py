@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from bnlenet.datasets import DatasetRejected, ingest
-from models.preprocess import image_to_tensor, to_pixels
+from models.preprocess import ImageError, image_to_tensor, to_pixels
 from tests.bnlenet.datasets.builders import folder_zip, idx_zip, npz_bytes, pattern, png, small_arrays, write, zip_bytes
 
 
@@ -292,3 +292,62 @@ def test_formats_npz_with_a_forged_shape_is_refused_before_allocating(tmp_path: 
     err = rejected(write(tmp_path / "u.npz", zip_bytes(members, zipfile.ZIP_STORED)))
     assert err.problems == ["train_images declares shape (1000000000000,) of uint8 (1000000000000 bytes) but holds "
                             "28224 bytes"]
+
+
+@pytest.mark.parametrize(("train", "held_out", "ignored"), [
+    ("train", "val", None), ("training", "testing", None), ("train", "test", "dev"), ("Train", "Validation", None),
+])
+def test_formats_split_folders_by_their_usual_names_are_splits_not_classes(
+        tmp_path: Path, train: str, held_out: str, ignored: str | None) -> None:
+    members = folder_zip({"cat": 10, "dog": 10}, prefix=f"{train}/")
+    members.update(folder_zip({"cat": 2, "dog": 3}, prefix=f"{held_out}/", start=100))
+    if ignored:
+        members.update(folder_zip({"cat": 2}, prefix=f"{ignored}/", start=200))
+    d = ingest(write(tmp_path / "u.zip", zip_bytes(members)), "u.zip")
+    assert d.classes == ("cat", "dog") and d.report["format"] == "zip-split"
+    assert d.report["counts"] == {"train": {"cat": 10, "dog": 10}, "test": {"cat": 2, "dog": 3}}
+    if held_out.lower() not in ("test", "testing"):
+        assert f"{held_out}/ is the test split (the zip has no test/)" in " ".join(d.report["warnings"])
+
+
+def test_formats_class_order_is_the_same_in_every_process_and_names_are_nfc(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "café")
+    members = folder_zip({"cat": 13, "Cat": 13, "dog": 13, nfd: 13})
+    path = write(tmp_path / "u.zip", zip_bytes(members))
+    script = (f"from pathlib import Path; from bnlenet.datasets import ingest; "
+              f"d = ingest(Path({str(path)!r}), 'u.zip'); print(repr(d.classes))")
+    seen = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout.strip()
+            for seed in range(6)}
+    assert len(seen) == 1, seen  # natural order, ties broken the same way whatever the hash seed
+    classes = eval(seen.pop())  # noqa: S307  # our own repr of a tuple of str
+    assert unicodedata.normalize("NFC", "café") in classes and nfd not in classes
+
+
+def test_formats_more_classes_given_than_a_lenet_tells_apart_is_refused(tmp_path: Path) -> None:
+    arrays = small_arrays(per_class=1, classes=3, test_per_class=1)
+    path = write(tmp_path / "u.npz", npz_bytes(**arrays))
+    err = rejected(path, classes=[f"c{i}" for i in range(1001)])
+    assert any("1001 classes" in p and "at most 1000" in p for p in err.problems), err.problems
+
+
+def test_formats_npz_images_without_pixels_are_refused(tmp_path: Path) -> None:
+    arrays = small_arrays()
+    arrays["train_images"] = np.zeros((len(arrays["train_labels"]), 0, 0), np.uint8)
+    err = rejected(write(tmp_path / "u.npz", npz_bytes(**arrays)))
+    assert any("train_images" in p and "no pixels" in p for p in err.problems), err.problems
+
+
+def test_formats_an_image_in_a_mode_that_cannot_be_made_gray_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    lab = io.BytesIO()
+    Image.new("LAB", (28, 28)).save(lab, format="TIFF")
+    members = folder_zip({"cat": 13, "dog": 13})
+    members["cat/lab.tif"] = lab.getvalue()
+    d = ingest(write(tmp_path / "u.zip", zip_bytes(members)), "u.zip")
+    assert any(s["name"] == "cat/lab.tif" for s in d.report["skipped"]), d.report["skipped"]
+    with pytest.raises(ImageError):
+        image_to_tensor(lab.getvalue())  # /predict's conversion: an ImageError (a 4xx), not a ValueError (a 500)
