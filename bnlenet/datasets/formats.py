@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from bnlenet.datasets.archive import ARCHIVE_SUFFIXES, Archive, Member, archive_magic, gunzip, listed
-from bnlenet.datasets.errors import UNSUPPORTED, DatasetRejected
+from bnlenet.datasets.errors import UNPROCESSABLE, UNSUPPORTED, DatasetRejected
 from bnlenet.datasets.limits import IngestLimits
 from models.data import DataError, parse_idx
 from models.lenet import IMAGE_SIZE
@@ -358,12 +358,14 @@ def _read_folders(archive: Archive, classes: Sequence[str] | None, limits: Inges
                     warnings=warnings)
     parsed.skipped.extend({"name": n, "reason": "a file the operating system adds"} for n in archive.system_files)
     huge: list[str] = []
+    damaged: list[str] = []
     for split in SPLIT_DIRS if by_split else ("train",):
-        result = _decode([(c, m) for s, c, m in wanted if s == split], index, archive, parsed, nested, huge)
+        result = _decode([(c, m) for s, c, m in wanted if s == split], index, archive, parsed, nested, huge, damaged)
         if split == "train":
             parsed.train = result
         else:
             parsed.test = result
+    problems.extend(damaged)
     if nested:
         problems.append(_nested_problem(nested, limits))
     if huge:
@@ -404,17 +406,24 @@ def _nested_problem(names: list[str], limits: IngestLimits) -> str:
 
 
 def _decode(chosen: list[tuple[str, Member]], index: dict[str, int], archive: Archive, parsed: Parsed,
-            nested: list[str], huge: list[str]) -> Split:
+            nested: list[str], huge: list[str], damaged: list[str]) -> Split:
     """One split's members decoded and converted, one member in memory at a time.
 
-    Broken images go to ``parsed.skipped``; archives in disguise to ``nested`` and images over
-    the pixel budget to ``huge`` (both refusals, listed by the caller).
+    Broken images go to ``parsed.skipped``; archives in disguise to ``nested``, images over the
+    pixel budget to ``huge`` and members the zip itself holds damaged to ``damaged`` (refusals,
+    listed by the caller with every other problem). A bomb stops the reading at once.
     """
     pixels = np.empty((len(chosen), IMAGE_SIZE, IMAGE_SIZE), np.uint8)  # bounded by max_files
     labels: list[int] = []
     kept: list[str] = []
     for cls, m in chosen:
-        data = archive.read(m)
+        try:
+            data = archive.read(m)
+        except DatasetRejected as exc:
+            if exc.status != UNPROCESSABLE:
+                raise  # too large: nothing more is read
+            damaged.extend(exc.problems)
+            continue
         if archive_magic(data) is not None:
             nested.append(m.name)
             continue

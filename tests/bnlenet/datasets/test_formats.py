@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from bnlenet.datasets import DatasetRejected, ingest
+from bnlenet.datasets.limits import IngestLimits
 from models.preprocess import ImageError, image_to_tensor, to_pixels
 from tests.bnlenet.datasets.builders import folder_zip, idx_zip, npz_bytes, pattern, png, small_arrays, write, zip_bytes
 
@@ -351,3 +352,18 @@ def test_formats_an_image_in_a_mode_that_cannot_be_made_gray_is_skipped_not_a_cr
     assert any(s["name"] == "cat/lab.tif" for s in d.report["skipped"]), d.report["skipped"]
     with pytest.raises(ImageError):
         image_to_tensor(lab.getvalue())  # /predict's conversion: an ImageError (a 4xx), not a ValueError (a 500)
+
+
+def test_formats_every_damaged_member_is_listed_not_only_the_first(tmp_path: Path) -> None:
+    members = folder_zip({"cat": 13, "dog": 13})
+    members["cat/big.png"] = png(np.zeros((4000, 4000), np.uint8))  # over the pixel budget
+    data = bytearray(zip_bytes(members, compression=zipfile.ZIP_STORED))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        for name in ("cat/00000.png", "dog/00003.png"):  # a byte of each one's stored data flipped
+            info = zf.getinfo(name)
+            start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+            data[start + 40] ^= 0xFF
+    err = rejected(write(tmp_path / "u.zip", bytes(data)), limits=IngestLimits(max_image_pixels=1_000_000))
+    listed = " ".join(err.problems)
+    assert "'cat/00000.png' is damaged" in listed and "'dog/00003.png' is damaged" in listed, err.problems
+    assert "cat/big.png" in listed, err.problems  # found too, in the same pass
