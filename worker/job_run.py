@@ -20,7 +20,8 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from bnlenet import job_stats
-from bnlenet.jobs import TERMINAL, Claim, JobRecord, JobStatus, StoreUnavailable
+from bnlenet.jobs import TERMINAL, Claim, JobNotFound, JobRecord, JobStatus, JobStore, StoreUnavailable
+from bnlenet.jobs.errors import MalformedJob
 from bnlenet.training_states import Superseded
 from models.devices import resolve_device
 from models.train_state import TrainingState
@@ -37,6 +38,7 @@ from models.training import (
 from worker import resources
 from worker.job_config import job_config, starting_state
 from worker.lease import Heartbeat, LostJob, owner_gone
+from worker.reaper import published_metadata
 from worker.sweep_trial import StoppedEarly, TrialRule, stopped_result
 
 __all__ = ["Outcome", "run_job"]
@@ -52,7 +54,8 @@ def run_job(job_id: str, task_id: str | None, announce: Callable[[dict[str, Any]
     """Claim and run the job; its final status and error. ``announce`` is told of each new progress."""
     s, store = resources.settings(), resources.job_store()
     claim = store.claim(job_id, worker=resources.worker_name(), pid=os.getpid(), task_id=task_id,
-                        max_attempts=s.MAX_ATTEMPTS, stale_after=s.JOB_STALE_AFTER_S, owner_gone=owner_gone)
+                        max_attempts=s.MAX_ATTEMPTS, stale_after=s.JOB_STALE_AFTER_S, owner_gone=owner_gone,
+                        published=_published_if_running(store, job_id))
     if not claim.run or claim.record is None:
         if claim.record is not None and claim.record["status"] in TERMINAL:
             resources.training_states().discard(job_id)  # ended: nothing will resume it
@@ -64,6 +67,20 @@ def run_job(job_id: str, task_id: str | None, announce: Callable[[dict[str, Any]
     if members:
         return run_pack([claim.record, *members], announce)
     return _Attempt(claim.record, announce).run()
+
+
+def _published_if_running(store: JobStore, job_id: str) -> dict[str, Any] | None:
+    """The job's checkpoint, when this delivery may take a running job over: its worker died, perhaps after
+    publishing (a redelivered task can come before the reaper, which checks the same)."""
+    try:
+        if store.get(job_id)["status"] != "running":
+            return None
+        return published_metadata(resources.model_store(), job_id)
+    except (JobNotFound, MalformedJob):
+        return None  # the claim says so
+    except StoreUnavailable as exc:  # the model store cannot tell now: the job runs again, as before
+        log.warning("job %s: cannot tell whether its model was published: %s", job_id, exc)
+        return None
 
 
 def _not_run(job_id: str, task_id: str | None, claim: Claim) -> Outcome:

@@ -21,7 +21,7 @@ from bnlenet.training_queue import Publisher
 from bnlenet.training_states import TrainingStates
 from worker.outbox import publish_outbox
 
-__all__ = ["Reaper", "reap_stale_jobs"]
+__all__ = ["Reaper", "published_metadata", "reap_stale_jobs"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def reap_stale_jobs(store: JobStore, publisher: Publisher, settings: Settings) -
     for record in store.running():
         if not is_stale(record, settings.JOB_STALE_AFTER_S):
             continue
-        published = _published(record["job_id"], settings)
+        published = published_metadata(ModelStore.from_settings(settings), record["job_id"])
         if published is not None:  # recorded succeeded below: every API process serves it first
             _announce(f"model {record['job_id']} published", settings)
         back = store.reap(record["job_id"], stale_after=settings.JOB_STALE_AFTER_S,
@@ -50,10 +50,10 @@ def reap_stale_jobs(store: JobStore, publisher: Publisher, settings: Settings) -
     return requeued
 
 
-def _published(job_id: str, settings: Settings) -> dict[str, Any] | None:
+def published_metadata(models: ModelStore, job_id: str) -> dict[str, Any] | None:
     """The metadata of the job's checkpoint if one verifies (a vanished worker may have published it)."""
     try:
-        return ModelStore.from_settings(settings).metadata(job_id)
+        return models.metadata(job_id)
     except (UnknownModel, ModelUnusable):
         return None
     except ObjectStoreUnavailable as exc:  # unknown yet: a later sweep looks again

@@ -32,16 +32,23 @@ Record = JobRecord
 
 
 def claim(r: Record, *, worker: str, pid: int, task_id: str | None, max_attempts: int, stale_after: float,
-          owner_gone: Callable[[Record], bool], now: float) -> tuple[Record | None, str | None]:
+          owner_gone: Callable[[Record], bool], now: float,
+          published: dict[str, Any] | None = None) -> tuple[Record | None, str | None]:
     """Mark the job running for this delivery, unless it should not run: (new record, why not; None: run it).
 
     A delivery does not run a job that ended, was cancelled, or is running under another live
     delivery (fresh heartbeat and ``owner_gone`` false). Each run is a new attempt; once
     ``max_attempts`` attempts in a row died without progress (``fruitless_attempts``) the job
-    fails, as its worker keeps dying.
+    fails, as its worker keeps dying. ``published``: the metadata of the job's checkpoint, if one
+    exists; a running job whose worker died after publishing its attempt's model succeeded, as
+    ``reap`` records it (a redelivery can come before the reaper).
     """
     if r["status"] in TERMINAL:
         return None, f"job already {r['status']}"
+    if (r["status"] == "running" and (is_stale(r, stale_after, now) or owner_gone(r))
+            and _publishes_this_attempt(r, published)):
+        assert published is not None
+        return _succeeded_from(r, published, now), "its model was published"
     if r["cancel_requested"]:
         return {**r, "status": "cancelled", "finished_at": now}, "cancelled before it started"
     if r["status"] == "running" and not is_stale(r, stale_after, now) and not owner_gone(r):
@@ -172,11 +179,9 @@ def reap(r: Record, *, stale_after: float, max_attempts: int, published: dict[st
     if not is_stale(r, stale_after, now):
         return None
     silent = now - (r["heartbeat_at"] or r["created_at"])
-    if published is not None and published.get("job_id") == r["job_id"] and published.get("attempt") == r["attempts"]:
-        return {**r, "status": "succeeded", "finished_at": now, "model_id": r["job_id"],
-                "final_test_acc": published.get("final_test_acc"), "stopped_early": bool(published.get("stopped_early")),
-                "note": f"its worker {r['worker']} published the model of attempt {r['attempts']} and went "
-                        f"silent before recording it; recorded from the published checkpoint"}
+    if _publishes_this_attempt(r, published):
+        assert published is not None
+        return _succeeded_from(r, published, now)
     if r["cancel_requested"]:
         return {**r, "status": "cancelled", "finished_at": now,
                 "note": f"its worker {r['worker']} vanished after the cancel was asked"}
@@ -190,6 +195,19 @@ def reap(r: Record, *, stale_after: float, max_attempts: int, published: dict[st
         "note": f"requeued: worker {r['worker']} sent no heartbeat for {silent:.0f}s "
                 f"(attempt {r['attempts']}, {how})",
     }
+
+
+def _publishes_this_attempt(r: Record, published: dict[str, Any] | None) -> bool:
+    """Whether ``published`` (a checkpoint's metadata) is the model of the record's latest attempt."""
+    return published is not None and published.get("job_id") == r["job_id"] and published.get("attempt") == r["attempts"]
+
+
+def _succeeded_from(r: Record, published: dict[str, Any], now: float) -> Record:
+    """The job succeeded: its worker published the latest attempt's model and died before recording it."""
+    return {**r, "status": "succeeded", "finished_at": now, "model_id": r["job_id"],
+            "final_test_acc": published.get("final_test_acc"), "stopped_early": bool(published.get("stopped_early")),
+            "note": f"its worker {r['worker']} published the model of attempt {r['attempts']} and went "
+                    f"silent before recording it; recorded from the published checkpoint"}
 
 
 def lost_message(attempts: int) -> str:

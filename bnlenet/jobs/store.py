@@ -494,15 +494,17 @@ class JobStore:
         max_attempts: int,
         stale_after: float,
         owner_gone: Callable[[Record], bool] = lambda r: False,
+        published: dict[str, Any] | None = None,
     ) -> Claim:
         """Mark the job running for this delivery, unless it should not run (``lifecycle.claim``).
 
         A malformed record is never run, and never left waiting for ever: it is failed, saying why.
+        ``published``: the metadata of the job's checkpoint, when a delivery takes over a running job.
         """
         try:
             record, refusal = self._apply(job_id, lambda r: lifecycle.claim(
                 r, worker=worker, pid=pid, task_id=task_id, max_attempts=max_attempts, stale_after=stale_after,
-                owner_gone=owner_gone, now=time.time()))
+                owner_gone=owner_gone, now=time.time(), published=published))
         except JobNotFound:
             return Claim(False, None, "no such job")
         except MalformedJob as exc:

@@ -16,7 +16,7 @@ def _queued(**fields) -> JobRecord:
 def _claim(r: JobRecord, worker: str = "host:1", now: float = T0 + 1, **kw):
     return lifecycle.claim(r, worker=worker, pid=7, task_id="t1", max_attempts=kw.pop("max_attempts", 3),
                            stale_after=kw.pop("stale_after", 30), owner_gone=kw.pop("owner_gone", lambda r: False),
-                           now=now)
+                           now=now, published=kw.pop("published", None))
 
 
 def _running(**fields) -> JobRecord:
@@ -187,3 +187,15 @@ def test_job_lifecycle_old_records_count_every_earlier_attempt():
     r = load_record(json.dumps(old))
     assert r["fruitless_attempts"] == 2 and r["attempt_log"] == []
     assert lifecycle.fruitless_attempts(r) == 3
+
+
+def test_job_lifecycle_claim_over_a_dead_run_that_published_its_model_records_the_success():
+    mine = {"job_id": "j1", "attempt": 1, "final_test_acc": 0.9}
+    live = _claim(_running(), worker="host:2", now=T0 + 5, published=mine)
+    assert live == (None, "running under another live worker (host:1)")  # its worker records it
+    r = _running(cancel_requested=True)  # a cancel asked after the model was published
+    done, refusal = _claim(r, worker="host:2", now=T0 + 5, published=mine, owner_gone=lambda r: True)
+    assert refusal == "its model was published" and done is not None
+    assert (done["status"], done["model_id"], done["final_test_acc"], done["attempts"]) == ("succeeded", "j1", 0.9, 1)
+    other, refusal = _claim(_running(), worker="host:2", now=T0 + 100, published={**mine, "attempt": 0})
+    assert refusal is None and other is not None and other["attempts"] == 2  # an earlier attempt's model: runs again

@@ -96,3 +96,37 @@ def test_reaper_removes_the_training_state_of_a_job_it_ends(store: JobStore, set
         requeued = attempt < settings.MAX_ATTEMPTS
         assert store.get(job_id)["status"] == ("queued" if requeued else "failed")
         assert (tmp_path / state_name(job_id)).exists() == requeued  # kept to resume from, removed once it ends
+
+
+def test_a_redelivered_job_whose_model_was_published_is_recorded_succeeded_not_run_again(
+    store: JobStore, settings: Settings, tmp_path, monkeypatch
+) -> None:
+    """The pool process published attempt 1's model and died before recording it; Celery redelivers the task
+    at once (before any reaper), and a cancel was asked meanwhile: the job succeeded, from its checkpoint."""
+    import socket
+    import subprocess
+    import sys
+
+    import torch
+
+    from bnlenet.model_store import ModelStore
+    from models.lenet import build_lenet
+    from worker import job_run, resources
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    job_id = store.submit({})[0]["job_id"]
+    attempt = claim(store, job_id, worker=f"{socket.gethostname()}:{dead.pid}", pid=dead.pid)
+    models = ModelStore(tmp_path)
+    torch.manual_seed(0)
+    models.publish(job_id, build_lenet("builtin").eval(),
+                   {"variant": "builtin", "job_id": job_id, "attempt": attempt, "final_test_acc": 0.8})
+    store.request_cancel(job_id)
+    monkeypatch.setattr(resources, "job_store", lambda: store)
+    monkeypatch.setattr(resources, "model_store", lambda: models)
+    monkeypatch.setattr(resources, "settings", lambda: settings)
+    assert job_run.run_job(job_id, "t") == ("succeeded", None)  # the same task, redelivered
+    record = store.get(job_id)
+    assert record["status"] == "succeeded" and record["model_id"] == job_id and record["attempts"] == attempt
+    assert record["final_test_acc"] == 0.8 and "published the model" in record["note"]
+    assert job_id in [model_id for model_id, _ in models.list()]  # the model stays, served
