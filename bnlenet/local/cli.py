@@ -208,6 +208,7 @@ def _train(args: argparse.Namespace) -> int:
     from models.data import load_fashion_mnist
     from models.training import EpochMetrics, Progress, train, training_metadata
 
+    _check_out(args.out)  # before training: a model trained for hours must have somewhere to go
     with tempfile.TemporaryDirectory() as scratch:
         parent, init_state = _starting_model(args.init_model, Path(scratch)) if args.init_model else (None, None)
     config = TrainConfig(**{**{f.name: getattr(args, f.name) for f in train_options()}, "init_model": parent})
@@ -235,15 +236,20 @@ def _train(args: argparse.Namespace) -> int:
     result = train(config, data, on_progress=on_progress, on_epoch=on_epoch, init_state=init_state)
     bar.close()
     metadata = training_metadata(config, result, data.classes)
-    if args.out is not None and is_s3_url(args.out):
-        with tempfile.TemporaryDirectory() as scratch:
-            local = save_checkpoint(Path(scratch) / "model.safetensors", result.model, metadata)
-            path = upload_s3_url(local, args.out)
-    elif args.out is not None:
-        path = str(save_checkpoint(args.out, result.model, metadata))
-    else:
-        model_id = f"cli-{config.variant}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
-        path = ModelStore.from_settings(settings).publish(model_id, result.model, metadata)
+    stamp = f"{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
+    try:
+        if args.out is not None and is_s3_url(args.out):
+            with tempfile.TemporaryDirectory() as scratch:
+                local = save_checkpoint(Path(scratch) / "model.safetensors", result.model, metadata)
+                path = upload_s3_url(local, args.out)
+        elif args.out is not None:
+            path = str(save_checkpoint(args.out, result.model, metadata))
+        else:
+            path = ModelStore.from_settings(settings).publish(f"cli-{config.variant}-{stamp}", result.model, metadata)
+    except Exception as exc:  # the store failed after the run: the trained model is kept, never lost
+        kept = _keep_unsaved(result.model, metadata, stamp)
+        raise OSError(f"could not store the checkpoint ({exc}); the trained model is kept in {kept}: "
+                      "copy it where it belongs (bnlenet inspect reads it)") from exc
     summary = {"checkpoint": str(path), "variant": config.variant, "precise_bn": config.precise_bn,
                "final_test_acc": result.final_test_acc, "threads": metadata["engine"]["threads"],
                "thread_schedule": metadata["engine"]["thread_schedule"]}
@@ -253,6 +259,32 @@ def _train(args: argparse.Namespace) -> int:
         stats = "precise BN statistics" if config.precise_bn else "moving-average statistics"
         print(f"checkpoint: {path} (final test acc {result.final_test_acc:.3f}, as stored: {stats})")
     return 0
+
+
+def _check_out(out: str | None) -> None:
+    """Refuse a local ``--out`` that cannot be written, before any training."""
+    from bnlenet.checkpoint_storage import is_s3_url
+
+    if out is None or is_s3_url(out):
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a directory: name the checkpoint file, as {path / 'model.safetensors'}")
+    if not path.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {path.parent} does not exist; create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"--out {out}: the folder {path.parent} is not writable")
+
+
+def _keep_unsaved(model: Any, metadata: dict[str, Any], stamp: str) -> Path:
+    """The trained model written here (else to the temporary folder) when its destination failed."""
+    from models.checkpoint import save_checkpoint
+
+    name = f"bnlenet-unsaved-{stamp}.safetensors"
+    try:
+        return save_checkpoint(Path.cwd() / name, model, metadata)
+    except OSError:
+        return save_checkpoint(Path(tempfile.gettempdir()) / name, model, metadata)
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -91,6 +91,28 @@ def test_cli_train_default_output_is_a_served_model(tmp_path: Path, synthetic_da
     assert path.parent == tmp_path / "ck" and path.name.startswith("cli-builtin-")
 
 
+def test_cli_train_refuses_an_out_it_cannot_write_before_training(tmp_path: Path, synthetic_data_dir: Path) -> None:
+    (tmp_path / "a-folder").mkdir()
+    for out, why in ((tmp_path / "a-folder", "is a directory"), (tmp_path / "no" / "such" / "m.safetensors",
+                                                                   "does not exist")):
+        proc = _bnlenet("train", "--epochs", "1", "--batch-size", "64", "--json", "--out", str(out),
+                        "--data-dir", str(synthetic_data_dir))
+        assert proc.returncode == 2 and why in proc.stderr, proc.stderr
+        assert '"epoch"' not in proc.stdout  # refused before a single epoch was trained
+
+
+def test_cli_train_keeps_the_model_when_storing_it_fails(tmp_path: Path, synthetic_data_dir: Path) -> None:
+    # An object store that cannot be reached, found out only once training is done: the model is kept here.
+    proc = _bnlenet("train", "--epochs", "1", "--batch-size", "64", "--out", "s3://bucket/m.safetensors",
+                    "--data-dir", str(synthetic_data_dir), cwd=tmp_path,
+                    env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+                         "AWS_SECRET_ACCESS_KEY": "x", "OBJECT_STORE_RETRY_S": "0"})
+    assert proc.returncode == 2, proc.stderr
+    kept = list(tmp_path.glob("bnlenet-unsaved-*.safetensors"))
+    assert len(kept) == 1 and str(kept[0].name) in proc.stderr, proc.stderr
+    assert load_checkpoint(kept[0]).metadata["hyperparameters"]["epochs"] == 1
+
+
 def test_cli_predict_matches_the_model(trained: tuple[Path, list[dict[str, object]]], synthetic_data_dir: Path, tmp_path: Path) -> None:
     out, _ = trained
     data = load_fashion_mnist(synthetic_data_dir, download=False)
