@@ -184,10 +184,20 @@ class ModelStore:
         return newest
 
     def default(self) -> str:
-        """The model served when none is named: the default alias's when it exists, else the newest."""
+        """The model served when none is named: the default alias's when it exists and verifies, else the newest.
+
+        A promoted checkpoint damaged since is listed under ``unusable`` and never blocks the
+        unnamed predictions (it is still what the alias names, and asked by it, answers why).
+        """
         if self.default_alias:
-            target = self.listing.current().aliases.get(self.default_alias)
+            snapshot = self.listing.current()
+            target = snapshot.aliases.get(self.default_alias)
             if target is not None:
+                try:
+                    if self.verifications.check(target, snapshot.versions.get(target)).metadata is None:
+                        return self.newest()  # fails verification
+                except (UnknownModel, ObjectStoreUnavailable):
+                    pass  # gone since the listing, or cannot tell now: serving it says which
                 return target
         return self.newest()
 

@@ -157,6 +157,27 @@ def test_models_bad_newest_checkpoint_never_blocks_default_predict(make_client, 
     assert client.get("/models/rogue").status_code == 409
 
 
+def test_models_a_default_alias_on_a_checkpoint_that_fails_never_blocks_default_predict(make_client, checkpoint_dir,
+                                                                                      trained_models):
+    from models.checkpoint import load_checkpoint, save_checkpoint
+
+    good_newest = trained_models[1][-1]
+    source = load_checkpoint(checkpoint_dir / f"{good_newest}.safetensors")
+    promoted = checkpoint_dir / "promoted.safetensors"
+    save_checkpoint(promoted, source.model, {**source.metadata, "created_at": "2000-01-01T00:00:00+00:00"})
+    assert make_client(CHECKPOINT_DIR=checkpoint_dir).put("/models/promoted/aliases/production").status_code == 200
+    raw = bytearray(promoted.read_bytes())
+    raw[-5] ^= 0xFF  # damaged after it was promoted
+    promoted.write_bytes(bytes(raw))
+    client = make_client(CHECKPOINT_DIR=checkpoint_dir)
+    listing = client.get("/models").json()
+    assert [u["model_id"] for u in listing["unusable"]] == ["promoted"]
+    assert listing["default_model_id"] == good_newest  # the newest that verifies, as with no alias
+    r = client.post("/predict", json={"pixels": [[0.0] * 28] * 28})
+    assert r.status_code == 200 and r.json()["model_id"] == good_newest
+    assert client.post("/predict", json={"pixels": [[0.0] * 28] * 28, "model_id": "production"}).status_code == 409
+
+
 # lineage -------------------------------------------------------------------------------------
 
 def _publish_child(directory, child: str, parent: str) -> None:
