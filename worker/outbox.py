@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from bnlenet.jobs import JobNotFound, JobStore, MalformedJob, StoreUnavailable
+from bnlenet.jobs import TERMINAL, JobNotFound, JobStore, MalformedJob, StoreUnavailable
+from bnlenet.model_store import ModelStore
 from bnlenet.settings import Settings
 from bnlenet.training_queue import Publisher
+from bnlenet.training_states import TrainingStates
 
 __all__ = ["publish_outbox"]
 
@@ -29,6 +31,8 @@ def publish_outbox(store: JobStore, publisher: Publisher, settings: Settings) ->
             continue
         if record["status"] != "queued" or record["cancel_requested"]:
             store.drop_from_outbox(job_id)  # it ran, ended or was cancelled: nothing to publish
+            if record["status"] in TERMINAL:  # and no task will claim it: its training state goes now
+                TrainingStates(ModelStore.from_settings(settings).storage).discard(job_id)
             continue
         try:
             store.published(job_id, publisher.publish(job_id))

@@ -88,6 +88,21 @@ def _starting_model(name: str, scratch: Path) -> tuple[str, dict[str, Any]]:
     return model_id, load_checkpoint(path).model.state_dict()
 
 
+def _int_in(low: int, high: int) -> Any:
+    """An argparse type: a whole number from ``low`` to ``high`` (a usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low} to {high}")
+        return value
+
+    return parse
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnlenet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,8 +135,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("up", help="start Redis (unless REDIS_URL is set), a Celery worker per GPU (or one on the CPU) and the API")
     u.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
-    u.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
-    u.add_argument("--workers", type=int, default=None,
+    u.add_argument("--port", type=_int_in(1, 65535), default=8000, help="(default: %(default)s)")
+    u.add_argument("--workers", type=_int_in(1, 512), default=None,
                    help="API worker processes (default: BNLENET_API_WORKERS, else one per core)")
 
     d = sub.add_parser("datasets", help="upload, list, show or delete the data sets of CHECKPOINT_DIR's store",

@@ -292,3 +292,13 @@ def test_cli_train_from_an_unknown_or_other_variant_model_is_one_clear_line(
     assert proc.returncode == 2 and "no-such-model" in proc.stderr and "Traceback" not in proc.stderr
     proc = _bnlenet("train", "--variant", "builtin", "--init-model", str(parent_file))
     assert proc.returncode == 2 and "init_model" in proc.stderr and "scratch" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["up", "--port", "99999"], ["up", "--port", "0"], ["up", "--workers", "-3"],
+                                  ["up", "--workers", "0"]])
+def test_cli_up_refuses_a_port_or_a_worker_count_out_of_range(argv: list[str], capsys) -> None:
+    from bnlenet.local.cli import _build_parser
+
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error: nothing is started
+        _build_parser().parse_args(argv)
+    assert exit_.value.code == 2 and argv[1] in capsys.readouterr().err

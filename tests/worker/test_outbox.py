@@ -70,3 +70,28 @@ def test_outbox_takes_a_requeue_whose_publish_failed(store: JobStore, settings: 
     time.sleep(0.3)
     assert publish_outbox(store, publisher, settings.model_copy(update={"OUTBOX_GRACE_S": 0.2})) == [job_id]
     assert _queue(settings) == 1
+
+
+def test_outbox_removes_the_training_state_of_a_job_cancelled_before_its_task_was_published(
+        store: JobStore, settings: Settings, publisher, tmp_path) -> None:
+    """A requeued job (with a saved state) whose publish failed, then cancelled: no claim will ever come to
+    remove its state, so the sweep that drops it from the outbox does."""
+    import torch
+
+    from bnlenet.checkpoint_storage import LocalStorage
+    from bnlenet.training_states import TrainingStates, state_name
+    from models.train_state import TrainingState
+
+    settings = settings.model_copy(update={"OUTBOX_GRACE_S": 0.0, "CHECKPOINT_DIR": str(tmp_path)})
+    job_id = store.submit({})[0]["job_id"]
+    store.published(job_id, "t0")
+    attempt = claim(store, job_id)
+    TrainingStates(LocalStorage(tmp_path)).save(job_id, attempt, {}, TrainingState(
+        epoch=1, model={"w": torch.zeros(1)}, optimizer={}, rng={}, average_sums=None, average_count=0))
+    time.sleep(0.3)
+    down = Publisher(Settings(REDIS_URL="redis://127.0.0.1:1/0"))
+    assert reap_stale_jobs(store, down, settings) == [job_id]  # requeued, its publish failed: in the outbox
+    store.request_cancel(job_id)
+    assert publish_outbox(store, publisher, settings) == []
+    assert store.get(job_id)["status"] == "cancelled"
+    assert not (tmp_path / state_name(job_id)).exists()  # "removed when the job ends (any final status)"
