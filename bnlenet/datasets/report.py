@@ -38,11 +38,15 @@ def build_report(parsed: Parsed, train: Split, test: Split, split: dict[str, Any
     for name, s in (("train", train), ("test", test)):
         if len(s.labels) == 0:
             problems.append(f"the {name} split is empty")
-    few = [f"{c!r} ({n})" for c, n in counts["train"].items() if n < limits.min_per_class]
+    by_service = split.get("source") == "service"  # then the counts are after its split: say what it took
+    few = [f"{c!r} ({n}, after the service's split sent {counts['test'][c]} of its {n + counts['test'][c]} to the "
+           f"test split, test_fraction {split['test_fraction']})" if by_service else f"{c!r} ({n})"
+           for c, n in counts["train"].items() if n < limits.min_per_class]
     if few:
         problems.append(f"classes with fewer than {limits.min_per_class} training images: "
                         f"{', '.join(few[: limits.max_listed])}" + (f" and {len(few) - limits.max_listed} more"
-                                                                     if len(few) > limits.max_listed else ""))
+                                                                     if len(few) > limits.max_listed else "")
+                        + (": send more images, or a smaller test_fraction" if by_service else ""))
     untested = [c for c, n in counts["test"].items() if n == 0]
     if untested and len(test.labels):
         warnings.append(f"classes with no test images (their accuracy is not measured): {', '.join(untested)}")

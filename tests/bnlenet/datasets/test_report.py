@@ -45,8 +45,10 @@ def test_report_refuses_one_class_with_too_few_images_listing_both(tmp_path: Pat
     with pytest.raises(DatasetRejected) as info:
         ingest(write(tmp_path / "u.zip", zip_bytes(folder_zip({"only": 5}, prefix="x/"))), "u.zip")
     assert info.value.status == 422
-    assert info.value.problems == ["only 1 class (only): training needs at least two",
-                                   "classes with fewer than 10 training images: 'only' (4)"]
+    assert info.value.problems == [
+        "only 1 class (only): training needs at least two",
+        "classes with fewer than 10 training images: 'only' (4, after the service's split sent 1 of its 5 to the "
+        "test split, test_fraction 0.2): send more images, or a smaller test_fraction"]
     assert info.value.report is not None and info.value.report["counts"]["train"] == {"only": 4}
 
 
@@ -86,3 +88,12 @@ def test_report_conflicting_labels_for_identical_images_count_as_duplicates(tmp_
     d = ingest(write(tmp_path / "u.npz", npz_bytes(**arrays)), "u.npz")
     assert d.report["duplicates"] == {"count": 1, "examples": [["train[0]", "train[13]"]]}
     assert np.array_equal(d.train_images[13], d.train_images[0])
+
+
+def test_report_says_the_service_split_took_images_a_class_needed(tmp_path: Path) -> None:
+    # Ten images a class are ten before the split: the message says the split took two of each.
+    with pytest.raises(DatasetRejected) as info:
+        ingest(write(tmp_path / "u.zip", zip_bytes(folder_zip({"cat": 10, "dog": 12}))), "u.zip")
+    assert info.value.problems == [
+        "classes with fewer than 10 training images: 'cat' (8, after the service's split sent 2 of its 10 to the "
+        "test split, test_fraction 0.2): send more images, or a smaller test_fraction"]
