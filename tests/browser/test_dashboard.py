@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
@@ -173,6 +175,23 @@ def test_dashboard_shows_a_models_lineage_as_links(browser, stack, trained):
     browser.open(f"/#/jobs/{child}")
     started = browser.wait('[data-fact="Started from"] a')
     assert started.text == trained and started.get_attribute("href").endswith(f"#/models/{trained}")
+
+    # A parent whose checkpoint fails verification is there, but not usable: said so, not "deleted".
+    path = stack.checkpoint_dir / f"{child}.safetensors"
+    good = path.read_bytes()
+
+    def put(data: bytes) -> None:  # a new version of the file, as a store writes one (the listing sees it)
+        (tmp := path.with_suffix(".tmp")).write_bytes(data)
+        os.replace(tmp, path)
+
+    put(good[:-5] + bytes([good[-5] ^ 0xFF]) + good[-4:])
+    wait_for(lambda: child in [u["model_id"] for u in stack.client.get("/models").json()["unusable"]], 10,
+             "the API never listed the damaged checkpoint as unusable")  # its listing looks once a second
+    browser.open(f"/#/models/{grandchild}")
+    broken = browser.wait("#model-parent", check=lambda e: "verification" in e.text, timeout=30)
+    assert broken.text == f"{child} (fails verification)"
+    put(good)
+    browser.open("/#/models")  # away, so that coming back renders the page again
 
     assert stack.client.delete(f"/models/{child}").status_code == 204
     browser.open(f"/#/models/{grandchild}")

@@ -15,12 +15,14 @@ function modelLink(id) {
   return el("a", { href: `#/models/${id}` }, id);
 }
 
-/** The parent as a link, or marked deleted: a deleted model's children keep its id (GET /models lists the living). */
+/** The parent as a link, or marked deleted (its children keep its id; GET /models lists the living), or marked
+ * as failing verification (listed under unusable: there, but not served). */
 async function showParent(dd, parentId) {
   try {
     const models = await api("/models", { interactive: false });
     const alive = (models.data || []).some((x) => x.model_id === parentId);
-    dd.replaceChildren(alive ? modelLink(parentId) : `${parentId} (deleted)`);
+    const broken = (models.unusable || []).some((x) => x.model_id === parentId);
+    dd.replaceChildren(alive ? modelLink(parentId) : `${parentId} (${broken ? "fails verification" : "deleted"})`);
   } catch {
     dd.replaceChildren(parentId);
   }
