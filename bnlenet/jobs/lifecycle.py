@@ -45,10 +45,9 @@ def claim(r: Record, *, worker: str, pid: int, task_id: str | None, max_attempts
     """
     if r["status"] in TERMINAL:
         return None, f"job already {r['status']}"
-    if (r["status"] == "running" and (is_stale(r, stale_after, now) or owner_gone(r))
-            and _publishes_this_attempt(r, published)):
-        assert published is not None
-        return _succeeded_from(r, published, now), "its model was published"
+    mine = _this_attempts_model(r, published)
+    if mine is not None and r["status"] == "running" and (is_stale(r, stale_after, now) or owner_gone(r)):
+        return _succeeded_from(r, mine, now), "its model was published"
     if r["cancel_requested"]:
         return {**r, "status": "cancelled", "finished_at": now}, "cancelled before it started"
     if r["status"] == "running" and not is_stale(r, stale_after, now) and not owner_gone(r):
@@ -179,9 +178,9 @@ def reap(r: Record, *, stale_after: float, max_attempts: int, published: dict[st
     if not is_stale(r, stale_after, now):
         return None
     silent = now - (r["heartbeat_at"] or r["created_at"])
-    if _publishes_this_attempt(r, published):
-        assert published is not None
-        return _succeeded_from(r, published, now)
+    mine = _this_attempts_model(r, published)
+    if mine is not None:
+        return _succeeded_from(r, mine, now)
     if r["cancel_requested"]:
         return {**r, "status": "cancelled", "finished_at": now,
                 "note": f"its worker {r['worker']} vanished after the cancel was asked"}
@@ -197,9 +196,11 @@ def reap(r: Record, *, stale_after: float, max_attempts: int, published: dict[st
     }
 
 
-def _publishes_this_attempt(r: Record, published: dict[str, Any] | None) -> bool:
-    """Whether ``published`` (a checkpoint's metadata) is the model of the record's latest attempt."""
-    return published is not None and published.get("job_id") == r["job_id"] and published.get("attempt") == r["attempts"]
+def _this_attempts_model(r: Record, published: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``published`` (a checkpoint's metadata) when it is the model of the record's latest attempt, else None."""
+    if published is not None and published.get("job_id") == r["job_id"] and published.get("attempt") == r["attempts"]:
+        return published
+    return None
 
 
 def _succeeded_from(r: Record, published: dict[str, Any], now: float) -> Record:

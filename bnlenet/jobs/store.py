@@ -386,14 +386,14 @@ class JobStore:
             if new["status"] != old["status"]:
                 pipe.zrem(self._index_key(old["status"]), job_id)
                 pipe.zadd(self._index_key(new["status"]), {job_id: new["created_at"]})
-                if new["status"] in TERMINAL and old["status"] not in TERMINAL:
+                if new["status"] in TERMINAL and old["status"] not in TERMINAL:  # it ends here
                     _observe_duration(pipe, new)
-                if self.retention_s and new["status"] in TERMINAL and old["status"] not in TERMINAL:
-                    expires = (new["finished_at"] or time.time()) + self.retention_s
-                    if new["sweep_id"] is None:
-                        pipe.zadd(self._expiry_key, {job_id: expires})
-                    else:  # the trial that ends last sets its sweep's time
-                        pipe.zadd(self.sweep_expiry_key, {new["sweep_id"]: expires})
+                    if self.retention_s:
+                        expires = (new["finished_at"] or time.time()) + self.retention_s
+                        if new["sweep_id"] is None:
+                            pipe.zadd(self._expiry_key, {job_id: expires})
+                        else:  # the trial that ends last sets its sweep's time
+                            pipe.zadd(self.sweep_expiry_key, {new["sweep_id"]: expires})
             if also is not None:
                 also(pipe, new)
 
